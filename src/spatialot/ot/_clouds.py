@@ -1,0 +1,190 @@
+"""A batch of weighted point clouds of variable size, padded to one tensor."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class PointClouds:
+    """A batch of weighted point clouds, padded to a common size.
+
+    This is the one input format of every solver in :mod:`spatialot.ot` and every model in
+    :mod:`spatialot.models`. Cloud ``b`` consists of the points ``points[b, mask[b]]`` with
+    probability weights ``weights[b, mask[b]]``; padded slots carry weight 0 and zero
+    coordinates, so they contribute nothing to any OT cost or pooled statistic.
+
+    Parameters
+    ----------
+    points
+        Float tensor of shape ``(batch, size, dim)``.
+    mask
+        Boolean tensor of shape ``(batch, size)``, ``True`` for real points.
+    weights
+        Float tensor of shape ``(batch, size)``: non-negative, zero on padding, summing to 1
+        over each cloud.
+
+    Notes
+    -----
+    Build instances with :meth:`from_padded` or :meth:`from_list`, which validate, zero the
+    padding and normalise the weights; the plain constructor trusts its input.
+    """
+
+    points: torch.Tensor
+    mask: torch.Tensor
+    weights: torch.Tensor
+
+    @classmethod
+    def from_padded(
+        cls,
+        points: torch.Tensor | np.ndarray,
+        mask: torch.Tensor | np.ndarray | None = None,
+        weights: torch.Tensor | np.ndarray | None = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> PointClouds:
+        """Build a batch from padded arrays.
+
+        Parameters
+        ----------
+        points
+            Array of shape ``(batch, size, dim)``.
+        mask
+            Boolean array of shape ``(batch, size)``; all points are real when ``None``.
+        weights
+            Non-negative array of shape ``(batch, size)``; uniform over real points when
+            ``None``. Renormalised to sum to 1 over each cloud.
+        dtype
+            Floating dtype of ``points`` and ``weights``.
+        device
+            Device of the tensors; that of ``points`` when ``None``.
+
+        Returns
+        -------
+        The validated batch.
+        """
+        points = torch.as_tensor(points, dtype=dtype, device=device)
+        device = points.device
+        if points.ndim != 3:
+            raise ValueError(f"`points` must have shape (batch, size, dim), got shape {tuple(points.shape)}.")
+        batch, size, _ = points.shape
+        if mask is None:
+            mask = torch.ones(batch, size, dtype=torch.bool, device=device)
+        else:
+            mask = torch.as_tensor(mask, device=device).to(torch.bool)
+            if mask.shape != (batch, size):
+                raise ValueError(f"`mask` must have shape {(batch, size)}, got {tuple(mask.shape)}.")
+        if weights is None:
+            weights = mask.to(dtype)
+        else:
+            weights = torch.as_tensor(weights, dtype=dtype, device=device)
+            if weights.shape != (batch, size):
+                raise ValueError(f"`weights` must have shape {(batch, size)}, got {tuple(weights.shape)}.")
+            if bool((weights < 0).any()):
+                raise ValueError("`weights` must be non-negative.")
+            weights = weights * mask
+        total = weights.sum(dim=1, keepdim=True)
+        if batch and bool((total <= 0).any()):
+            empty = int(torch.nonzero(total[:, 0] <= 0)[0, 0])
+            raise ValueError(f"Cloud {empty} has no point with positive weight; every cloud needs at least one.")
+        if not bool(torch.isfinite(points[mask]).all()):
+            raise ValueError("`points` contains NaN or infinite values.")
+        points = torch.where(mask[..., None], points, torch.zeros((), dtype=dtype, device=device))
+        return cls(points=points, mask=mask, weights=weights / total)
+
+    @classmethod
+    def from_list(
+        cls,
+        clouds: Sequence[torch.Tensor | np.ndarray],
+        weights: Sequence[torch.Tensor | np.ndarray] | None = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> PointClouds:
+        """Pad a list of clouds of shapes ``(size_i, dim)`` into one batch.
+
+        Parameters
+        ----------
+        clouds
+            Point arrays with the same ``dim`` and any number of points.
+        weights
+            Optional weights per cloud, of shapes ``(size_i,)``; uniform when ``None``.
+        dtype
+            Floating dtype of the result.
+        device
+            Device of the result.
+
+        Returns
+        -------
+        The padded batch.
+        """
+        if len(clouds) == 0:
+            raise ValueError("`clouds` is empty.")
+        arrays = [torch.as_tensor(c, dtype=dtype) for c in clouds]
+        dims = {a.shape[1] if a.ndim == 2 else None for a in arrays}
+        if len(dims) != 1 or None in dims:
+            raise ValueError("Every cloud in `clouds` must be a 2-D array (size, dim) with the same dim.")
+        if weights is not None and len(weights) != len(arrays):
+            raise ValueError(f"`weights` has {len(weights)} entries for {len(arrays)} clouds.")
+        size = max(a.shape[0] for a in arrays)
+        points = torch.zeros(len(arrays), size, dims.pop(), dtype=dtype)
+        mask = torch.zeros(len(arrays), size, dtype=torch.bool)
+        padded_weights = None if weights is None else torch.zeros(len(arrays), size, dtype=dtype)
+        for i, cloud in enumerate(arrays):
+            points[i, : len(cloud)] = cloud
+            mask[i, : len(cloud)] = True
+            if padded_weights is not None:
+                padded_weights[i, : len(cloud)] = torch.as_tensor(weights[i], dtype=dtype)
+        return cls.from_padded(points, mask, padded_weights, dtype=dtype, device=device)
+
+    def __len__(self) -> int:
+        return self.points.shape[0]
+
+    def __getitem__(self, index: int | slice | Sequence[int] | torch.Tensor | np.ndarray) -> PointClouds:
+        """Select clouds; an integer keeps the batch dimension."""
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        elif not isinstance(index, slice):
+            index = torch.as_tensor(np.asarray(index), dtype=torch.long, device=self.points.device)
+        return PointClouds(self.points[index], self.mask[index], self.weights[index])
+
+    @property
+    def dim(self) -> int:
+        """Dimension of the points."""
+        return self.points.shape[2]
+
+    @property
+    def max_size(self) -> int:
+        """Padded size: the largest number of points a cloud may hold."""
+        return self.points.shape[1]
+
+    @property
+    def sizes(self) -> torch.Tensor:
+        """Number of real points in each cloud."""
+        return self.mask.sum(dim=1)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the tensors."""
+        return self.points.device
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> PointClouds:
+        """Move the batch to ``device`` and/or cast its floats to ``dtype``."""
+        weights = self.weights.to(device=device, dtype=dtype)
+        if dtype is not None and dtype != self.weights.dtype:
+            # weights normalised in a coarser dtype do not sum to 1 in a finer one
+            weights = weights / weights.sum(dim=1, keepdim=True)
+        return PointClouds(self.points.to(device=device, dtype=dtype), self.mask.to(device=device), weights)
+
+    def cloud(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return the real points and weights of one cloud as numpy arrays."""
+        keep = self.mask[index]
+        return (
+            self.points[index, keep].detach().cpu().numpy(),
+            self.weights[index, keep].detach().cpu().numpy(),
+        )

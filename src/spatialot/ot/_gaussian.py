@@ -1,0 +1,133 @@
+r"""Closed forms of OT between Gaussians (the Bures–Wasserstein geometry).
+
+For :math:`\mu = N(m_1, \Sigma_1)` and :math:`\nu = N(m_2, \Sigma_2)`,
+
+.. math:: W_2^2(\mu, \nu) = \lVert m_1 - m_2 \rVert^2 + \operatorname{tr}\bigl(\Sigma_1 + \Sigma_2
+          - 2 (\Sigma_1^{1/2} \Sigma_2 \Sigma_1^{1/2})^{1/2}\bigr),
+
+and the Monge map is affine, :math:`T(x) = m_2 + A (x - m_1)` with
+:math:`A = \Sigma_1^{-1/2} (\Sigma_1^{1/2} \Sigma_2 \Sigma_1^{1/2})^{1/2} \Sigma_1^{-1/2}`.
+Every function is batched over leading dimensions and differentiable.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._clouds import PointClouds
+
+
+def _psd_power(matrices: torch.Tensor, power: float, floor: float = 0.0) -> torch.Tensor:
+    """``S ** power`` of symmetric PSD matrices through an eigendecomposition."""
+    eigenvalues, eigenvectors = torch.linalg.eigh(0.5 * (matrices + matrices.transpose(-1, -2)))
+    eigenvalues = eigenvalues.clamp_min(floor) ** power
+    return (eigenvectors * eigenvalues[..., None, :]) @ eigenvectors.transpose(-1, -2)
+
+
+def sqrtm_psd(matrices: torch.Tensor) -> torch.Tensor:
+    """Principal square root of symmetric positive semi-definite matrices, shape ``(..., d, d)``."""
+    return _psd_power(matrices, 0.5)
+
+
+def gaussian_moments(clouds: PointClouds) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted mean and covariance of each cloud.
+
+    Parameters
+    ----------
+    clouds
+        A batch of weighted clouds.
+
+    Returns
+    -------
+    Means of shape ``(batch, dim)`` and covariances of shape ``(batch, dim, dim)`` (the weighted
+    second central moment, without a small-sample correction).
+    """
+    weights = clouds.weights[..., None]
+    means = (weights * clouds.points).sum(1)
+    centred = (clouds.points - means[:, None, :]) * clouds.mask[..., None]
+    covariances = (weights * centred).transpose(1, 2) @ centred
+    return means, covariances
+
+
+def bures_wasserstein_squared(
+    mean_1: torch.Tensor, cov_1: torch.Tensor, mean_2: torch.Tensor, cov_2: torch.Tensor
+) -> torch.Tensor:
+    r"""Squared 2-Wasserstein distance :math:`W_2^2` between Gaussians, in closed form.
+
+    Parameters
+    ----------
+    mean_1, cov_1
+        Means ``(..., d)`` and covariances ``(..., d, d)`` of the first Gaussians.
+    mean_2, cov_2
+        Those of the second Gaussians.
+
+    Returns
+    -------
+    Tensor of shape ``(...)``: the squared distance (take the square root for :math:`W_2`).
+    """
+    root_1 = sqrtm_psd(cov_1)
+    cross = sqrtm_psd(root_1 @ cov_2 @ root_1)
+    trace = torch.diagonal(cov_1 + cov_2 - 2 * cross, dim1=-2, dim2=-1).sum(-1)
+    return ((mean_1 - mean_2) ** 2).sum(-1) + trace.clamp_min(0)
+
+
+def gaussian_map(
+    mean_1: torch.Tensor, cov_1: torch.Tensor, mean_2: torch.Tensor, cov_2: torch.Tensor, *, floor: float = 1e-12
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Monge map from :math:`N(m_1, \Sigma_1)` to :math:`N(m_2, \Sigma_2)`.
+
+    Parameters
+    ----------
+    mean_1, cov_1
+        Source means ``(..., d)`` and covariances ``(..., d, d)``; ``cov_1`` must be
+        non-singular.
+    mean_2, cov_2
+        Target means and covariances.
+    floor
+        Eigenvalues of ``cov_1`` below this are raised to it before inversion.
+
+    Returns
+    -------
+    ``(matrix, shift)`` such that :math:`T(x) = A x + s` is ``x @ matrix.T + shift``; the matrix
+    is symmetric positive semi-definite (T is the gradient of a convex function).
+    """
+    root_1 = _psd_power(cov_1, 0.5, floor)
+    inverse_root_1 = _psd_power(cov_1, -0.5, floor)
+    matrix = inverse_root_1 @ sqrtm_psd(root_1 @ cov_2 @ root_1) @ inverse_root_1
+    matrix = 0.5 * (matrix + matrix.transpose(-1, -2))
+    shift = mean_2 - (matrix @ mean_1[..., None])[..., 0]
+    return matrix, shift
+
+
+def bures_geodesic(
+    mean_1: torch.Tensor,
+    cov_1: torch.Tensor,
+    mean_2: torch.Tensor,
+    cov_2: torch.Tensor,
+    t: float | torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Point at time ``t`` on the Wasserstein geodesic between two Gaussians (McCann interpolation).
+
+    The interpolant is the push-forward of the first Gaussian by
+    :math:`(1 - t)\,\mathrm{Id} + t\,T`, i.e. the Gaussian with mean :math:`(1 - t) m_1 + t m_2`
+    and covariance :math:`((1 - t) I + t A)\, \Sigma_1\, ((1 - t) I + t A)`.
+
+    Parameters
+    ----------
+    mean_1, cov_1
+        Start of the geodesic.
+    mean_2, cov_2
+        End of the geodesic.
+    t
+        Time in ``[0, 1]``, a float or a tensor broadcastable to the batch shape ``(...)``.
+
+    Returns
+    -------
+    Mean and covariance at time ``t``.
+    """
+    matrix, _ = gaussian_map(mean_1, cov_1, mean_2, cov_2)
+    t = torch.as_tensor(t, dtype=mean_1.dtype, device=mean_1.device)
+    identity = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
+    step = (1 - t)[..., None, None] * identity + t[..., None, None] * matrix
+    mean = (1 - t)[..., None] * mean_1 + t[..., None] * mean_2
+    return mean, step @ cov_1 @ step.transpose(-1, -2)

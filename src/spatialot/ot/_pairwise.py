@@ -1,0 +1,126 @@
+"""OT distances for paired clouds and full pairwise matrices, by any solver of this package."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ._clouds import PointClouds
+from ._exact import exact_w2_squared
+from ._sinkhorn import sinkhorn, sinkhorn_divergence
+
+Method = Literal["exact", "sinkhorn", "sinkhorn_divergence"]
+METHODS: tuple[str, ...] = ("exact", "sinkhorn", "sinkhorn_divergence")
+
+
+def paired_distances(
+    x: PointClouds,
+    y: PointClouds,
+    *,
+    method: Method = "exact",
+    epsilon: float = 1e-2,
+    batch_size: int = 4096,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    **sinkhorn_kwargs,
+) -> np.ndarray:
+    r"""OT distance between ``x[b]`` and ``y[b]`` for every ``b``.
+
+    Parameters
+    ----------
+    x, y
+        Batches of the same length and point dimension.
+    method
+        ``'exact'``: :math:`W_2^2` by POT's network simplex (CPU, one pair at a time).
+        ``'sinkhorn'``: the transport cost :math:`\langle P, C\rangle` of the entropic plan, an
+        estimate of :math:`W_2^2` biased upwards by ``epsilon``. ``'sinkhorn_divergence'``: the
+        debiased :math:`S_\varepsilon`, zero between equal clouds. All three are in squared
+        units (:math:`W_2^2`, not :math:`W_2`).
+    epsilon
+        Entropic regularisation of the Sinkhorn methods, in squared-distance units.
+    batch_size
+        Number of pairs solved together by the Sinkhorn methods (bounds memory).
+    device
+        Device of the Sinkhorn methods; that of ``x`` when ``None``.
+    progress
+        Show a progress bar.
+    **sinkhorn_kwargs
+        Passed to :func:`~spatialot.ot.sinkhorn`.
+
+    Returns
+    -------
+    Float64 array of shape ``(batch,)``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
+    if len(x) != len(y):
+        raise ValueError(f"`x` and `y` must hold the same number of clouds, got {len(x)} and {len(y)}.")
+    if method == "exact":
+        return exact_w2_squared(x, y, progress=progress)
+    values = np.empty(len(x), dtype=np.float64)
+    starts = range(0, len(x), batch_size)
+    for start in tqdm(starts, desc=f"{method} OT", disable=not progress):
+        chunk = slice(start, start + batch_size)
+        x_chunk, y_chunk = x[chunk].to(device), y[chunk].to(device)
+        with torch.no_grad():
+            if method == "sinkhorn":
+                value = sinkhorn(x_chunk, y_chunk, epsilon=epsilon, **sinkhorn_kwargs).cost
+            else:
+                value = sinkhorn_divergence(x_chunk, y_chunk, epsilon=epsilon, **sinkhorn_kwargs)
+        values[chunk] = value.double().cpu().numpy()
+    return values
+
+
+def pairwise_distances(
+    clouds: PointClouds,
+    other: PointClouds | None = None,
+    *,
+    method: Method = "exact",
+    epsilon: float = 1e-2,
+    batch_size: int = 4096,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    **sinkhorn_kwargs,
+) -> np.ndarray:
+    r"""Matrix of OT distances between every cloud of ``clouds`` and every cloud of ``other``.
+
+    Parameters
+    ----------
+    clouds
+        ``n`` clouds.
+    other
+        ``m`` clouds; ``clouds`` itself when ``None``, in which case only the upper triangle is
+        solved and mirrored, and the diagonal is zero for ``'exact'`` and
+        ``'sinkhorn_divergence'``.
+    method, epsilon, batch_size, device, progress, **sinkhorn_kwargs
+        As in :func:`paired_distances`.
+
+    Returns
+    -------
+    Float64 array of shape ``(n, m)`` in squared units (:math:`W_2^2` or its estimate).
+    """
+    symmetric = other is None
+    other = clouds if symmetric else other
+    if symmetric:
+        # OT_eps's transport cost of a cloud with itself is not zero, so it is solved too
+        rows, cols = np.triu_indices(len(clouds), k=0 if method == "sinkhorn" else 1)
+    else:
+        rows, cols = (a.ravel() for a in np.meshgrid(np.arange(len(clouds)), np.arange(len(other)), indexing="ij"))
+    values = paired_distances(
+        clouds[rows],
+        other[cols],
+        method=method,
+        epsilon=epsilon,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        **sinkhorn_kwargs,
+    )
+    matrix = np.zeros((len(clouds), len(other)), dtype=np.float64)
+    matrix[rows, cols] = values
+    if symmetric:
+        matrix[cols, rows] = values
+    return matrix

@@ -1,0 +1,200 @@
+"""Batched entropic OT between padded point clouds: log-domain Sinkhorn on CPU or GPU."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ._clouds import PointClouds
+
+
+def squared_euclidean_cost(x_points: torch.Tensor, y_points: torch.Tensor) -> torch.Tensor:
+    """Batched cost matrices ``C[b, i, j] = ||x[b, i] - y[b, j]||^2``, shape ``(batch, n, m)``."""
+    x_norm = (x_points**2).sum(-1)
+    y_norm = (y_points**2).sum(-1)
+    cross = torch.bmm(x_points, y_points.transpose(1, 2))
+    # the expanded form loses a little precision in float32 and can dip below zero
+    return (x_norm[:, :, None] + y_norm[:, None, :] - 2 * cross).clamp_min(0)
+
+
+@dataclass(frozen=True)
+class SinkhornOutput:
+    """Solution of a batch of entropic OT problems.
+
+    Attributes
+    ----------
+    objective
+        Regularised cost :math:`\\mathrm{OT}_\\varepsilon = \\langle P, C\\rangle + \\varepsilon\\,
+        \\mathrm{KL}(P \\,|\\, a \\otimes b)`, shape ``(batch,)``; equals the dual value
+        :math:`\\langle a, f\\rangle + \\langle b, g\\rangle`. Differentiable in the points and
+        weights (envelope theorem), the quantity the Sinkhorn divergence is built from.
+    cost
+        Transport cost :math:`\\langle P, C\\rangle` of the entropic plan, shape ``(batch,)``: an
+        estimate of :math:`W_2^2` that tends to it as :math:`\\varepsilon \\to 0`.
+    f, g
+        Dual potentials on the points of ``x`` and ``y`` (zero on padding).
+    plan
+        Transport plans, shape ``(batch, n, m)``, when requested.
+    marginal_error
+        L1 error of the row marginals of each plan at the end.
+    n_iter
+        Number of Sinkhorn iterations run at the target ``epsilon``.
+    converged
+        Whether every problem met the tolerance before ``max_iter``.
+    """
+
+    objective: torch.Tensor
+    cost: torch.Tensor
+    f: torch.Tensor
+    g: torch.Tensor
+    plan: torch.Tensor | None
+    marginal_error: torch.Tensor
+    n_iter: int
+    converged: bool
+
+
+def _softmin(epsilon: float, cost: torch.Tensor, log_weights: torch.Tensor, potential: torch.Tensor) -> torch.Tensor:
+    """``-eps * log sum_j w_j exp((h_j - C_ij) / eps)`` over the last axis of ``cost``."""
+    return -epsilon * torch.logsumexp(log_weights[:, None, :] + (potential[:, None, :] - cost) / epsilon, dim=2)
+
+
+def sinkhorn(
+    x: PointClouds,
+    y: PointClouds,
+    *,
+    epsilon: float = 1e-2,
+    max_iter: int = 1000,
+    tol: float = 1e-4,
+    check_every: int = 10,
+    annealing: float = 0.5,
+    return_plan: bool = False,
+) -> SinkhornOutput:
+    r"""Solve many entropic OT problems at once with log-domain Sinkhorn iterations.
+
+    For each pair of clouds ``(x[b], y[b])`` with weights ``a``, ``b`` and squared-Euclidean
+    cost :math:`C_{ij} = \lVert x_i - y_j \rVert^2`, computes
+
+    .. math:: \mathrm{OT}_\varepsilon(x, y) = \min_{P \in U(a, b)} \langle P, C\rangle
+              + \varepsilon\, \mathrm{KL}(P \,|\, a \otimes b).
+
+    All problems run as one batch of tensor operations on the device of ``x``. Padded points
+    (``mask == False``) have weight zero and are ignored. Iterations run in the log domain, so
+    small ``epsilon`` is stable in float32; the problem starts at a large ``epsilon`` that is
+    divided by ``1 / annealing`` each step down to the target (ε-scaling), which makes small
+    ``epsilon`` converge in few iterations. Gradients flow through one final Sinkhorn step from
+    the converged potentials, which by the envelope theorem is the exact gradient of the
+    objective at convergence, at the memory cost of a single iteration.
+
+    Parameters
+    ----------
+    x, y
+        Batches of the same length and point dimension.
+    epsilon
+        Entropic regularisation, in the units of the cost (squared distances). Choose it
+        relative to the typical squared distance between points; :math:`W_2^2` is recovered as
+        ``epsilon`` tends to 0.
+    max_iter
+        Largest number of iterations at the target ``epsilon``.
+    tol
+        Stop when the L1 error of every row marginal is below ``tol``. In float32 the error
+        cannot fall much below ``1e-7 * max(C) / epsilon``: for very small ``epsilon`` relative
+        to the costs, scale the points or pass float64 clouds.
+    check_every
+        Check the marginals every this many iterations (each check synchronises a GPU).
+    annealing
+        Factor in ``(0, 1)`` by which ``epsilon`` shrinks per warm-up step; ``0`` disables the
+        warm-up.
+    return_plan
+        Also return the transport plans.
+
+    Returns
+    -------
+    :class:`SinkhornOutput` with the regularised objective, the transport cost
+    :math:`\langle P, C\rangle` (the :math:`W_2^2` estimate) and the potentials.
+    """
+    if len(x) != len(y):
+        raise ValueError(f"`x` and `y` must hold the same number of clouds, got {len(x)} and {len(y)}.")
+    if x.dim != y.dim:
+        raise ValueError(f"`x` and `y` must have the same point dimension, got {x.dim} and {y.dim}.")
+    if epsilon <= 0:
+        raise ValueError(f"`epsilon` must be positive, got {epsilon}.")
+    if not 0 <= annealing < 1:
+        raise ValueError(f"`annealing` must lie in [0, 1), got {annealing}.")
+    y = y.to(device=x.device, dtype=x.points.dtype)
+    cost = squared_euclidean_cost(x.points, y.points)
+    log_a = torch.where(x.mask, x.weights.log(), -torch.inf)
+    log_b = torch.where(y.mask, y.weights.log(), -torch.inf)
+
+    with torch.no_grad():
+        detached_cost = cost.detach()
+        f = torch.zeros_like(log_a)
+        g = torch.zeros_like(log_b)
+        eps = float(detached_cost.max()) if annealing > 0 else epsilon
+        while eps > epsilon:
+            f = _softmin(eps, detached_cost, log_b, g)
+            g = _softmin(eps, detached_cost.transpose(1, 2), log_a, f)
+            eps *= annealing
+        n_iter, tol_reached = 0, False
+        while n_iter < max_iter:
+            f = _softmin(epsilon, detached_cost, log_b, g)
+            g = _softmin(epsilon, detached_cost.transpose(1, 2), log_a, f)
+            n_iter += 1
+            if n_iter % check_every == 0 or n_iter == max_iter:
+                error = _row_marginal_error(detached_cost, f, g, log_a, log_b, epsilon, x.weights)
+                if bool((error < tol).all()):
+                    tol_reached = True
+                    break
+
+    # one differentiable step of the semi-dual: its gradient in C is the plan (envelope theorem)
+    f = _softmin(epsilon, cost, log_b, g)
+    log_plan = log_a[:, :, None] + log_b[:, None, :] + (f[:, :, None] + g[:, None, :] - cost) / epsilon
+    plan = log_plan.exp()
+    objective = (x.weights * torch.where(x.mask, f, 0)).sum(1) + (y.weights * torch.where(y.mask, g, 0)).sum(1)
+    transport_cost = (plan * cost).sum((1, 2))
+    marginal_error = (plan.detach().sum(2) - x.weights).abs().sum(1)
+    return SinkhornOutput(
+        objective=objective,
+        cost=transport_cost,
+        f=torch.where(x.mask, f, 0),
+        g=torch.where(y.mask, g.detach(), 0),
+        plan=plan if return_plan else None,
+        marginal_error=marginal_error,
+        n_iter=n_iter,
+        converged=tol_reached,
+    )
+
+
+def _row_marginal_error(cost, f, g, log_a, log_b, epsilon, a) -> torch.Tensor:
+    log_plan = log_a[:, :, None] + log_b[:, None, :] + (f[:, :, None] + g[:, None, :] - cost) / epsilon
+    return (log_plan.exp().sum(2) - a).abs().sum(1)
+
+
+def sinkhorn_divergence(x: PointClouds, y: PointClouds, *, epsilon: float = 1e-2, **kwargs) -> torch.Tensor:
+    r"""Debiased Sinkhorn divergence between paired clouds.
+
+    .. math:: S_\varepsilon(x, y) = \mathrm{OT}_\varepsilon(x, y)
+              - \tfrac12 \mathrm{OT}_\varepsilon(x, x) - \tfrac12 \mathrm{OT}_\varepsilon(y, y)
+
+    (Feydy et al. 2019). It is non-negative, zero if and only if ``x == y`` as measures, and
+    interpolates between :math:`W_2^2` (``epsilon -> 0``) and an energy distance (large
+    ``epsilon``). For a translation, :math:`S_\varepsilon(x, x + v) = \lVert v \rVert^2` at any
+    ``epsilon``, as for :math:`W_2^2`.
+
+    Parameters
+    ----------
+    x, y
+        Batches of the same length and point dimension.
+    epsilon
+        Entropic regularisation in the units of the squared-Euclidean cost.
+    **kwargs
+        Passed to :func:`sinkhorn`.
+
+    Returns
+    -------
+    Tensor of shape ``(batch,)``, differentiable in the points and weights of both clouds.
+    """
+    cross = sinkhorn(x, y, epsilon=epsilon, **kwargs).objective
+    self_x = sinkhorn(x, x, epsilon=epsilon, **kwargs).objective
+    self_y = sinkhorn(y, y, epsilon=epsilon, **kwargs).objective
+    return cross - 0.5 * (self_x + self_y)

@@ -1,0 +1,275 @@
+import numpy as np
+import ot as pot
+import pytest
+import scipy.linalg
+import torch
+
+from spatialot import ot
+
+
+def _random_clouds(batch, size, dim, *, seed, shift=0.0, ragged=False):
+    generator = torch.Generator().manual_seed(seed)
+    points = torch.rand(batch, size, dim, generator=generator) + shift
+    mask = None
+    if ragged:
+        sizes = torch.randint(2, size + 1, (batch,), generator=generator)
+        mask = torch.arange(size)[None, :] < sizes[:, None]
+    return ot.PointClouds.from_padded(points, mask)
+
+
+def _random_spd(dim, rng):
+    root = rng.normal(size=(dim, dim))
+    return root @ root.T + 0.1 * np.eye(dim)
+
+
+# --- PointClouds --------------------------------------------------------------------------
+
+
+def test_point_clouds_normalise_and_zero_padding():
+    points = torch.ones(2, 3, 2)
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    clouds = ot.PointClouds.from_padded(points, mask, weights=torch.tensor([[1.0, 3.0, 5.0], [1.0, 1.0, 2.0]]))
+    np.testing.assert_allclose(clouds.weights.numpy(), [[0.25, 0.75, 0.0], [0.25, 0.25, 0.5]])
+    assert clouds.points[0, 2].abs().sum() == 0
+    assert clouds.sizes.tolist() == [2, 3]
+
+
+def test_point_clouds_from_list_round_trip():
+    rng = np.random.default_rng(0)
+    arrays = [rng.normal(size=(n, 3)) for n in (2, 5, 4)]
+    clouds = ot.PointClouds.from_list(arrays)
+    assert clouds.max_size == 5 and len(clouds) == 3 and clouds.dim == 3
+    for i, array in enumerate(arrays):
+        points, weights = clouds.cloud(i)
+        np.testing.assert_allclose(points, array, rtol=1e-6)
+        np.testing.assert_allclose(weights, np.full(len(array), 1 / len(array)), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"points": torch.zeros(3, 2)}, "points"),
+        ({"points": torch.zeros(1, 2, 2), "mask": torch.zeros(1, 3, dtype=torch.bool)}, "mask"),
+        ({"points": torch.zeros(1, 2, 2), "mask": torch.tensor([[False, False]])}, "Cloud 0"),
+        ({"points": torch.zeros(1, 2, 2), "weights": torch.tensor([[1.0, -1.0]])}, "non-negative"),
+        ({"points": torch.full((1, 2, 2), float("nan"))}, "NaN"),
+    ],
+)
+def test_point_clouds_reject_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ot.PointClouds.from_padded(**kwargs)
+
+
+# --- exact OT -----------------------------------------------------------------------------
+
+
+def test_exact_shift_equals_squared_norm():
+    clouds = _random_clouds(5, 7, 3, seed=1)
+    shift = torch.tensor([0.5, -2.0, 1.0])
+    moved = ot.PointClouds.from_padded(clouds.points + shift, clouds.mask)
+    np.testing.assert_allclose(ot.exact_w2_squared(clouds, moved), float((shift**2).sum()), rtol=1e-5)
+
+
+def test_exact_matches_pot_with_weights_and_ragged_sizes():
+    x = _random_clouds(6, 8, 2, seed=2, ragged=True)
+    y = _random_clouds(6, 5, 2, seed=3, ragged=True, shift=0.3)
+    values = ot.exact_w2_squared(x, y)
+    for b in range(6):
+        xp, xw = x.cloud(b)
+        yp, yw = y.cloud(b)
+        expected = pot.emd2(xw.astype(float) / xw.sum(), yw.astype(float) / yw.sum(), pot.dist(xp, yp).astype(float))
+        assert values[b] == pytest.approx(expected, rel=1e-5)
+
+
+def test_exact_of_gaussian_pushforward_equals_mean_displacement():
+    # the Bures-Wasserstein map is the gradient of a convex function, so it is optimal between an
+    # empirical cloud and its image: W2^2 equals the mean squared displacement exactly
+    rng = np.random.default_rng(4)
+    cov_1, cov_2 = _random_spd(3, rng), _random_spd(3, rng)
+    mean_1, mean_2 = rng.normal(size=3), rng.normal(size=3)
+    matrix, shift = ot.gaussian_map(*(torch.as_tensor(a) for a in (mean_1, cov_1, mean_2, cov_2)))
+    points = rng.multivariate_normal(mean_1, cov_1, size=40)
+    image = points @ matrix.numpy().T + shift.numpy()
+    x = ot.PointClouds.from_padded(points[None], dtype=torch.float64)
+    y = ot.PointClouds.from_padded(image[None], dtype=torch.float64)
+    displacement = ((points - image) ** 2).sum(1).mean()
+    assert ot.exact_w2_squared(x, y)[0] == pytest.approx(displacement, rel=1e-8)
+
+
+# --- entropic OT --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sinkhorn_approaches_exact_as_epsilon_shrinks(dtype):
+    x = _random_clouds(16, 12, 3, seed=5, ragged=True).to(dtype=dtype)
+    y = _random_clouds(16, 10, 3, seed=6, ragged=True, shift=0.2).to(dtype=dtype)
+    exact = ot.exact_w2_squared(x, y)
+    errors = []
+    for epsilon in (1e-1, 1e-2, 1e-3):
+        out = ot.sinkhorn(x, y, epsilon=epsilon, max_iter=5000)
+        assert torch.isfinite(out.objective).all() and torch.isfinite(out.cost).all()
+        errors.append(np.abs(out.cost.double().numpy() - exact).max() / exact.mean())
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 5e-3
+
+
+def test_sinkhorn_matches_pot_entropic_solution():
+    x = _random_clouds(4, 9, 2, seed=7, ragged=True).to(dtype=torch.float64)
+    y = _random_clouds(4, 6, 2, seed=8, ragged=True).to(dtype=torch.float64)
+    out = ot.sinkhorn(x, y, epsilon=0.05, tol=1e-10, max_iter=10_000, return_plan=True)
+    assert out.converged
+    for b in range(4):
+        xp, xw = x.cloud(b)
+        yp, yw = y.cloud(b)
+        plan = pot.sinkhorn(xw, yw, pot.dist(xp, yp), reg=0.05, method="sinkhorn_log", stopThr=1e-12, numItermax=100_000)
+        ours = out.plan[b][x.mask[b]][:, y.mask[b]].numpy()
+        np.testing.assert_allclose(ours, plan, atol=1e-8)
+        # padding carries no mass
+        assert out.plan[b][~x.mask[b]].abs().sum() == 0
+
+
+def test_sinkhorn_gradient_is_the_plan():
+    x = _random_clouds(3, 6, 2, seed=9).to(dtype=torch.float64)
+    y = _random_clouds(3, 5, 2, seed=10).to(dtype=torch.float64)
+    points = x.points.clone().requires_grad_(True)
+    x_grad = ot.PointClouds(points, x.mask, x.weights)
+    out = ot.sinkhorn(x_grad, y, epsilon=0.05, tol=1e-12, max_iter=10_000, return_plan=True)
+    (grad,) = torch.autograd.grad(out.objective.sum(), points)
+    plan = out.plan.detach()
+    # d/dx_i sum_j P_ij ||x_i - y_j||^2 = 2 (a_i x_i - sum_j P_ij y_j)
+    expected = 2 * (x.weights[..., None] * x.points - plan @ y.points)
+    np.testing.assert_allclose(grad.numpy(), expected.numpy(), atol=1e-7)
+
+
+def test_sinkhorn_divergence_of_a_translation_is_the_squared_shift():
+    clouds = _random_clouds(8, 10, 4, seed=11, ragged=True)
+    shift = torch.tensor([0.3, -0.1, 0.0, 0.7])
+    moved = ot.PointClouds.from_padded(clouds.points + shift, clouds.mask)
+    for epsilon in (1.0, 0.1, 0.01):
+        values = ot.sinkhorn_divergence(clouds, moved, epsilon=epsilon)
+        np.testing.assert_allclose(values.numpy(), float((shift**2).sum()), rtol=2e-3)
+
+
+def test_sinkhorn_divergence_zero_on_identical_and_symmetric():
+    x = _random_clouds(6, 8, 3, seed=12, ragged=True)
+    y = _random_clouds(6, 8, 3, seed=13, ragged=True)
+    np.testing.assert_allclose(ot.sinkhorn_divergence(x, x, epsilon=0.05).numpy(), 0, atol=1e-5)
+    forward = ot.sinkhorn_divergence(x, y, epsilon=0.05).numpy()
+    backward = ot.sinkhorn_divergence(y, x, epsilon=0.05).numpy()
+    np.testing.assert_allclose(forward, backward, rtol=1e-4)
+    assert (forward > 0).all()
+
+
+def test_padding_does_not_change_sinkhorn():
+    x = _random_clouds(4, 6, 2, seed=14)
+    y = _random_clouds(4, 5, 2, seed=15)
+    padded_points = torch.cat([x.points, 100 * torch.ones(4, 3, 2)], dim=1)
+    padded_mask = torch.cat([x.mask, torch.zeros(4, 3, dtype=torch.bool)], dim=1)
+    padded = ot.PointClouds.from_padded(padded_points, padded_mask)
+    plain = ot.sinkhorn(x, y, epsilon=0.05).cost
+    np.testing.assert_allclose(ot.sinkhorn(padded, y, epsilon=0.05).cost.numpy(), plain.numpy(), rtol=1e-5)
+
+
+def test_sinkhorn_rejects_bad_arguments():
+    x = _random_clouds(2, 4, 2, seed=16)
+    with pytest.raises(ValueError, match="epsilon"):
+        ot.sinkhorn(x, x, epsilon=0)
+    with pytest.raises(ValueError, match="same number of clouds"):
+        ot.sinkhorn(x, x[:1])
+    with pytest.raises(ValueError, match="point dimension"):
+        ot.sinkhorn(x, _random_clouds(2, 4, 3, seed=17))
+
+
+# --- pairwise -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["exact", "sinkhorn", "sinkhorn_divergence"])
+def test_pairwise_matrix_symmetric_and_consistent(method):
+    clouds = _random_clouds(7, 6, 2, seed=18, ragged=True)
+    matrix = ot.pairwise_distances(clouds, method=method, epsilon=0.01, batch_size=5)
+    np.testing.assert_allclose(matrix, matrix.T)
+    if method != "sinkhorn":
+        np.testing.assert_array_equal(np.diag(matrix), 0)
+    rows, cols = np.array([0, 3, 6]), np.array([2, 5, 1])
+    paired = ot.paired_distances(clouds[rows], clouds[cols], method=method, epsilon=0.01)
+    np.testing.assert_allclose(matrix[rows, cols], paired, rtol=1e-4)
+    other = ot.pairwise_distances(clouds[:3], clouds[3:], method=method, epsilon=0.01)
+    np.testing.assert_allclose(other, matrix[:3, 3:], rtol=1e-4)
+
+
+def test_pairwise_sinkhorn_close_to_exact():
+    clouds = _random_clouds(10, 8, 3, seed=19, ragged=True)
+    exact = ot.pairwise_distances(clouds, method="exact")
+    entropic = ot.pairwise_distances(clouds, method="sinkhorn_divergence", epsilon=1e-3)
+    upper = np.triu_indices(10, 1)
+    assert np.corrcoef(exact[upper], entropic[upper])[0, 1] > 0.999
+
+
+def test_pairwise_rejects_unknown_method():
+    clouds = _random_clouds(2, 3, 2, seed=20)
+    with pytest.raises(ValueError, match="method"):
+        ot.pairwise_distances(clouds, method="gromov")
+
+
+# --- Gaussians (Bures-Wasserstein) --------------------------------------------------------
+
+
+def test_bures_in_one_dimension():
+    mean_1, mean_2 = torch.tensor([[1.0]]), torch.tensor([[-2.0]])
+    cov_1, cov_2 = torch.tensor([[[4.0]]]), torch.tensor([[[9.0]]])
+    value = ot.bures_wasserstein_squared(mean_1, cov_1, mean_2, cov_2)
+    assert float(value[0]) == pytest.approx(3.0**2 + (2.0 - 3.0) ** 2)
+
+
+def test_bures_against_scipy_sqrtm():
+    rng = np.random.default_rng(21)
+    cov_1, cov_2 = _random_spd(4, rng), _random_spd(4, rng)
+    mean_1, mean_2 = rng.normal(size=4), rng.normal(size=4)
+    root = scipy.linalg.sqrtm(cov_1)
+    expected = ((mean_1 - mean_2) ** 2).sum() + np.trace(cov_1 + cov_2 - 2 * scipy.linalg.sqrtm(root @ cov_2 @ root))
+    value = ot.bures_wasserstein_squared(*(torch.as_tensor(a) for a in (mean_1, cov_1, mean_2, cov_2)))
+    assert float(value) == pytest.approx(float(np.real(expected)), rel=1e-8)
+
+
+def test_gaussian_map_pushes_covariance_and_geodesic_ends():
+    rng = np.random.default_rng(22)
+    mean_1, cov_1, mean_2, cov_2 = (
+        torch.as_tensor(a) for a in (rng.normal(size=3), _random_spd(3, rng), rng.normal(size=3), _random_spd(3, rng))
+    )
+    matrix, shift = ot.gaussian_map(mean_1, cov_1, mean_2, cov_2)
+    np.testing.assert_allclose((matrix @ cov_1 @ matrix.T).numpy(), cov_2.numpy(), atol=1e-8)
+    np.testing.assert_allclose((matrix @ mean_1 + shift).numpy(), mean_2.numpy(), atol=1e-10)
+    assert torch.linalg.eigvalsh(matrix).min() > 0
+    for t, (mean, cov) in ((0.0, (mean_1, cov_1)), (1.0, (mean_2, cov_2))):
+        mean_t, cov_t = ot.bures_geodesic(mean_1, cov_1, mean_2, cov_2, t)
+        np.testing.assert_allclose(mean_t.numpy(), mean.numpy(), atol=1e-8)
+        np.testing.assert_allclose(cov_t.numpy(), cov.numpy(), atol=1e-8)
+    # constant speed: W2(start, t) = t * W2(start, end)
+    full = ot.bures_wasserstein_squared(mean_1, cov_1, mean_2, cov_2)
+    mean_t, cov_t = ot.bures_geodesic(mean_1, cov_1, mean_2, cov_2, 0.3)
+    partial = ot.bures_wasserstein_squared(mean_1, cov_1, mean_t, cov_t)
+    assert float(partial) == pytest.approx(0.09 * float(full), rel=1e-6)
+
+
+def test_bures_matches_exact_ot_on_large_gaussian_samples():
+    rng = np.random.default_rng(23)
+    cov_1, cov_2 = np.diag([1.0, 0.25]), np.array([[2.0, 0.5], [0.5, 1.0]])
+    mean_1, mean_2 = np.zeros(2), np.array([1.0, 2.0])
+    x = rng.multivariate_normal(mean_1, cov_1, size=600)
+    y = rng.multivariate_normal(mean_2, cov_2, size=600)
+    clouds_x = ot.PointClouds.from_padded(x[None], dtype=torch.float64)
+    clouds_y = ot.PointClouds.from_padded(y[None], dtype=torch.float64)
+    closed = ot.bures_wasserstein_squared(*(torch.as_tensor(a) for a in (mean_1, cov_1, mean_2, cov_2)))
+    empirical = ot.bures_wasserstein_squared(*ot.gaussian_moments(clouds_x), *ot.gaussian_moments(clouds_y))
+    assert float(empirical[0]) == pytest.approx(float(closed), rel=0.1)
+    # exact OT between samples is a consistent estimate of the Gaussian W2^2
+    assert ot.exact_w2_squared(clouds_x, clouds_y)[0] == pytest.approx(float(closed), rel=0.15)
+
+
+def test_gaussian_moments_ignore_padding():
+    rng = np.random.default_rng(24)
+    cloud = rng.normal(size=(5, 2))
+    padded = ot.PointClouds.from_list([cloud, rng.normal(size=(9, 2))], dtype=torch.float64)
+    means, covs = ot.gaussian_moments(padded)
+    np.testing.assert_allclose(means[0].numpy(), cloud.mean(0))
+    np.testing.assert_allclose(covs[0].numpy(), np.cov(cloud.T, bias=True))
