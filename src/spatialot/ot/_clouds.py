@@ -188,3 +188,89 @@ class PointClouds:
             self.points[index, keep].detach().cpu().numpy(),
             self.weights[index, keep].detach().cpu().numpy(),
         )
+
+
+class IndexedClouds:
+    """A family of clouds stored as rows of indices into one table of points.
+
+    Cloud ``i`` is made of the rows ``indices[i, mask[i]]`` of ``features``. Nothing is copied
+    until clouds are requested: ``family[cells]`` gathers the requested clouds into a padded
+    :class:`PointClouds` batch, so memory stays that of the table plus the index, O(n·k).
+
+    Parameters
+    ----------
+    features
+        Table of points, shape ``(n_points, dim)``: a numpy array or a scipy sparse matrix.
+    indices
+        Integer array of shape ``(n_clouds, max_size)``; padded slots may hold any value.
+    mask
+        Boolean array of shape ``(n_clouds, max_size)``, ``True`` for real points; every slot
+        is real when ``None``.
+    """
+
+    def __init__(self, features, indices: np.ndarray, mask: np.ndarray | None = None):
+        if features.ndim != 2:
+            raise ValueError(f"`features` must be 2-D (n_points, dim), got shape {features.shape}.")
+        if indices.ndim != 2:
+            raise ValueError(f"`indices` must be 2-D (n_clouds, max_size), got shape {indices.shape}.")
+        if mask is not None and mask.shape != indices.shape:
+            raise ValueError(f"`mask` must have the shape of `indices` {indices.shape}, got {mask.shape}.")
+        self.features = features
+        self.indices = indices
+        self.mask = mask
+
+    def __len__(self) -> int:
+        return self.indices.shape[0]
+
+    @property
+    def dim(self) -> int:
+        """Dimension of the points."""
+        return self.features.shape[1]
+
+    @property
+    def max_size(self) -> int:
+        """Padded size of every gathered batch."""
+        return self.indices.shape[1]
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """Number of points of every cloud."""
+        if self.mask is None:
+            return np.full(len(self), self.max_size)
+        return self.mask.sum(axis=1)
+
+    def gather(
+        self,
+        clouds: int | slice | Sequence[int] | np.ndarray | None = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> PointClouds:
+        """Gather clouds into a padded batch with uniform weights.
+
+        Parameters
+        ----------
+        clouds
+            Which clouds: positions, a boolean mask, a slice or ``None`` for all.
+        dtype
+            Floating dtype of the batch.
+        device
+            Device of the batch.
+
+        Returns
+        -------
+        The clouds as a :class:`PointClouds` batch.
+        """
+        selection = slice(None) if clouds is None else clouds
+        if isinstance(selection, int | np.integer):
+            selection = [selection]
+        rows = np.asarray(self.indices[selection])
+        mask = np.ones(rows.shape, dtype=bool) if self.mask is None else np.asarray(self.mask[selection], dtype=bool)
+        flat = np.where(mask, rows, 0).ravel()
+        points = self.features[flat]
+        points = points.toarray() if hasattr(points, "toarray") else np.asarray(points)
+        points = points.reshape(*rows.shape, self.dim)
+        return PointClouds.from_padded(points, mask, dtype=dtype, device=device)
+
+    def __getitem__(self, clouds) -> PointClouds:
+        return self.gather(clouds)

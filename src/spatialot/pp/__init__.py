@@ -1,1 +1,5 @@
-"""spatialot.pp."""
+"""Preprocessing: niches from spatial coordinates."""
+
+from ._niches import niches
+
+__all__ = ["niches"]

@@ -1,0 +1,77 @@
+"""Reading what spatialot needs out of an AnnData, with errors that name the argument."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from anndata import AnnData
+
+
+def _has_nan(matrix) -> bool:
+    values = matrix.data if sp.issparse(matrix) else np.asarray(matrix)
+    return bool(np.issubdtype(values.dtype, np.floating) and np.isnan(values).any())
+
+
+def get_features(adata: AnnData, *, use_rep: str | None = None, layer: str | None = None, check_nan: bool = True):
+    """Per-cell features: ``.obsm[use_rep]``, ``.layers[layer]`` or ``.X`` (dense or sparse, not copied).
+
+    Raises
+    ------
+    KeyError
+        If ``use_rep`` or ``layer`` is not in the AnnData.
+    ValueError
+        If both are given, the features are not a 2-D numeric matrix, or hold NaN.
+    """
+    if use_rep is not None and layer is not None:
+        raise ValueError("Pass at most one of `use_rep` and `layer`.")
+    if use_rep is not None:
+        if use_rep not in adata.obsm:
+            raise KeyError(f"`use_rep`={use_rep!r} is not in `adata.obsm` (keys: {list(adata.obsm)}).")
+        features, name = adata.obsm[use_rep], f"adata.obsm[{use_rep!r}]"
+    elif layer is not None:
+        if layer not in adata.layers:
+            raise KeyError(f"`layer`={layer!r} is not in `adata.layers` (keys: {list(adata.layers)}).")
+        features, name = adata.layers[layer], f"adata.layers[{layer!r}]"
+    else:
+        if adata.X is None:
+            raise ValueError("`adata.X` is empty: pass `use_rep` or `layer`.")
+        features, name = adata.X, "adata.X"
+    if hasattr(features, "to_numpy"):  # a DataFrame in .obsm
+        features = features.to_numpy()
+    if not sp.issparse(features):
+        features = np.asarray(features)
+    if features.ndim != 2 or features.shape[1] == 0:
+        raise ValueError(f"{name} must be a 2-D matrix with at least one column, got shape {features.shape}.")
+    if not np.issubdtype(features.dtype, np.number):
+        raise ValueError(f"{name} must be numeric, got dtype {features.dtype}.")
+    if check_nan and _has_nan(features):
+        raise ValueError(f"{name} contains NaN values; impute or drop them before building niches.")
+    return features
+
+
+def get_coordinates(adata: AnnData, spatial_key: str) -> np.ndarray:
+    """Spatial coordinates ``.obsm[spatial_key]`` as a float array ``(n_obs, n_dims)``."""
+    if spatial_key not in adata.obsm:
+        raise KeyError(
+            f"`spatial_key`={spatial_key!r} is not in `adata.obsm` (keys: {list(adata.obsm)}). "
+            "Spatial coordinates are expected there, as squidpy does."
+        )
+    coordinates = np.asarray(adata.obsm[spatial_key], dtype=np.float64)
+    if coordinates.ndim != 2 or coordinates.shape[1] == 0:
+        raise ValueError(f"`adata.obsm[{spatial_key!r}]` must have shape (n_obs, n_dims), got {coordinates.shape}.")
+    if not np.isfinite(coordinates).all():
+        raise ValueError(f"`adata.obsm[{spatial_key!r}]` contains NaN or infinite coordinates.")
+    return coordinates
+
+
+def get_library_codes(adata: AnnData, library_key: str | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Integer library of every cell and the library names, or ``(None, None)`` without a key."""
+    if library_key is None:
+        return None, None
+    if library_key not in adata.obs:
+        raise KeyError(f"`library_key`={library_key!r} is not a column of `adata.obs` (columns: {list(adata.obs)}).")
+    column = adata.obs[library_key]
+    if column.isna().any():
+        raise ValueError(f"`adata.obs[{library_key!r}]` has missing values; every cell needs a library.")
+    names, codes = np.unique(column.astype(str).to_numpy(), return_inverse=True)
+    return codes, names

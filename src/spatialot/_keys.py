@@ -1,0 +1,27 @@
+"""Names of the keys spatialot writes, decided in one place from ``key_added``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class NicheKeys:
+    """Where :func:`spatialot.pp.niches` stores a niche index under ``key_added``."""
+
+    key_added: str
+
+    @property
+    def uns(self) -> str:
+        """``.uns`` entry with the parameters."""
+        return self.key_added
+
+    @property
+    def indices(self) -> str:
+        """``.obsm`` entry with the padded index rows."""
+        return f"{self.key_added}_indices"
+
+    @property
+    def mask(self) -> str:
+        """``.obsm`` entry with the mask of real slots (only when sizes vary)."""
+        return f"{self.key_added}_mask"

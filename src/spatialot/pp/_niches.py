@@ -1,0 +1,178 @@
+"""``sot.pp.niches``: each cell's spatial neighbourhood as a point cloud in expression space."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from anndata import AnnData
+from scanpy import logging as logg
+
+from .._anndata import get_coordinates, get_features, get_library_codes
+from .._keys import NicheKeys
+from ._build import graph_niche_indices, knn_niche_indices, radius_graph
+
+
+def niches(
+    adata: AnnData,
+    k: int = 8,
+    *,
+    radius: float | None = None,
+    spatial_key: str = "spatial",
+    library_key: str | None = None,
+    use_rep: str | None = None,
+    layer: str | None = None,
+    include_center: bool = True,
+    connectivity_key: str | None = None,
+    key_added: str = "niche",
+    copy: bool = False,
+) -> AnnData | None:
+    """Define every cell's niche: the point cloud of the expression of its spatial neighbours.
+
+    A niche is a small empirical distribution in feature space (``.X``, a layer, or a
+    representation such as ``'X_pca'``), one point per neighbouring cell with uniform weights.
+    Only indices are stored, never copies of the clouds; the clouds of any set of cells are
+    gathered when needed with :func:`spatialot.get.niche_clouds`.
+
+    Neighbours are, in order of precedence: the cells adjacent in an existing spatial graph
+    ``.obsp[connectivity_key]`` (e.g. from :func:`squidpy.gr.spatial_neighbors`, variable size);
+    all cells within ``radius`` (variable size); or the ``k`` nearest cells. Neighbours never
+    cross samples of ``library_key``.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix with spatial coordinates in ``.obsm[spatial_key]`` (2-D or 3-D).
+    k
+        Number of cells in each niche for k-nearest-neighbour niches, the cell itself included
+        when ``include_center`` (so ``k - 1`` neighbours), otherwise ``k`` neighbours. Ignored
+        when ``radius`` or ``connectivity_key`` is given.
+    radius
+        If given, a niche holds every cell within this distance (in the units of the
+        coordinates), so niche sizes vary.
+    spatial_key
+        Key in ``.obsm`` of the spatial coordinates.
+    library_key
+        Column of ``.obs`` naming the sample of each cell; niches never mix samples.
+    use_rep
+        Key in ``.obsm`` of the features the clouds live in (e.g. ``'X_pca'``). Default: ``.X``.
+    layer
+        Layer to use as features instead of ``.X``.
+    include_center
+        Whether a cell belongs to its own niche. When ``True``, the cell is the first entry
+        of its row.
+    connectivity_key
+        Key in ``.obsp`` of an existing spatial graph (``'spatial_connectivities'`` after
+        :func:`squidpy.gr.spatial_neighbors`); its neighbours define the niches.
+    key_added
+        Prefix of the keys written (see Returns).
+    copy
+        Return a modified copy instead of writing to ``adata``.
+
+    Returns
+    -------
+    ``None``, or a copy of ``adata`` when ``copy=True``, with:
+
+    ``.obsm['{key_added}_indices']``
+        Integer array ``(n_obs, max_size)``: positions (row numbers) of the cells of each
+        niche, padded with ``-1``. Positions refer to ``adata`` as it is now; subsetting cells
+        afterwards invalidates them (rebuild the niches on the subset).
+    ``.obsm['{key_added}_mask']``
+        Boolean array ``(n_obs, max_size)``, ``True`` on real entries. Only written when niche
+        sizes vary (radius or graph niches).
+    ``.uns['{key_added}']['params']``
+        The parameters above, plus ``n_obs`` and ``max_size``.
+
+    Raises
+    ------
+    KeyError
+        If ``spatial_key``, ``library_key``, ``use_rep``, ``layer`` or ``connectivity_key`` is
+        missing.
+    ValueError
+        On NaN coordinates or features, ``k`` larger than a sample, a non-positive ``radius``,
+        or an empty niche. ``adata`` is left untouched when an error is raised.
+
+    Examples
+    --------
+    >>> import spatialot as sot
+    >>> adata = sot.datasets.bdtnp()
+    >>> sot.pp.niches(adata, k=8)
+    >>> clouds = sot.get.niche_clouds(adata)[:16]  # a padded batch of 16 niches
+    """
+    start = logg.info("computing niches")
+    coordinates = get_coordinates(adata, spatial_key)
+    library_codes, library_names = get_library_codes(adata, library_key)
+    get_features(adata, use_rep=use_rep, layer=layer)  # fail now, not when the clouds are gathered
+    if connectivity_key is not None and radius is not None:
+        raise ValueError("Pass at most one of `radius` and `connectivity_key`.")
+
+    if connectivity_key is not None:
+        if connectivity_key not in adata.obsp:
+            raise KeyError(
+                f"`connectivity_key`={connectivity_key!r} is not in `adata.obsp` (keys: {list(adata.obsp)}). "
+                "Build a graph with `squidpy.gr.spatial_neighbors` first, or pass `k` or `radius`."
+            )
+        graph = sp.csr_matrix(adata.obsp[connectivity_key])
+        if library_codes is not None:
+            graph = _drop_cross_library_edges(graph, library_codes)
+        indices, mask = graph_niche_indices(graph, include_center=include_center)
+        mode: dict[str, Any] = {"connectivity_key": connectivity_key}
+    elif radius is not None:
+        if not radius > 0:
+            raise ValueError(f"`radius` must be positive, got {radius}.")
+        graph = radius_graph(coordinates, radius, library_codes=library_codes)
+        indices, mask = graph_niche_indices(graph, include_center=include_center)
+        mode = {"radius": float(radius)}
+    else:
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise ValueError(f"`k` must be a positive integer, got {k!r}.")
+        indices = knn_niche_indices(
+            coordinates,
+            int(k),
+            include_center=include_center,
+            library_codes=library_codes,
+            library_names=library_names,
+        )
+        mask = None
+        mode = {"k": int(k)}
+
+    sizes = indices.shape[1] if mask is None else mask.sum(axis=1)
+    if np.min(sizes, initial=indices.shape[1]) == 0:
+        empty = int(np.argmin(sizes))
+        raise ValueError(
+            f"Cell {adata.obs_names[empty]!r} has an empty niche: no neighbour within `radius` or in the graph. "
+            "Increase `radius`, or set `include_center=True`."
+        )
+
+    adata = adata.copy() if copy else adata
+    keys = NicheKeys(key_added)
+    adata.obsm[keys.indices] = indices
+    if mask is not None and not mask.all():
+        adata.obsm[keys.mask] = mask
+    elif keys.mask in adata.obsm:
+        del adata.obsm[keys.mask]  # a stale mask from an earlier call would misread the new index
+    params = {
+        **mode,
+        "spatial_key": spatial_key,
+        "library_key": library_key,
+        "use_rep": use_rep,
+        "layer": layer,
+        "include_center": include_center,
+        "n_obs": adata.n_obs,
+        "max_size": int(indices.shape[1]),
+    }
+    # h5ad cannot store None: absent means "not used"
+    adata.uns[keys.uns] = {"params": {name: value for name, value in params.items() if value is not None}}
+    logg.info(
+        "    finished",
+        time=start,
+        deep=f"added\n    '{keys.indices}', niche indices (adata.obsm)\n    '{keys.uns}', parameters (adata.uns)",
+    )
+    return adata if copy else None
+
+
+def _drop_cross_library_edges(graph: sp.csr_matrix, library_codes: np.ndarray) -> sp.csr_matrix:
+    coo = graph.tocoo()
+    same_library = library_codes[coo.row] == library_codes[coo.col]
+    return sp.csr_matrix((coo.data[same_library], (coo.row[same_library], coo.col[same_library])), shape=graph.shape)
