@@ -1,1 +1,5 @@
-"""spatialot.pl."""
+"""Plots that read what :mod:`spatialot.pp` and :mod:`spatialot.tl` wrote."""
+
+from ._niches import niches
+
+__all__ = ["niches"]

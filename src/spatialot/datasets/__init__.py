@@ -1,0 +1,13 @@
+"""Example data sets.
+
+- :func:`bdtnp` — a real spatial atlas that ships with the package (no download): the
+  Drosophila stage-6 embryo, 3,039 cells × 84 genes with 3-D positions.
+- :func:`simulated_tissue` — a seeded simulated 2-D tissue of any size (100 to millions of
+  cells) whose niche types, compositions and expression model are known exactly, for tests
+  and benchmarks.
+"""
+
+from ._bdtnp import bdtnp
+from ._simulated import simulated_tissue
+
+__all__ = ["bdtnp", "simulated_tissue"]

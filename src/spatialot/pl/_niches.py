@@ -1,0 +1,101 @@
+"""``sot.pl.niches``: where chosen niches sit in the tissue."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from anndata import AnnData
+from matplotlib.axes import Axes
+from matplotlib.collections import LineCollection
+
+from .._anndata import get_coordinates
+from .._keys import NicheKeys
+from ._utils import finish
+
+
+def niches(
+    adata: AnnData,
+    cells: Sequence[int | str] | None = None,
+    *,
+    niche_key: str = "niche",
+    color: str | None = None,
+    n_random: int = 4,
+    dims: tuple[int, int] = (0, 1),
+    point_size: float | None = None,
+    random_state: int = 0,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    save: str | Path | None = None,
+) -> Axes | None:
+    """Show the tissue and the niches of chosen cells, each centre joined to its niche.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix on which :func:`spatialot.pp.niches` ran.
+    cells
+        Centre cells to show, as positions or ``obs_names``. Default: ``n_random`` random cells.
+    niche_key
+        The ``key_added`` of :func:`spatialot.pp.niches`.
+    color
+        Categorical or numeric column of ``.obs`` colouring the background cells.
+    n_random
+        Number of random cells when ``cells`` is ``None``.
+    dims
+        Which two spatial dimensions to draw (3-D data is projected).
+    point_size
+        Marker size of the background cells; chosen from the number of cells when ``None``.
+    random_state
+        Seed of the random choice of cells.
+    ax
+        Axes to draw into; a new figure when ``None``.
+    show
+        Show the figure; by default as :data:`scanpy.settings.autoshow`, unless saving.
+    save
+        Path to save the figure to.
+
+    Returns
+    -------
+    The Axes, unless the figure was shown.
+    """
+    keys = NicheKeys(niche_key)
+    if keys.indices not in adata.obsm or keys.uns not in adata.uns:
+        raise KeyError(f"No niches under `niche_key`={niche_key!r}: run `sot.pp.niches` first.")
+    coordinates = get_coordinates(adata, adata.uns[keys.uns]["params"]["spatial_key"])
+    if max(dims) >= coordinates.shape[1]:
+        raise ValueError(f"`dims`={dims} asks for a dimension the {coordinates.shape[1]}-D coordinates lack.")
+    coordinates = coordinates[:, list(dims)]
+    if cells is None:
+        rng = np.random.default_rng(random_state)
+        positions = rng.choice(adata.n_obs, size=min(n_random, adata.n_obs), replace=False)
+    else:
+        positions = np.array([adata.obs_names.get_loc(c) if isinstance(c, str) else int(c) for c in cells])
+    indices = np.asarray(adata.obsm[keys.indices])
+    mask = np.asarray(adata.obsm[keys.mask]) if keys.mask in adata.obsm else indices >= 0
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 6))
+    size = point_size if point_size is not None else max(0.5, min(20.0, 20_000 / adata.n_obs))
+    background = {"c": "lightgrey"}
+    if color is not None:
+        if color not in adata.obs:
+            raise KeyError(f"`color`={color!r} is not a column of `adata.obs`.")
+        values = adata.obs[color]
+        background = {"c": values.cat.codes, "cmap": "tab20"} if hasattr(values, "cat") else {"c": values}
+    ax.scatter(*coordinates.T, s=size, linewidths=0, alpha=0.6, **background)
+    palette = plt.get_cmap("tab10")
+    for number, center in enumerate(positions):
+        members = indices[center][mask[center]]
+        tint = palette(number % 10)
+        segments = np.stack([np.broadcast_to(coordinates[center], (len(members), 2)), coordinates[members]], axis=1)
+        ax.add_collection(LineCollection(segments, colors=[tint], linewidths=0.8))
+        ax.scatter(*coordinates[members].T, s=4 * size + 8, color=tint, edgecolors="black", linewidths=0.3)
+        ax.scatter(*coordinates[center], s=12 * size + 30, color=tint, marker="*", edgecolors="black", linewidths=0.5)
+    ax.set_aspect("equal")
+    ax.set_xlabel(f"spatial {dims[0] + 1}")
+    ax.set_ylabel(f"spatial {dims[1] + 1}")
+    ax.set_title(f"{len(positions)} niches of {adata.uns[keys.uns]['params'].get('max_size')} cells at most")
+    return finish(ax, show=show, save=save)
