@@ -41,7 +41,8 @@ def niches(
     niche_key
         The ``key_added`` of :func:`spatialot.pp.niches`.
     color
-        Categorical or numeric column of ``.obs`` colouring the background cells.
+        Column of ``.obs`` (categorical or numeric) or gene of ``.var_names`` (read from
+        ``.X``) colouring the background cells.
     n_random
         Number of random cells when ``cells`` is ``None``.
     dims
@@ -81,10 +82,7 @@ def niches(
     size = point_size if point_size is not None else max(0.5, min(20.0, 20_000 / adata.n_obs))
     background = {"c": "lightgrey"}
     if color is not None:
-        if color not in adata.obs:
-            raise KeyError(f"`color`={color!r} is not a column of `adata.obs`.")
-        values = adata.obs[color]
-        background = {"c": values.cat.codes, "cmap": "tab20"} if hasattr(values, "cat") else {"c": values}
+        background = _background_colors(adata, color)
     ax.scatter(*coordinates.T, s=size, linewidths=0, alpha=0.6, **background)
     palette = plt.get_cmap("tab10")
     for number, center in enumerate(positions):
@@ -97,5 +95,18 @@ def niches(
     ax.set_aspect("equal")
     ax.set_xlabel(f"spatial {dims[0] + 1}")
     ax.set_ylabel(f"spatial {dims[1] + 1}")
-    ax.set_title(f"{len(positions)} niches of {adata.uns[keys.uns]['params'].get('max_size')} cells at most")
+    ax.set_title(f"{len(positions)} niches" + (f" on {color}" if color else ""))
     return finish(ax, show=show, save=save)
+
+
+def _background_colors(adata: AnnData, color: str) -> dict:
+    if color in adata.obs:
+        values = adata.obs[color]
+        if hasattr(values, "cat"):
+            return {"c": values.cat.codes.to_numpy(), "cmap": "tab20"}
+        return {"c": values.to_numpy(), "cmap": "viridis"}
+    if color in adata.var_names:
+        column = adata[:, color].X
+        column = column.toarray() if hasattr(column, "toarray") else np.asarray(column)
+        return {"c": column.ravel(), "cmap": "viridis"}
+    raise KeyError(f"`color`={color!r} is neither a column of `adata.obs` nor a gene of `adata.var_names`.")
