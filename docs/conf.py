@@ -1,0 +1,35 @@
+"""Sphinx configuration of the spatialot documentation."""
+
+from importlib.metadata import version as _package_version
+
+project = "spatialot"
+author = "spatialot developers"
+copyright = "2026, spatialot developers"
+release = _package_version("spatialot")
+
+extensions = [
+    "myst_parser",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.mathjax",
+]
+source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
+exclude_patterns = ["_build", "generated/*.md"]
+templates_path = ["_templates"]
+
+autosummary_generate = True
+autodoc_member_order = "bysource"
+autodoc_default_options = {"members": True, "show-inheritance": False}
+napoleon_google_docstring = False
+napoleon_numpy_docstring = True
+napoleon_use_rtype = False
+napoleon_custom_sections = [("Returns", "params_style")]
+autodoc_typehints = "description"
+autodoc_typehints_description_target = "documented_params"
+myst_enable_extensions = ["dollarmath"]
+
+nitpicky = False
+
+html_theme = "pydata_sphinx_theme"
+html_title = "spatialot"
