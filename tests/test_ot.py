@@ -186,14 +186,16 @@ def test_sinkhorn_rejects_bad_arguments():
 @pytest.mark.parametrize("method", ["exact", "sinkhorn", "sinkhorn_divergence"])
 def test_pairwise_matrix_symmetric_and_consistent(method):
     clouds = _random_clouds(7, 6, 2, seed=18, ragged=True)
-    matrix = ot.pairwise_distances(clouds, method=method, epsilon=0.01, batch_size=5)
+    # a tight tolerance: pairs solved in different batches must agree to the test's precision
+    solver = {} if method == "exact" else {"tol": 1e-6, "max_iter": 10_000}
+    matrix = ot.pairwise_distances(clouds, method=method, epsilon=0.05, batch_size=5, **solver)
     np.testing.assert_allclose(matrix, matrix.T)
     if method != "sinkhorn":
         np.testing.assert_array_equal(np.diag(matrix), 0)
     rows, cols = np.array([0, 3, 6]), np.array([2, 5, 1])
-    paired = ot.paired_distances(clouds[rows], clouds[cols], method=method, epsilon=0.01)
+    paired = ot.paired_distances(clouds[rows], clouds[cols], method=method, epsilon=0.05, **solver)
     np.testing.assert_allclose(matrix[rows, cols], paired, rtol=1e-4)
-    other = ot.pairwise_distances(clouds[:3], clouds[3:], method=method, epsilon=0.01)
+    other = ot.pairwise_distances(clouds[:3], clouds[3:], method=method, epsilon=0.05, **solver)
     np.testing.assert_allclose(other, matrix[:3, 3:], rtol=1e-4)
 
 
@@ -273,3 +275,18 @@ def test_gaussian_moments_ignore_padding():
     means, covs = ot.gaussian_moments(padded)
     np.testing.assert_allclose(means[0].numpy(), cloud.mean(0))
     np.testing.assert_allclose(covs[0].numpy(), np.cov(cloud.T, bias=True))
+
+
+def test_over_relaxation_keeps_the_fixed_point_and_reports_convergence():
+    x = _random_clouds(8, 10, 3, seed=25, ragged=True).to(dtype=torch.float64)
+    y = _random_clouds(8, 7, 3, seed=26, ragged=True).to(dtype=torch.float64)
+    plain = ot.sinkhorn(x, y, epsilon=0.05, over_relaxation=1.0, tol=1e-9, max_iter=20_000)
+    relaxed = ot.sinkhorn(x, y, epsilon=0.05, over_relaxation=1.7, tol=1e-9, max_iter=20_000)
+    assert plain.converged and relaxed.converged and relaxed.n_iter < plain.n_iter
+    np.testing.assert_allclose(relaxed.objective.numpy(), plain.objective.numpy(), rtol=1e-7)
+    assert (relaxed.marginal_error < 1e-9).all()
+    stopped = ot.sinkhorn(x, y, epsilon=0.001, annealing=0, max_iter=10, check_every=5)
+    assert not stopped.converged and stopped.n_iter == 10
+    assert stopped.marginal_error.max() > 1e-3
+    with pytest.raises(ValueError, match="over_relaxation"):
+        ot.sinkhorn(x, y, over_relaxation=2.0)
