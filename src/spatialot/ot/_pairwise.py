@@ -14,6 +14,10 @@ from ._sinkhorn import sinkhorn, sinkhorn_divergence
 
 Method = Literal["exact", "sinkhorn", "sinkhorn_divergence"]
 METHODS: tuple[str, ...] = ("exact", "sinkhorn", "sinkhorn_divergence")
+CPU_BATCH_ENTRIES = 2**20
+"""Entries of the cost tensor of one Sinkhorn batch on CPU when ``batch_size`` is not given."""
+GPU_BATCH_ENTRIES = 2**26
+"""Entries of the cost tensor of one Sinkhorn batch on a GPU when ``batch_size`` is not given."""
 
 
 def paired_distances(
@@ -22,7 +26,7 @@ def paired_distances(
     *,
     method: Method = "exact",
     epsilon: float = 1e-2,
-    batch_size: int = 4096,
+    batch_size: int | None = None,
     device: torch.device | str | None = None,
     progress: bool = False,
     **sinkhorn_kwargs,
@@ -42,7 +46,9 @@ def paired_distances(
     epsilon
         Entropic regularisation of the Sinkhorn methods, in squared-distance units.
     batch_size
-        Number of pairs solved together by the Sinkhorn methods (bounds memory).
+        Number of pairs solved together by the Sinkhorn methods. By default as many as keep a
+        cost tensor within :data:`CPU_BATCH_ENTRIES` entries on CPU (larger batches fall out of
+        the caches and get slower per pair) or :data:`GPU_BATCH_ENTRIES` on a GPU.
     device
         Device of the Sinkhorn methods; that of ``x`` when ``None``.
     progress
@@ -61,6 +67,10 @@ def paired_distances(
     if method == "exact":
         return exact_w2_squared(x, y, progress=progress)
     values = np.empty(len(x), dtype=np.float64)
+    if batch_size is None:
+        on_gpu = torch.device(device or x.device).type != "cpu"
+        entries = GPU_BATCH_ENTRIES if on_gpu else CPU_BATCH_ENTRIES
+        batch_size = max(1, entries // (x.max_size * y.max_size))
     starts = range(0, len(x), batch_size)
     for start in tqdm(starts, desc=f"{method} OT", disable=not progress):
         chunk = slice(start, start + batch_size)
@@ -80,7 +90,7 @@ def pairwise_distances(
     *,
     method: Method = "exact",
     epsilon: float = 1e-2,
-    batch_size: int = 4096,
+    batch_size: int | None = None,
     device: torch.device | str | None = None,
     progress: bool = False,
     **sinkhorn_kwargs,

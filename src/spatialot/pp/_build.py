@@ -8,6 +8,7 @@ from scipy.spatial import cKDTree
 
 PAD = -1
 """Index stored in padded slots of a niche index."""
+_QUERY_CHUNK = 1 << 16
 
 
 def _index_dtype(n_obs: int) -> type:
@@ -64,12 +65,16 @@ def knn_niche_indices(
         if n_neighbours == 0:
             continue
         tree = cKDTree(coordinates[cells], balanced_tree=False, compact_nodes=False)
-        # one extra neighbour, so that the cell itself can be dropped wherever it appears
-        _, local = tree.query(coordinates[cells], k=n_neighbours + 1, workers=-1)
-        is_self = local == np.arange(len(cells))[:, None]
-        # ties at distance zero (duplicated coordinates) may push the cell out of its own list
-        is_self[~is_self.any(axis=1), -1] = True
-        neighbours[cells] = cells[local[~is_self].reshape(len(cells), n_neighbours)]
+        # queried in chunks: the float64 distances and int64 indices of the whole query would
+        # take several times the memory of the index itself
+        for start in range(0, len(cells), _QUERY_CHUNK):
+            chunk = np.arange(start, min(start + _QUERY_CHUNK, len(cells)))
+            # one extra neighbour, so that the cell itself can be dropped wherever it appears
+            _, local = tree.query(coordinates[cells[chunk]], k=n_neighbours + 1, workers=-1)
+            is_self = local == chunk[:, None]
+            # ties at distance zero (duplicated coordinates) may push the cell out of its own list
+            is_self[~is_self.any(axis=1), -1] = True
+            neighbours[cells[chunk]] = cells[local[~is_self].reshape(len(chunk), n_neighbours)]
     if not include_center:
         return neighbours
     centers = np.arange(n_obs, dtype=neighbours.dtype)[:, None]
