@@ -258,7 +258,7 @@ def format_number(value: Any, digits: int = 3) -> str:
         return f"{value:,}"
     if isinstance(value, float):
         if value == 0 or 1e-3 <= abs(value) < 1e6:
-            return f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:,.0f}"
+            return f"{value:.{digits}g}" if abs(value) < 10**digits else f"{value:,.0f}"
         return f"{value:.{digits - 1}e}"
     return str(value)
 

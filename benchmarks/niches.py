@@ -103,6 +103,7 @@ def measure_size(n_cells: int, k: int, device: str, seed: int, squidpy: bool) ->
         import squidpy as sq
 
         _quiet()  # spatialdata, imported by squidpy, sets its logger's level on import
+
         def knn():
             sq.gr.spatial_neighbors_knn(adata, n_neighs=k - 1, copy=True)  # result dropped at once
 

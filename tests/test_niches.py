@@ -137,7 +137,8 @@ def test_graph_edges_across_libraries_are_dropped():
     assert mask.sum(1).tolist() == [4] * 4 + [5] * 5
     library = adata.obs["sample"].to_numpy()
     indices = adata.obsm["niche_indices"]
-    assert all((library[row[keep]] == library[i]).all() for i, (row, keep) in enumerate(zip(indices, mask, strict=True)))
+    for i, (row, keep) in enumerate(zip(indices, mask, strict=True)):
+        assert (library[row[keep]] == library[i]).all()
 
 
 @pytest.mark.parametrize("source", [{}, {"layer": "counts"}, {"use_rep": "X_pca"}])

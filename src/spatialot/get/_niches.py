@@ -38,7 +38,9 @@ def niche_clouds(adata: AnnData, *, niche_key: str = "niche") -> IndexedClouds:
     """
     keys = NicheKeys(niche_key)
     if keys.uns not in adata.uns or keys.indices not in adata.obsm:
-        raise KeyError(f"No niches under `niche_key`={niche_key!r}: run `sot.pp.niches(adata, key_added={niche_key!r})`.")
+        raise KeyError(
+            f"No niches under `niche_key`={niche_key!r}: run `sot.pp.niches(adata, key_added={niche_key!r})`."
+        )
     params = adata.uns[keys.uns]["params"]
     if int(params["n_obs"]) != adata.n_obs:
         raise ValueError(

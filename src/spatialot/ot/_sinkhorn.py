@@ -20,18 +20,18 @@ def squared_euclidean_cost(x_points: torch.Tensor, y_points: torch.Tensor) -> to
 
 @dataclass(frozen=True)
 class SinkhornOutput:
-    """Solution of a batch of entropic OT problems.
+    r"""Solution of a batch of entropic OT problems.
 
     Attributes
     ----------
     objective
-        Regularised cost :math:`\\mathrm{OT}_\\varepsilon = \\langle P, C\\rangle + \\varepsilon\\,
-        \\mathrm{KL}(P \\,|\\, a \\otimes b)`, shape ``(batch,)``; equals the dual value
-        :math:`\\langle a, f\\rangle + \\langle b, g\\rangle`. Differentiable in the points and
+        Regularised cost :math:`\mathrm{OT}_\varepsilon = \langle P, C\rangle + \varepsilon\,
+        \mathrm{KL}(P \,|\, a \otimes b)`, shape ``(batch,)``; equals the dual value
+        :math:`\langle a, f\rangle + \langle b, g\rangle`. Differentiable in the points and
         weights (envelope theorem), the quantity the Sinkhorn divergence is built from.
     cost
-        Transport cost :math:`\\langle P, C\\rangle` of the entropic plan, shape ``(batch,)``: an
-        estimate of :math:`W_2^2` that tends to it as :math:`\\varepsilon \\to 0`.
+        Transport cost :math:`\langle P, C\rangle` of the entropic plan, shape ``(batch,)``: an
+        estimate of :math:`W_2^2` that tends to it as :math:`\varepsilon \to 0`.
     f, g
         Dual potentials on the points of ``x`` and ``y`` (zero on padding).
     plan
@@ -84,9 +84,9 @@ def sinkhorn(
     small ``epsilon`` is stable in float32; the problem starts at a large ``epsilon`` that is
     divided by ``1 / annealing`` each step down to the target (ε-scaling), and the iterations
     at the target are over-relaxed, which together make small ``epsilon`` converge in few
-    iterations. Each problem leaves the batch as soon as it converges. Gradients flow through one final Sinkhorn step from
-    the converged potentials, which by the envelope theorem is the exact gradient of the
-    objective at convergence, at the memory cost of a single iteration.
+    iterations. Each problem leaves the batch as soon as it converges. Gradients flow through
+    one final Sinkhorn step from the converged potentials, which by the envelope theorem is the
+    exact gradient of the objective at convergence, at the memory cost of a single iteration.
 
     Parameters
     ----------

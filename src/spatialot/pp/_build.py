@@ -81,9 +81,7 @@ def knn_niche_indices(
     return np.concatenate([centers, neighbours], axis=1)
 
 
-def radius_graph(
-    coordinates: np.ndarray, radius: float, *, library_codes: np.ndarray | None = None
-) -> sp.csr_matrix:
+def radius_graph(coordinates: np.ndarray, radius: float, *, library_codes: np.ndarray | None = None) -> sp.csr_matrix:
     """Adjacency of all pairs of cells of the same library closer than ``radius``.
 
     Parameters
