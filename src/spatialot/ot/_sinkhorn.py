@@ -54,9 +54,9 @@ class SinkhornOutput:
     converged: bool
 
 
-def _softmin(epsilon: float, cost: torch.Tensor, log_weights: torch.Tensor, potential: torch.Tensor) -> torch.Tensor:
-    """``-eps * log sum_j w_j exp((h_j - C_ij) / eps)`` over the last axis of ``cost``."""
-    return -epsilon * torch.logsumexp(log_weights[:, None, :] + (potential[:, None, :] - cost) / epsilon, dim=2)
+def _softmin(kernel: torch.Tensor, log_weights: torch.Tensor, potential: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """Sinkhorn update ``-eps * log sum_j w_j exp(h_j / eps + K_ij)`` over the last axis, ``K = -C / eps``."""
+    return -epsilon * torch.logsumexp(kernel + (log_weights + potential / epsilon)[:, None, :], dim=2)
 
 
 def sinkhorn(
@@ -142,7 +142,7 @@ def sinkhorn(
         )
 
     # one differentiable step of the semi-dual: its gradient in C is the plan (envelope theorem)
-    f = _softmin(epsilon, cost, log_b, g)
+    f = _softmin(-cost / epsilon, log_b, g, epsilon)
     log_plan = log_a[:, :, None] + log_b[:, None, :] + (f[:, :, None] + g[:, None, :] - cost) / epsilon
     plan = log_plan.exp()
     objective = (x.weights * torch.where(x.mask, f, 0)).sum(1) + (y.weights * torch.where(y.mask, g, 0)).sum(1)
@@ -166,16 +166,16 @@ def _warm_start(cost, log_a, log_b, epsilon, annealing):
     f, g = torch.zeros_like(log_a), torch.zeros_like(log_b)
     eps = float(cost.max()) if annealing > 0 else epsilon
     while eps > epsilon:
-        f = _softmin(eps, cost, log_b, g)
-        g = _softmin(eps, cost.transpose(1, 2), log_a, f)
+        f = _softmin(-cost / eps, log_b, g, eps)
+        g = _softmin(-cost.transpose(1, 2) / eps, log_a, f, eps)
         eps *= annealing
     return f, g
 
 
 def _column_error(kernel, kernel_t, f, g, log_a, log_b, b, epsilon) -> torch.Tensor:
     """L1 error of the column marginals of the plan of potentials ``(T(g), g)``."""
-    f = -epsilon * torch.logsumexp(kernel + (log_b + g / epsilon)[:, None, :], dim=2)
-    log_columns = log_b + g / epsilon + torch.logsumexp(kernel_t + (log_a + f / epsilon)[:, None, :], dim=2)
+    f = _softmin(kernel, log_b, g, epsilon)
+    log_columns = log_b + (g - _softmin(kernel_t, log_a, f, epsilon)) / epsilon
     return (log_columns.exp() - b).abs().sum(1)
 
 
@@ -192,12 +192,8 @@ def _iterate(cost, f, g, log_a, log_b, b, epsilon, max_iter, tol, check_every, o
     n_iter = 0
     while n_iter < max_iter and len(active):
         k, k_t, la, lb, bb, fa, ga = state
-        fa = (1 - over_relaxation) * fa - over_relaxation * epsilon * torch.logsumexp(
-            k + (lb + ga / epsilon)[:, None, :], dim=2
-        )
-        ga = (1 - over_relaxation) * ga - over_relaxation * epsilon * torch.logsumexp(
-            k_t + (la + fa / epsilon)[:, None, :], dim=2
-        )
+        fa = (1 - over_relaxation) * fa + over_relaxation * _softmin(k, lb, ga, epsilon)
+        ga = (1 - over_relaxation) * ga + over_relaxation * _softmin(k_t, la, fa, epsilon)
         state[5:] = [fa, ga]
         n_iter += 1
         if n_iter % check_every == 0:
