@@ -45,6 +45,14 @@ def test_point_clouds_from_list_round_trip():
         np.testing.assert_allclose(weights, np.full(len(array), 1 / len(array)), rtol=1e-6)
 
 
+def test_point_clouds_integer_index_keeps_the_batch_dimension():
+    clouds = _random_clouds(4, 3, 2, seed=27)
+    for index in (2, np.int64(2), -1):
+        assert clouds[index].points.shape == (1, 3, 2)
+    np.testing.assert_array_equal(clouds[-1].points.numpy(), clouds.points[3:].numpy())
+    np.testing.assert_array_equal(clouds[np.array([3, 0])].points.numpy(), clouds.points[[3, 0]].numpy())
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

@@ -147,8 +147,8 @@ class PointClouds:
 
     def __getitem__(self, index: int | slice | Sequence[int] | torch.Tensor | np.ndarray) -> PointClouds:
         """Select clouds; an integer keeps the batch dimension."""
-        if isinstance(index, int):
-            index = slice(index, index + 1)
+        if isinstance(index, int | np.integer):
+            index = slice(int(index), int(index) + 1 or None)
         elif not isinstance(index, slice):
             index = torch.as_tensor(np.asarray(index), dtype=torch.long, device=self.points.device)
         return PointClouds(self.points[index], self.mask[index], self.weights[index])
