@@ -48,6 +48,6 @@ def niche_clouds(adata: AnnData, *, niche_key: str = "niche") -> IndexedClouds:
             "their indices no longer point at the right cells. Run `sot.pp.niches` again on this AnnData."
         )
     indices = np.asarray(adata.obsm[keys.indices])
-    mask = np.asarray(adata.obsm[keys.mask], dtype=bool) if keys.mask in adata.obsm else None
+    mask = adata.obsm[keys.mask] if keys.mask in adata.obsm else None
     features = get_features(adata, use_rep=params.get("use_rep"), layer=params.get("layer"), check_nan=False)
     return IndexedClouds(features, indices, mask)

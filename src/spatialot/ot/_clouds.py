@@ -217,7 +217,7 @@ class IndexedClouds:
             raise ValueError(f"`mask` must have the shape of `indices` {indices.shape}, got {mask.shape}.")
         self.features = features
         self.indices = indices
-        self.mask = mask
+        self.mask = np.ones(indices.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
 
     def __len__(self) -> int:
         return self.indices.shape[0]
@@ -235,8 +235,6 @@ class IndexedClouds:
     @property
     def sizes(self) -> np.ndarray:
         """Number of points of every cloud."""
-        if self.mask is None:
-            return np.full(len(self), self.max_size)
         return self.mask.sum(axis=1)
 
     def gather(
@@ -265,7 +263,7 @@ class IndexedClouds:
         if isinstance(selection, int | np.integer):
             selection = [selection]
         rows = np.asarray(self.indices[selection])
-        mask = np.ones(rows.shape, dtype=bool) if self.mask is None else np.asarray(self.mask[selection], dtype=bool)
+        mask = self.mask[selection]
         flat = np.where(mask, rows, 0).ravel()
         points = self.features[flat]
         points = points.toarray() if hasattr(points, "toarray") else np.asarray(points)

@@ -12,7 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection
 
 from .._anndata import get_coordinates
-from .._keys import NicheKeys
+from ..get import niche_clouds
 from ._utils import finish
 
 
@@ -62,10 +62,8 @@ def niches(
     -------
     The Axes, unless the figure was shown.
     """
-    keys = NicheKeys(niche_key)
-    if keys.indices not in adata.obsm or keys.uns not in adata.uns:
-        raise KeyError(f"No niches under `niche_key`={niche_key!r}: run `sot.pp.niches` first.")
-    coordinates = get_coordinates(adata, adata.uns[keys.uns]["params"]["spatial_key"])
+    family = niche_clouds(adata, niche_key=niche_key)
+    coordinates = get_coordinates(adata, adata.uns[niche_key]["params"]["spatial_key"])
     if max(dims) >= coordinates.shape[1]:
         raise ValueError(f"`dims`={dims} asks for a dimension the {coordinates.shape[1]}-D coordinates lack.")
     coordinates = coordinates[:, list(dims)]
@@ -74,8 +72,6 @@ def niches(
         positions = rng.choice(adata.n_obs, size=min(n_random, adata.n_obs), replace=False)
     else:
         positions = np.array([adata.obs_names.get_loc(c) if isinstance(c, str) else int(c) for c in cells])
-    indices = np.asarray(adata.obsm[keys.indices])
-    mask = np.asarray(adata.obsm[keys.mask]) if keys.mask in adata.obsm else indices >= 0
 
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 6))
@@ -86,7 +82,7 @@ def niches(
     ax.scatter(*coordinates.T, s=size, linewidths=0, alpha=0.6, **background)
     palette = plt.get_cmap("tab10")
     for number, center in enumerate(positions):
-        members = indices[center][mask[center]]
+        members = family.indices[center][family.mask[center]]
         tint = palette(number % 10)
         segments = np.stack([np.broadcast_to(coordinates[center], (len(members), 2)), coordinates[members]], axis=1)
         ax.add_collection(LineCollection(segments, colors=[tint], linewidths=0.8))
