@@ -75,3 +75,8 @@ def get_library_codes(adata: AnnData, library_key: str | None) -> tuple[np.ndarr
         raise ValueError(f"`adata.obs[{library_key!r}]` has missing values; every cell needs a library.")
     names, codes = np.unique(column.astype(str).to_numpy(), return_inverse=True)
     return codes, names
+
+
+def h5ad_params(params: dict) -> dict:
+    """Parameters as they can be stored in ``.uns``: h5ad cannot store None, so absent means "not used"."""
+    return {name: value for name, value in params.items() if value is not None}

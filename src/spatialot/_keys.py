@@ -25,3 +25,20 @@ class NicheKeys:
     def mask(self) -> str:
         """``.obsm`` entry with the mask of real slots (only when sizes vary)."""
         return f"{self.key_added}_mask"
+
+
+@dataclass(frozen=True)
+class ResultKeys:
+    """Where a :mod:`spatialot.tl` function stores its result under ``key_added``."""
+
+    key_added: str
+
+    @property
+    def uns(self) -> str:
+        """``.uns`` entry with the parameters, loss history and other results."""
+        return self.key_added
+
+    @property
+    def obsm(self) -> str:
+        """``.obsm`` entry with the per-cell embedding, ``'X_<key_added>'`` as scanpy expects."""
+        return f"X_{self.key_added}"

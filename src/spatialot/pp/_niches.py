@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 from scanpy import logging as logg
 
-from .._anndata import get_coordinates, get_features, get_library_codes
+from .._anndata import get_coordinates, get_features, get_library_codes, h5ad_params
 from .._keys import NicheKeys
 from ._build import graph_niche_indices, knn_niche_indices, radius_graph
 
@@ -162,8 +162,7 @@ def niches(
         "n_obs": adata.n_obs,
         "max_size": int(indices.shape[1]),
     }
-    # h5ad cannot store None: absent means "not used"
-    adata.uns[keys.uns] = {"params": {name: value for name, value in params.items() if value is not None}}
+    adata.uns[keys.uns] = {"params": h5ad_params(params)}
     logg.info(
         "    finished",
         time=start,

@@ -1,0 +1,12 @@
+"""The methods as torch models on padded point clouds (no AnnData).
+
+Each model takes :class:`~spatialot.ot.PointClouds` (or the lazily gathered
+:class:`~spatialot.ot.IndexedClouds`), trains with one shared loop (Adam, progress bar), runs on
+CUDA when present (``device='auto'``), and has ``save``/``load``.
+"""
+
+from ._base import Model
+from ._blocks import SetTransformer, weighted_mean
+from ._device import resolve_device
+
+__all__ = ["Model", "SetTransformer", "resolve_device", "weighted_mean"]

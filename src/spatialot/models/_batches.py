@@ -1,0 +1,63 @@
+"""Moving families of clouds through a model batch by batch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..ot import IndexedClouds, PointClouds
+
+CloudFamily = PointClouds | IndexedClouds
+
+
+def take(family: CloudFamily, clouds: np.ndarray | slice, device: torch.device) -> PointClouds:
+    """Clouds ``clouds`` of ``family`` as a float32 :class:`PointClouds` batch on ``device``."""
+    if isinstance(family, IndexedClouds):
+        return family.gather(clouds, device=device)
+    if not isinstance(family, PointClouds):
+        raise TypeError(f"Expected PointClouds or IndexedClouds, got {type(family).__name__}.")
+    return family[clouds].to(device=device, dtype=torch.float32)
+
+
+def map_batches(
+    function: Callable[[PointClouds], torch.Tensor],
+    family: CloudFamily,
+    *,
+    batch_size: int,
+    device: torch.device,
+    progress: bool = False,
+    description: str = "",
+) -> np.ndarray:
+    """Apply ``function`` to consecutive batches of ``family`` without gradients; concatenate the results.
+
+    Parameters
+    ----------
+    function
+        Maps a batch on ``device`` to a tensor whose first axis is the batch.
+    family
+        The clouds, padded or indexed.
+    batch_size
+        Clouds per batch.
+    device
+        Device the batches are gathered onto.
+    progress
+        Show a progress bar.
+    description
+        Label of the progress bar.
+
+    Returns
+    -------
+    The results of all batches as one float32 numpy array, in the order of ``family``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be at least 1, got {batch_size}.")
+    results = []
+    starts = range(0, len(family), batch_size)
+    with torch.no_grad():
+        for start in tqdm(starts, desc=description, disable=not progress):
+            batch = take(family, slice(start, min(start + batch_size, len(family))), device)
+            results.append(function(batch).detach().to("cpu", torch.float32).numpy())
+    return np.concatenate(results) if results else np.zeros((0,), dtype=np.float32)

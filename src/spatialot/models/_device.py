@@ -1,0 +1,46 @@
+"""Device choice and seeding, shared by every model."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+
+def resolve_device(device: torch.device | str = "auto") -> torch.device:
+    """Turn ``'auto'`` into CUDA when a GPU is present, else CPU; pass anything else to torch.
+
+    Parameters
+    ----------
+    device
+        ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:1'``… or a :class:`torch.device`.
+
+    Returns
+    -------
+    The device to use.
+    """
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"`device`={device!r} is not a device: use 'auto', 'cpu' or 'cuda'.") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"`device`={device!r} asks for CUDA, but torch sees no GPU here: use 'auto' or 'cpu'.")
+    return resolved
+
+
+@contextlib.contextmanager
+def seeded(random_state: int | None) -> Iterator[np.random.Generator]:
+    """Seed torch inside the block without changing the caller's global random state.
+
+    Yields a numpy generator derived from the same seed, for sampling batches. With
+    ``random_state=None`` torch is left unseeded and the generator is fresh.
+    """
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        if random_state is not None:
+            torch.manual_seed(random_state)
+        yield np.random.default_rng(random_state)

@@ -1,0 +1,3 @@
+"""Tools: the methods run on the niches of an AnnData, results written back to it."""
+
+__all__: list[str] = []
