@@ -1,3 +1,4 @@
 """Tools: the methods run on the niches of an AnnData, results written back to it."""
 
-__all__: list[str] = []
+__all__ = [
+]
