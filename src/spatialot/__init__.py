@@ -2,11 +2,11 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets, get, ot, pl, pp
+from . import datasets, get, models, ot, pl, pp, tl
 
 try:
     __version__ = version("spatialot")
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0"
 
-__all__ = ["datasets", "get", "ot", "pl", "pp", "__version__"]
+__all__ = ["datasets", "get", "models", "ot", "pl", "pp", "tl", "__version__"]

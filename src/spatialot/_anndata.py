@@ -45,7 +45,7 @@ def get_features(adata: AnnData, *, use_rep: str | None = None, layer: str | Non
     if not np.issubdtype(features.dtype, np.number):
         raise ValueError(f"{name} must be numeric, got dtype {features.dtype}.")
     if check_nan and _has_nan(features):
-        raise ValueError(f"{name} contains NaN values; impute or drop them before building niches.")
+        raise ValueError(f"{name} contains NaN values; impute or drop them first.")
     return features
 
 
@@ -80,3 +80,43 @@ def get_library_codes(adata: AnnData, library_key: str | None) -> tuple[np.ndarr
 def h5ad_params(params: dict) -> dict:
     """Parameters as they can be stored in ``.uns``: h5ad cannot store None, so absent means "not used"."""
     return {name: value for name, value in params.items() if value is not None}
+
+
+def cell_positions(adata: AnnData, cells, argument: str = "cells") -> np.ndarray:
+    """Positions of ``cells`` in ``adata``: given as ``obs_names``, integer positions or a boolean mask.
+
+    Raises
+    ------
+    KeyError
+        If a name is not in ``adata.obs_names``.
+    ValueError
+        If a position is out of range, a mask has the wrong length, or nothing is selected.
+    """
+    values = np.asarray(cells)
+    if values.ndim == 0:
+        values = values[None]
+    if values.dtype == bool:
+        if values.shape != (adata.n_obs,):
+            raise ValueError(
+                f"A boolean `{argument}` must have one entry per cell ({adata.n_obs}), got shape {values.shape}."
+            )
+        positions = np.flatnonzero(values)
+    elif np.issubdtype(values.dtype, np.integer):
+        positions = values.astype(np.intp)
+        if len(positions) and (positions.min() < -adata.n_obs or positions.max() >= adata.n_obs):
+            raise ValueError(f"`{argument}` holds positions outside [0, {adata.n_obs}).")
+        positions = positions % adata.n_obs
+    else:  # names, possibly mixed with positions
+        values = np.asarray(cells, dtype=object).ravel()
+        names = np.array([str(value) for value in values if isinstance(value, str)])
+        missing = names[~np.isin(names, adata.obs_names)]
+        if len(missing):
+            raise KeyError(f"`{argument}` names cells not in `adata.obs_names`, e.g. {str(missing[0])!r}.")
+        positions = np.array(
+            [adata.obs_names.get_loc(value) if isinstance(value, str) else int(value) for value in values],
+            dtype=np.intp,
+        )
+        return cell_positions(adata, positions, argument)
+    if positions.size == 0:
+        raise ValueError(f"`{argument}` selects no cell.")
+    return positions

@@ -49,5 +49,5 @@ def niche_clouds(adata: AnnData, *, niche_key: str = "niche") -> IndexedClouds:
         )
     indices = np.asarray(adata.obsm[keys.indices])
     mask = adata.obsm[keys.mask] if keys.mask in adata.obsm else None
-    features = get_features(adata, use_rep=params.get("use_rep"), layer=params.get("layer"), check_nan=False)
+    features = get_features(adata, use_rep=params.get("use_rep"), layer=params.get("layer"))
     return IndexedClouds(features, indices, mask)

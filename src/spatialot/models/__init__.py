@@ -8,5 +8,12 @@ CUDA when present (``device='auto'``), and has ``save``/``load``.
 from ._base import Model
 from ._blocks import SetTransformer, weighted_mean
 from ._device import resolve_device
+from ._wormhole import Wormhole
 
-__all__ = ["Model", "SetTransformer", "resolve_device", "weighted_mean"]
+__all__ = [
+    "Model",
+    "SetTransformer",
+    "Wormhole",
+    "resolve_device",
+    "weighted_mean",
+]

@@ -13,7 +13,9 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def mlp(sizes: list[int], *, activation: type[nn.Module] = nn.LeakyReLU, final_activation: bool = False) -> nn.Sequential:
+def mlp(
+    sizes: list[int], *, activation: type[nn.Module] = nn.LeakyReLU, final_activation: bool = False
+) -> nn.Sequential:
     """Dense layers ``sizes[0] → sizes[1] → … → sizes[-1]`` with an activation between them."""
     layers: list[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
@@ -87,7 +89,13 @@ class SetTransformer(nn.Module):
     """
 
     def __init__(
-        self, in_dim: int, width: int = 128, n_layers: int = 3, n_heads: int = 4, mlp_width: int = 512, dropout: float = 0.0
+        self,
+        in_dim: int,
+        width: int = 128,
+        n_layers: int = 3,
+        n_heads: int = 4,
+        mlp_width: int = 512,
+        dropout: float = 0.0,
     ):
         super().__init__()
         self.embed = nn.Linear(in_dim, width)

@@ -11,7 +11,7 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection
 
-from .._anndata import get_coordinates
+from .._anndata import cell_positions, get_coordinates
 from ..get import niche_clouds
 from ._utils import finish
 
@@ -71,7 +71,7 @@ def niches(
         rng = np.random.default_rng(random_state)
         positions = rng.choice(adata.n_obs, size=min(n_random, adata.n_obs), replace=False)
     else:
-        positions = np.array([adata.obs_names.get_loc(c) if isinstance(c, str) else int(c) for c in cells])
+        positions = cell_positions(adata, cells)
 
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 6))

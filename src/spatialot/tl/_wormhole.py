@@ -1,0 +1,152 @@
+"""``sot.tl.wormhole``: a Euclidean embedding of niches in which distances approximate W2."""
+
+from __future__ import annotations
+
+import numpy as np
+from anndata import AnnData
+from scanpy import logging as logg
+
+from ..get import niche_clouds
+from ..models import Wormhole
+from ..models._device import resolve_device, seeded
+from ..models._wormhole import _OT_DISTANCES, OTDistance
+from ._utils import write_result
+
+
+def wormhole(
+    adata: AnnData,
+    *,
+    niche_key: str = "niche",
+    n_components: int = 128,
+    n_steps: int = 3000,
+    batch_size: int = 16,
+    learning_rate: float = 1e-4,
+    ot_distance: OTDistance = "sinkhorn_divergence",
+    epsilon: float = 0.01,
+    decoder_weight: float = 1.0,
+    model: Wormhole | None = None,
+    device: str = "auto",
+    random_state: int | None = 0,
+    progress: bool = True,
+    key_added: str = "wormhole",
+    copy: bool = False,
+) -> Wormhole | tuple[AnnData, Wormhole]:
+    r"""Embed every niche with Wasserstein Wormhole (Haviv et al. 2024, arXiv 2404.09411).
+
+    Trains a :class:`~spatialot.models.Wormhole` transformer on the niches of
+    :func:`spatialot.pp.niches`, so that the squared Euclidean distance between two embedded
+    niches approximates the squared 2-Wasserstein distance between them,
+    :math:`\lVert z_i - z_j\rVert^2 \approx W_2^2(\text{niche}_i, \text{niche}_j)`, in the units of
+    the niche features. Given a trained ``model``, only embeds (e.g. another sample or dataset
+    with the same features): out-of-sample embedding.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix on which :func:`spatialot.pp.niches` ran.
+    niche_key
+        The ``key_added`` of :func:`spatialot.pp.niches`.
+    n_components
+        Dimension of the embedding.
+    n_steps
+        Training steps (minibatches). The official implementation trains for 10,000; a few
+        thousand reach most of the fidelity on niches.
+    batch_size
+        Niches per minibatch; each step solves ``batch_size * (batch_size - 1) / 2`` OT problems.
+    learning_rate
+        Initial Adam learning rate, multiplied by 0.99 every 2,000 steps.
+    ot_distance
+        The OT distance the embedding learns (see :class:`~spatialot.models.Wormhole`):
+        ``'sinkhorn_divergence'`` (default, the paper's S2), ``'entropic'`` (the paper's W2) or
+        ``'exact'`` (POT, CPU).
+    epsilon
+        Entropic regularisation, relative to the largest squared distance between points of
+        two niches (the paper's default 0.01).
+    decoder_weight
+        Weight of the decoder's reconstruction loss; 0 skips the decoder.
+    model
+        A trained model: skip training and embed with it.
+    device
+        ``'auto'`` (CUDA when present, else CPU), ``'cpu'`` or ``'cuda'``.
+    random_state
+        Seed of the initialisation and of the minibatches; training is reproducible on CPU.
+    progress
+        Show a progress bar with the running loss.
+    key_added
+        Results go to ``.obsm['X_<key_added>']`` and ``.uns[key_added]``.
+    copy
+        Work on a copy of ``adata`` and return it with the model.
+
+    Returns
+    -------
+    The model (trained, or the one given); ``(adata, model)`` when ``copy=True``. Writes
+
+    ``.obsm['X_wormhole']``
+        The embedding of every niche, ``(n_obs, n_components)``.
+    ``.uns['wormhole']['params']``
+        The parameters of the call, the seed and whether the model was trained here.
+    ``.uns['wormhole']['loss']``
+        The training loss of every step of the model (plot it with :func:`spatialot.pl.loss`).
+
+    Examples
+    --------
+    >>> import spatialot as sot
+    >>> adata = sot.datasets.bdtnp()
+    >>> sot.pp.niches(adata, k=8)
+    >>> model = sot.tl.wormhole(adata, n_steps=500)
+    >>> sot.pl.embedding(adata, color="eve")
+    """
+    family = niche_clouds(adata, niche_key=niche_key)
+    if model is None:
+        if ot_distance not in _OT_DISTANCES:
+            raise ValueError(f"`ot_distance` must be one of {_OT_DISTANCES}, got {ot_distance!r}.")
+        if n_steps < 1:
+            raise ValueError(f"`n_steps` must be at least 1, got {n_steps}.")
+        if batch_size < 2:
+            raise ValueError(f"`batch_size` must be at least 2 (the loss compares pairs), got {batch_size}.")
+        if adata.n_obs < 2:
+            raise ValueError(f"Training needs at least 2 niches, `adata` has {adata.n_obs}.")
+    elif not isinstance(model, Wormhole):
+        raise ValueError(f"`model` must be a spatialot.models.Wormhole, got {type(model).__name__}.")
+    elif model.config["dim"] != family.dim:
+        raise ValueError(
+            f"`model` was trained on {model.config['dim']}-dimensional niches, but the niches under "
+            f"{niche_key!r} have {family.dim} features: build them on the same features."
+        )
+    resolved = resolve_device(device)
+
+    start = logg.info("training Wasserstein Wormhole" if model is None else "embedding niches with Wormhole")
+    trained_here = model is None
+    if trained_here:
+        with seeded(random_state):
+            model = Wormhole(
+                family.dim,
+                n_components=n_components,
+                ot_distance=ot_distance,
+                epsilon=epsilon,
+                decoder_weight=decoder_weight,
+            )
+        model.fit(
+            family,
+            n_steps=n_steps,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            device=resolved,
+            random_state=random_state,
+            progress=progress,
+        )
+    else:
+        model.to(resolved)
+    embedding = model.encode(family, progress=progress)
+
+    adata = adata.copy() if copy else adata
+    params = {**model.config, "niche_key": niche_key, "trained": trained_here, "device": str(resolved)}
+    if trained_here:
+        params.update(n_steps=n_steps, batch_size=batch_size, learning_rate=learning_rate, random_state=random_state)
+    keys = write_result(adata, key_added, params=params, embedding=embedding, loss=np.asarray(model.history))
+    logg.info(
+        "    finished",
+        time=start,
+        deep=f"added\n    '{keys.obsm}', niche embedding (adata.obsm)\n    '{keys.uns}', params and loss (adata.uns)",
+    )
+    return (adata, model) if copy else model

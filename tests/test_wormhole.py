@@ -1,0 +1,304 @@
+"""Wasserstein Wormhole: the model's invariances and round trips, the AnnData front-end, the plots."""
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats
+import torch
+
+import spatialot as sot
+from spatialot.models import Wormhole
+from spatialot.ot import PointClouds
+
+SMALL = {"n_components": 8, "width": 16, "n_layers": 1, "n_heads": 2, "mlp_width": 32, "decoder_size": 4}
+
+
+@pytest.fixture(scope="module")
+def tissue():
+    adata = sot.datasets.simulated_tissue(240, n_latent=4, random_state=3)
+    sot.pp.niches(adata, k=6, use_rep="X_latent")
+    return adata
+
+
+@pytest.fixture(scope="module")
+def trained(tissue):
+    """A model trained briefly on the tissue, and the AnnData it wrote into."""
+    adata = tissue.copy()
+    model = sot.tl.wormhole(
+        adata, n_steps=20, batch_size=6, learning_rate=1e-3, n_components=16, epsilon=0.05, progress=False
+    )
+    return adata, model
+
+
+def random_clouds(n=6, size=5, dim=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return PointClouds.from_padded(rng.normal(size=(n, size, dim)) + rng.normal(size=(n, 1, dim)) * 3)
+
+
+def small_model(dim=3, seed=0, **options):
+    torch.manual_seed(seed)
+    return Wormhole(dim, **{**SMALL, "epsilon": 0.05, **options}).eval()
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def test_encoder_is_permutation_invariant():
+    model, clouds = small_model(), random_clouds()
+    order = torch.randperm(clouds.max_size)
+    shuffled = PointClouds.from_padded(clouds.points[:, order])
+    np.testing.assert_allclose(model.encode(shuffled), model.encode(clouds), rtol=1e-5, atol=1e-5)
+
+
+def test_padding_does_not_change_the_embedding():
+    model, clouds = small_model(), random_clouds()
+    padded_points = torch.cat([clouds.points, 50 * torch.randn(len(clouds), 3, 3)], dim=1)
+    mask = torch.zeros(len(clouds), clouds.max_size + 3, dtype=torch.bool)
+    mask[:, : clouds.max_size] = True
+    padded = PointClouds.from_padded(padded_points, mask)
+    np.testing.assert_allclose(model.encode(padded), model.encode(clouds), rtol=1e-5, atol=1e-5)
+
+
+def test_embedding_depends_only_on_the_measure():
+    """Each point twice, at half the weight, is the same distribution and embeds the same."""
+    model, clouds = small_model(), random_clouds()
+    doubled = PointClouds.from_padded(torch.cat([clouds.points, clouds.points], dim=1))
+    np.testing.assert_allclose(model.encode(doubled), model.encode(clouds), rtol=1e-4, atol=1e-5)
+
+
+def test_identical_niches_embed_identically(trained):
+    adata, _ = trained
+    family = sot.get.niche_clouds(adata)
+    rows = family.indices
+    # cells whose niches hold the same cells in another order
+    same = [(i, j) for i in range(len(rows)) for j in range(i) if set(rows[i]) == set(rows[j])]
+    if not same:
+        pytest.skip("no two cells share a niche in this tissue")
+    i, j = same[0]
+    np.testing.assert_allclose(adata.obsm["X_wormhole"][i], adata.obsm["X_wormhole"][j], rtol=1e-5, atol=1e-5)
+
+
+def test_training_lowers_the_distance_loss():
+    clouds = random_clouds(n=40, size=6, dim=3, seed=1)
+    model = small_model(decoder_weight=0.0)
+    model.fit(clouds, n_steps=60, batch_size=8, learning_rate=3e-3, progress=False)
+    history = np.asarray(model.history)
+    assert history[-10:].mean() < 0.5 * history[:10].mean()
+
+
+def test_training_is_reproducible_on_cpu():
+    clouds = random_clouds(n=20)
+    first = small_model(seed=4).fit(clouds, n_steps=5, batch_size=4, device="cpu", progress=False, random_state=7)
+    second = small_model(seed=4).fit(clouds, n_steps=5, batch_size=4, device="cpu", progress=False, random_state=7)
+    assert first.history == second.history
+    np.testing.assert_array_equal(first.encode(clouds), second.encode(clouds))
+
+
+def test_save_load_round_trip(tmp_path):
+    clouds = random_clouds(n=12)
+    model = small_model().fit(clouds, n_steps=3, batch_size=4, progress=False)
+    path = tmp_path / "wormhole.pt"
+    model.save(path)
+    loaded = Wormhole.load(path, device="cpu")
+    assert loaded.config == model.config
+    assert loaded.history == model.history
+    assert float(loaded.scale) == float(model.scale)
+    np.testing.assert_array_equal(loaded.encode(clouds), model.encode(clouds))
+    np.testing.assert_array_equal(loaded.decode(model.encode(clouds)), model.decode(model.encode(clouds)))
+
+
+def test_load_refuses_another_model(tmp_path):
+    path = tmp_path / "model.pt"
+    sot.models.Model(a=1).save(path)
+    with pytest.raises(ValueError, match="not a Wormhole"):
+        Wormhole.load(path)
+
+
+@pytest.mark.parametrize("distance", ["sinkhorn_divergence", "entropic", "exact"])
+def test_training_targets_match_the_ot_core(distance):
+    clouds = random_clouds(n=5, size=4, seed=2)
+    model = small_model(ot_distance=distance, epsilon=1e-3, sinkhorn_tol=1e-6)
+    model.calibrate(clouds, np.random.default_rng(0))
+    first, second = torch.triu_indices(5, 5, offset=1)
+    targets = model.pair_targets(clouds, first, second).numpy() * float(model.scale) ** 2
+    exact = sot.ot.exact_w2_squared(clouds[first.numpy()], clouds[second.numpy()])
+    # epsilon is relative to the cost scale, so at 1e-3 every entropic target is close to exact W2²
+    np.testing.assert_allclose(targets, exact, rtol=0.02 if distance != "exact" else 1e-5)
+
+
+def test_decoder_output_shapes_and_range():
+    clouds = random_clouds(n=8)
+    model = small_model().fit(clouds, n_steps=2, batch_size=4, progress=False)
+    decoded = model.decode(model.encode(clouds))
+    assert decoded.shape == (8, SMALL["decoder_size"], 3)
+    real = clouds.points[clouds.mask].numpy()
+    assert (decoded >= real.min(0) - 1e-4).all() and (decoded <= real.max(0) + 1e-4).all()
+    path = model.interpolate(clouds[0], clouds[1], n_points=4)
+    assert path.shape == (4, SMALL["decoder_size"], 3)
+    np.testing.assert_allclose(path[0], model.decode(model.encode(clouds[0]))[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(path[-1], model.decode(model.encode(clouds[1]))[0], rtol=1e-5, atol=1e-5)
+    middle = model.barycenter(clouds[[0, 1]])
+    np.testing.assert_allclose(middle, model.decode(model.encode(clouds[[0, 1]]).mean(0, keepdims=True))[0], atol=1e-5)
+
+
+def test_model_errors():
+    with pytest.raises(ValueError, match="ot_distance"):
+        Wormhole(3, ot_distance="w1")
+    model = small_model()
+    with pytest.raises(ValueError, match="dimension 5"):
+        model.encode(random_clouds(dim=5))
+    with pytest.raises(ValueError, match="batch_size"):
+        model.fit(random_clouds(), batch_size=1)
+    with pytest.raises(ValueError, match="embedding"):
+        model.decode(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="weights"):
+        model.barycenter(random_clouds(n=2), weights=[1.0, -1.0])
+
+
+# --------------------------------------------------------------------------- the AnnData front-end
+
+
+def test_wormhole_writes_embedding_params_and_loss(trained):
+    adata, model = trained
+    assert adata.obsm["X_wormhole"].shape == (adata.n_obs, 16)
+    params = adata.uns["wormhole"]["params"]
+    assert params["n_steps"] == 20 and params["trained"] and params["random_state"] == 0
+    assert len(adata.uns["wormhole"]["loss"]) == 20
+    np.testing.assert_array_equal(adata.obsm["X_wormhole"], model.encode(sot.get.niche_clouds(adata)))
+
+
+def test_wormhole_result_survives_h5ad(trained, tmp_path):
+    adata, _ = trained
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    back = ad.read_h5ad(tmp_path / "a.h5ad")
+    np.testing.assert_array_equal(back.obsm["X_wormhole"], adata.obsm["X_wormhole"])
+    np.testing.assert_array_equal(back.uns["wormhole"]["loss"], adata.uns["wormhole"]["loss"])
+    assert back.uns["wormhole"]["params"]["ot_distance"] == "sinkhorn_divergence"
+
+
+def test_given_model_embeds_another_sample_without_training(trained):
+    _, model = trained
+    other = sot.datasets.simulated_tissue(120, n_latent=4, random_state=9)
+    sot.pp.niches(other, k=6, use_rep="X_latent")
+    history = list(model.history)
+    returned = sot.tl.wormhole(other, model=model, progress=False, key_added="oos")
+    assert returned is model and model.history == history
+    assert other.obsm["X_oos"].shape == (120, 16)
+    assert not other.uns["oos"]["params"]["trained"]
+
+
+def test_copy_returns_new_anndata_and_leaves_input(tissue):
+    before = set(tissue.obsm), set(tissue.uns)
+    copied, model = sot.tl.wormhole(tissue, n_steps=2, batch_size=4, n_components=4, progress=False, copy=True)
+    assert (set(tissue.obsm), set(tissue.uns)) == before
+    assert copied.obsm["X_wormhole"].shape == (tissue.n_obs, 4) and isinstance(model, Wormhole)
+
+
+def test_wormhole_with_squidpy_graph_and_libraries():
+    import squidpy as sq
+
+    adata = sot.datasets.simulated_tissue(200, n_latent=4, random_state=5)
+    adata.obs["sample"] = pd.Categorical(np.where(np.arange(200) < 100, "a", "b"))
+    sq.gr.spatial_neighbors_knn(adata, n_neighs=5, library_key="sample")
+    sot.pp.niches(adata, connectivity_key="spatial_connectivities", library_key="sample", use_rep="X_latent")
+    sot.tl.wormhole(adata, n_steps=2, batch_size=4, n_components=4, progress=False)
+    assert np.isfinite(adata.obsm["X_wormhole"]).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"niche_key": "missing"}, KeyError, "niche_key"),
+        ({"ot_distance": "gw"}, ValueError, "ot_distance"),
+        ({"n_steps": 0}, ValueError, "n_steps"),
+        ({"batch_size": 1}, ValueError, "batch_size"),
+        ({"model": "a model"}, ValueError, "model"),
+        ({"device": "tpu"}, ValueError, "device"),
+    ],
+)
+def test_wormhole_bad_input_leaves_adata_unchanged(tissue, kwargs, error, match):
+    adata = tissue.copy()
+    with pytest.raises(error, match=match):
+        sot.tl.wormhole(adata, progress=False, **kwargs)
+    assert "X_wormhole" not in adata.obsm and "wormhole" not in adata.uns
+
+
+def test_wormhole_refuses_a_model_of_other_features(trained):
+    _, model = trained
+    other = sot.datasets.simulated_tissue(100, n_latent=3, random_state=1)
+    sot.pp.niches(other, k=4, use_rep="X_latent")
+    with pytest.raises(ValueError, match="4-dimensional"):
+        sot.tl.wormhole(other, model=model, progress=False)
+
+
+def test_wormhole_refuses_nan_features(tissue):
+    adata = tissue.copy()
+    adata.obsm["X_latent"][3, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        sot.tl.wormhole(adata, n_steps=2, progress=False)
+    assert "X_wormhole" not in adata.obsm
+
+
+# --------------------------------------------------------------------------- true distances
+
+
+def test_ot_distances_match_pot(tissue):
+    cells = ["cell_3", "cell_7", "cell_11"]
+    block = sot.tl.ot_distances(tissue, cells, progress=False)
+    family = sot.get.niche_clouds(tissue)
+    positions = [3, 7, 11]
+    for a in range(3):
+        for b in range(3):
+            x, y = family[[positions[a]]], family[[positions[b]]]
+            np.testing.assert_allclose(block[a, b], sot.ot.exact_w2_squared(x, y)[0], rtol=1e-6, atol=1e-9)
+    paired = sot.tl.ot_distances(tissue, [3, 7], [11, 3], paired=True, progress=False)
+    np.testing.assert_allclose(paired, [block[0, 2], block[1, 0]])
+
+
+def test_ot_distances_errors(tissue):
+    with pytest.raises(ValueError, match="method"):
+        sot.tl.ot_distances(tissue, [0, 1], method="gw")
+    with pytest.raises(ValueError, match="paired"):
+        sot.tl.ot_distances(tissue, [0, 1], [2], paired=True)
+    with pytest.raises(KeyError, match="cells"):
+        sot.tl.ot_distances(tissue, ["no such cell"])
+    with pytest.raises(ValueError, match="other"):
+        sot.tl.ot_distances(tissue, [0], [10_000])
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def test_embedding_plot_projects_onto_principal_components(trained):
+    adata, _ = trained
+    ax = sot.pl.embedding(adata, color="niche_type", show=False)
+    offsets = ax.collections[0].get_offsets()
+    assert offsets.shape == (adata.n_obs, 2)
+    # the first principal axis carries at least as much variance as the second
+    assert np.var(offsets[:, 0]) >= np.var(offsets[:, 1])
+    assert "wormhole PC1" in ax.get_xlabel()
+    assert "X_view" not in adata.obsm
+
+
+def test_distance_fidelity_reports_the_correlation(trained):
+    adata, _ = trained
+    ax = sot.pl.distance_fidelity(adata, n_pairs=40, show=False)
+    true, predicted = ax.collections[0].get_offsets().T
+    expected = scipy.stats.pearsonr(predicted, true)[0]
+    assert f"Pearson {expected:.3f}" in ax.get_title()
+
+
+def test_loss_plot_shows_every_step(trained):
+    adata, _ = trained
+    ax = sot.pl.loss(adata, window=5, show=False)
+    np.testing.assert_array_equal(ax.lines[0].get_ydata(), adata.uns["wormhole"]["loss"])
+    assert len(ax.lines[1].get_ydata()) == 20 - 5 + 1
+
+
+def test_plots_name_missing_keys(trained):
+    adata, _ = trained
+    with pytest.raises(KeyError, match="basis"):
+        sot.pl.embedding(adata, basis="missing", show=False)
+    with pytest.raises(KeyError, match="key"):
+        sot.pl.loss(adata, "missing", show=False)
