@@ -1,17 +1,17 @@
 import anndata as ad
 import numpy as np
 
-from spatialot import _cli, ot
+import spatialot as sot
+from spatialot import _cli
 
 
-def test_demo_writes_niches_distances_and_figure(tmp_path):
-    _cli.main(["demo", "--out", str(tmp_path), "--k", "5", "--n-pairs", "6"])
-    adata = ad.read_h5ad(tmp_path / "bdtnp_niches.h5ad")
+def test_demo_writes_embedding_model_and_figure(tmp_path):
+    _cli.main(["demo", "--out", str(tmp_path), "--k", "5", "--steps", "3", "--n-pairs", "20", "--quiet"])
+    adata = ad.read_h5ad(tmp_path / "bdtnp_wormhole.h5ad")
     assert adata.obsm["niche_indices"].shape == (3039, 5)
-    distances = adata.uns["demo_ot"]["w2_squared"]
-    cells = adata.uns["demo_ot"]["cells"]
-    assert distances.shape == (6, 6)
-    # the stored distances are exact W2^2 between the stored niches
-    clouds = ot.PointClouds.from_padded(adata.X[adata.obsm["niche_indices"][cells]])
-    np.testing.assert_allclose(ot.pairwise_distances(clouds[:3], clouds[3:]), distances[:3, 3:], rtol=1e-6)
-    assert (tmp_path / "bdtnp_niches.png").stat().st_size > 10_000
+    assert adata.obsm["X_wormhole"].shape == (3039, 128)
+    assert len(adata.uns["wormhole"]["loss"]) == 3
+    # the saved model reproduces the stored embedding
+    model = sot.models.Wormhole.load(tmp_path / "wormhole.pt", device="cpu")
+    np.testing.assert_allclose(model.encode(sot.get.niche_clouds(adata)), adata.obsm["X_wormhole"], rtol=1e-5, atol=1e-6)
+    assert (tmp_path / "bdtnp_wormhole.png").stat().st_size > 20_000
