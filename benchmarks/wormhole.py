@@ -162,7 +162,7 @@ def main() -> None:
 
     fidelity = []
     loaders = {"bdtnp": bdtnp_data, "simulated": simulated_data}
-    for name in args.datasets.split(","):
+    for name in filter(None, args.datasets.split(",")):
         adata, train_cells, test_cells, labels = loaders[name]()
         fidelity.append(train_and_score(name, adata, train_cells, test_cells, labels, args, device))
     rows = []
