@@ -7,7 +7,7 @@ Pearson ≥ 0.98 overall, ≥ 0.95 on pairs of the same niche type):
 - ``bdtnp``: the bundled BDTNP atlas (3,039 cells), niches of k=8 on a 16-component PCA of the
   84 genes; trained on the niches of a random 70% of the cells, scored on pairs of the other 30%.
 - ``simulated``: ``simulated_tissue(6000, n_cell_types=6, n_niche_types=5)``, niches = all cells
-  within 35 µm (19–55 cells, variable sizes) in the 8-D ``X_latent`` space, like the official
+  within 35 µm (8–60 cells, mean 38) in the 8-D ``X_latent`` space, like the official
   code's synthetic benchmark (30–64 points in 8-D, 5 niche types). Out-of-sample: trained on the
   niches of the left half of the tissue, scored on pairs of the right half, overall and within
   a niche type.
