@@ -3,10 +3,12 @@
 from ._embedding import distance_fidelity, embedding
 from ._loss import loss
 from ._niches import niches
+from ._wfm import generated_niches
 
 __all__ = [
     "distance_fidelity",
     "embedding",
+    "generated_niches",
     "loss",
     "niches",
 ]

@@ -1,9 +1,12 @@
 """Tools: the methods run on the niches of an AnnData, results written back to it."""
 
 from ._ot_distances import ot_distances
+from ._wfm import generate_niches, wfm
 from ._wormhole import wormhole
 
 __all__ = [
+    "generate_niches",
     "ot_distances",
+    "wfm",
     "wormhole",
 ]

@@ -1,0 +1,360 @@
+r"""Wasserstein Flow Matching on Gaussians: niches as (mean, covariance), the Bures–Wasserstein geometry.
+
+Between two Gaussians the OT map is affine, :math:`T(x) = m_1 + A (x - m_0)` with :math:`A` from
+:func:`~spatialot.ot.gaussian_map`, and the Wasserstein geodesic (McCann interpolation) moves
+every point :math:`x_0` along :math:`x_t = m_t + S_t (x_0 - m_0)`, :math:`S_t = (1-t) I + t A`. Its
+velocity field at time :math:`t` is :math:`v_t(x) = \dot m + V_t (x - m_t)` with the symmetric
+:math:`V_t = (A - I) S_t^{-1}` (``A`` and ``S_t`` commute), which moves the covariance as
+:math:`\dot\Sigma_t = V_t \Sigma_t + \Sigma_t V_t`. The network regresses :math:`(\dot m, V_t)`;
+the loss is the squared norm of the error in the tangent space of the Wasserstein space,
+:math:`\lVert \delta m \rVert^2 + \operatorname{tr}(\delta V\, \Sigma_t\, \delta V)`, i.e. the
+:math:`L^2(N(m_t, \Sigma_t))` error of the velocity field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..ot import gaussian_map
+from ._base import Model
+from ._blocks import mlp
+from ._device import resolve_device, seeded
+from ._training import train
+from ._wfm import (
+    _INTEGRATORS,
+    FlowConditioner,
+    Integrator,
+    _resolve_count,
+    cholesky_statistics,
+    label_codes,
+    random_cholesky,
+    zero_init,
+)
+
+
+def bures_velocity(
+    mean_0: torch.Tensor, cov_0: torch.Tensor, mean_1: torch.Tensor, cov_1: torch.Tensor, t: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Point and velocity at time ``t`` on the Wasserstein geodesic between Gaussians.
+
+    Parameters
+    ----------
+    mean_0, cov_0
+        Start Gaussians, ``(batch, d)`` and ``(batch, d, d)``; ``cov_0`` non-singular.
+    mean_1, cov_1
+        End Gaussians.
+    t
+        Times ``(batch,)`` in ``[0, 1)``.
+
+    Returns
+    -------
+    ``(mean_t, cov_t, mean_velocity, matrix_velocity)``: the Gaussian at time ``t`` (as
+    :func:`~spatialot.ot.bures_geodesic`), :math:`\dot m = m_1 - m_0`, and the symmetric
+    :math:`V_t` with :math:`\dot\Sigma_t = V_t \Sigma_t + \Sigma_t V_t`.
+    """
+    matrix, _ = gaussian_map(mean_0, cov_0, mean_1, cov_1)
+    identity = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
+    step = (1 - t)[:, None, None] * identity + t[:, None, None] * matrix
+    mean_t = (1 - t)[:, None] * mean_0 + t[:, None] * mean_1
+    cov_t = step @ cov_0 @ step.transpose(-1, -2)
+    velocity = torch.linalg.solve(step, matrix - identity)  # S⁻¹ (A − I), equal to (A − I) S⁻¹
+    return mean_t, cov_t, mean_1 - mean_0, 0.5 * (velocity + velocity.transpose(-1, -2))
+
+
+class GaussianFlowMatching(Model):
+    r"""Wasserstein Flow Matching over Gaussians (the Bures–Wasserstein mode).
+
+    Each niche is summarised by the mean and covariance of its points (as COVET does with
+    covariances); the model learns a flow on the space of Gaussians from a noise family of
+    Gaussians to the data along Bures–Wasserstein geodesics (closed forms of
+    :mod:`spatialot.ot`), and samples new (mean, covariance) pairs.
+
+    Parameters
+    ----------
+    dim
+        Dimension of the Gaussians.
+    labels
+        Names of the conditions; ``None`` for an unconditional model.
+    width
+        Width of the two MLP towers (mean velocity, covariance velocity).
+    n_layers
+        Hidden layers of each tower.
+    n_frequencies
+        Number of Fourier frequencies of the time features.
+    ridge
+        Added to the diagonal of the standardised data covariances, so that every covariance
+        is non-singular (niches with fewer points than dimensions have singular ones).
+
+    Notes
+    -----
+    Noise Gaussians have standard normal means and covariances :math:`L L^\top` with a random
+    Cholesky factor around the mean Cholesky factor of the data covariances (in the
+    standardised space). Generated Gaussians come back in the units of the data.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        labels: Sequence[str] | None = None,
+        width: int = 256,
+        n_layers: int = 3,
+        n_frequencies: int = 16,
+        ridge: float = 1e-2,
+    ):
+        for name, value in {"dim": dim, "width": width, "n_layers": n_layers}.items():
+            if isinstance(value, bool) or int(value) != value or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        if not ridge > 0:
+            raise ValueError(f"`ridge` must be positive, got {ridge}.")
+        names = None if labels is None else [str(label) for label in labels]
+        if names is not None and (len(names) == 0 or len(set(names)) != len(names)):
+            raise ValueError("`labels` must be a non-empty list of distinct names.")
+        super().__init__(
+            dim=int(dim), labels=names, width=width, n_layers=n_layers, n_frequencies=n_frequencies, ridge=ridge
+        )
+        self.label_names: list[str] = names or []
+        n_triangle = dim * (dim + 1) // 2
+        self.register_buffer("triangle", torch.tril_indices(dim, dim), persistent=False)
+        self.conditioner = FlowConditioner(width, len(self.label_names), n_frequencies)
+        self.embed = nn.Linear(dim + n_triangle, width)
+        self.mean_tower = mlp([width] * (n_layers + 1), final_activation=True)
+        self.mean_head = zero_init(nn.Linear(width, dim))
+        self.cov_tower = mlp([width] * (n_layers + 1), final_activation=True)
+        self.cov_head = zero_init(nn.Linear(width, n_triangle))
+        self.register_buffer("center", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("cholesky_mean", torch.eye(dim))
+        self.register_buffer("cholesky_std", torch.zeros(dim, dim))
+        self.register_buffer("label_counts", torch.zeros(len(self.label_names) + 1))
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the model was built with labels."""
+        return bool(self.label_names)
+
+    def velocity(
+        self, mean: torch.Tensor, cov: torch.Tensor, t: torch.Tensor, codes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted ``(mean velocity, symmetric matrix velocity)`` at standardised Gaussians."""
+        rows, cols = self.triangle
+        features = torch.cat([mean, cov[:, rows, cols]], dim=1)
+        hidden = self.embed(features) + self.conditioner(t, codes)
+        mean_velocity = self.mean_head(self.mean_tower(hidden))
+        lower = torch.zeros_like(cov)
+        lower[:, rows, cols] = self.cov_head(self.cov_tower(hidden))
+        return mean_velocity, 0.5 * (lower + lower.transpose(-1, -2))
+
+    def draw_noise(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` noise Gaussians (standardised space): means and covariances."""
+        factors = random_cholesky(self.cholesky_mean, self.cholesky_std, n)
+        eye = torch.eye(self.config["dim"], device=self.device)
+        return torch.randn(n, self.config["dim"], device=self.device), factors @ factors.transpose(1, 2) + 1e-3 * eye
+
+    def _standardise(self, means: torch.Tensor, covs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        eye = torch.eye(self.config["dim"], device=self.device)
+        return (means - self.center) / self.scale, covs / self.scale**2 + self.config["ridge"] * eye
+
+    def flow_matching_loss(self, means: torch.Tensor, covs: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Tangent-space flow-matching loss of standardised data Gaussians with label codes."""
+        noise_mean, noise_cov = self.draw_noise(len(means))
+        t = torch.rand(len(means), device=self.device)
+        mean_t, cov_t, target_m, target_v = bures_velocity(noise_mean, noise_cov, means, covs, t)
+        predicted_m, predicted_v = self.velocity(mean_t, cov_t, t, codes)
+        error_v = predicted_v - target_v
+        covariance_term = torch.diagonal(error_v @ cov_t @ error_v, dim1=-2, dim2=-1).sum(-1)
+        return (((predicted_m - target_m) ** 2).sum(-1) + covariance_term).mean()
+
+    def _check_moments(self, means, covariances) -> tuple[torch.Tensor, torch.Tensor]:
+        dim = self.config["dim"]
+        means = torch.as_tensor(np.asarray(means), dtype=torch.float32)
+        covariances = torch.as_tensor(np.asarray(covariances), dtype=torch.float32)
+        if means.ndim != 2 or means.shape[1] != dim or len(means) < 1:
+            raise ValueError(f"`means` must have shape (n, {dim}), got {tuple(means.shape)}.")
+        if covariances.shape != (len(means), dim, dim):
+            raise ValueError(
+                f"`covariances` must have shape ({len(means)}, {dim}, {dim}), got {tuple(covariances.shape)}."
+            )
+        if not (torch.isfinite(means).all() and torch.isfinite(covariances).all()):
+            raise ValueError("`means` and `covariances` must be finite.")
+        return means, 0.5 * (covariances + covariances.transpose(1, 2))
+
+    def fit(
+        self,
+        means: np.ndarray | torch.Tensor,
+        covariances: np.ndarray | torch.Tensor,
+        labels: Sequence | np.ndarray | None = None,
+        *,
+        n_steps: int = 2000,
+        batch_size: int = 64,
+        learning_rate: float = 1e-3,
+        decay_rate: float = 0.998,
+        decay_every: int = 1000,
+        p_uncond: float = 0.1,
+        max_grad_norm: float | None = 1.0,
+        device: torch.device | str = "auto",
+        random_state: int | None = 0,
+        progress: bool = True,
+    ) -> GaussianFlowMatching:
+        """Train by flow matching along Bures–Wasserstein geodesics.
+
+        Parameters
+        ----------
+        means, covariances
+            The data Gaussians, shapes ``(n, dim)`` and ``(n, dim, dim)`` (e.g. from
+            :func:`~spatialot.ot.gaussian_moments` of the niches).
+        labels
+            Condition of every Gaussian (names or codes); required by a conditional model.
+        n_steps
+            Optimiser steps.
+        batch_size
+            Gaussians per minibatch.
+        learning_rate
+            Initial Adam learning rate.
+        decay_rate, decay_every
+            Multiply the learning rate by ``decay_rate`` every ``decay_every`` steps.
+        p_uncond
+            Fraction of labels dropped to the null label (classifier-free guidance).
+        max_grad_norm
+            Clip the gradient norm to this value.
+        device
+            ``'auto'`` (CUDA when present, else CPU), ``'cpu'`` or ``'cuda'``.
+        random_state
+            Seed of minibatches, noise, times and label dropout.
+        progress
+            Show a progress bar with the running loss.
+
+        Returns
+        -------
+        The model itself, trained, in evaluation mode.
+        """
+        means, covariances = self._check_moments(means, covariances)
+        if self.conditional and labels is None:
+            raise ValueError(f"This model is conditional on {self.label_names}: pass `labels` for every Gaussian.")
+        if not self.conditional and labels is not None:
+            raise ValueError("This model was built without `labels`; build it with `labels=` to train on conditions.")
+        if not 0 <= p_uncond <= 1:
+            raise ValueError(f"`p_uncond` must lie in [0, 1], got {p_uncond}.")
+        if batch_size < 1:
+            raise ValueError(f"`batch_size` must be at least 1, got {batch_size}.")
+        codes = label_codes(labels, self.label_names, len(means))
+        self.to(resolve_device(device))
+        means, covariances = means.to(self.device), covariances.to(self.device)
+        codes_tensor = torch.as_tensor(codes, device=self.device)
+        null = len(self.label_names)
+        if not self.history:
+            self._calibrate(means, covariances, codes)
+        data_means, data_covs = self._standardise(means, covariances)
+        with seeded(random_state) as rng:
+
+            def step_loss(step: int) -> torch.Tensor:
+                chosen = torch.as_tensor(rng.choice(len(means), min(batch_size, len(means)), replace=False))
+                chosen = chosen.to(self.device)
+                batch_codes = codes_tensor[chosen]
+                if self.conditional and p_uncond > 0:
+                    dropped = torch.rand(len(chosen), device=self.device) < p_uncond
+                    batch_codes = torch.where(dropped, null, batch_codes)
+                return self.flow_matching_loss(data_means[chosen], data_covs[chosen], batch_codes)
+
+            train(
+                self,
+                step_loss,
+                n_steps=n_steps,
+                learning_rate=learning_rate,
+                decay_rate=decay_rate,
+                decay_every=decay_every,
+                max_grad_norm=max_grad_norm,
+                progress=progress,
+                description="WFM (Gaussian)",
+            )
+        return self
+
+    def _calibrate(self, means: torch.Tensor, covs: torch.Tensor, codes: np.ndarray) -> None:
+        center = means.mean(0)
+        total = ((means - center) ** 2).sum(1).mean() + torch.diagonal(covs, dim1=1, dim2=2).sum(1).mean()
+        self.center.copy_(center)
+        self.scale.fill_(float((total / self.config["dim"]).clamp_min(1e-24).sqrt()))
+        _, standardised = self._standardise(means, covs)
+        mean, std = cholesky_statistics(standardised.double())
+        self.cholesky_mean.copy_(mean.float())
+        self.cholesky_std.copy_(std.float())
+        counts = np.bincount(codes, minlength=len(self.label_names) + 1).astype(np.float32)
+        self.label_counts.copy_(torch.as_tensor(counts))
+
+    def sample(
+        self,
+        n: int | None = None,
+        *,
+        labels: Sequence | np.ndarray | str | int | None = None,
+        n_steps: int = 100,
+        method: Integrator = "euler",
+        guidance: float = 1.0,
+        random_state: int | None = 0,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        r"""Generate Gaussians by integrating the learned flow from noise Gaussians.
+
+        Parameters
+        ----------
+        n
+            Number of Gaussians; may be left out when ``labels`` is a sequence.
+        labels
+            Condition of each Gaussian: one for all, one each, or ``None`` (null label).
+        n_steps
+            Integration steps from time 0 to 1.
+        method
+            ``'euler'`` or ``'midpoint'``. Covariances are pushed forward by the linear part of
+            each step, :math:`\Sigma \leftarrow (I + h V) \Sigma (I + h V)`, so they stay positive
+            semi-definite.
+        guidance
+            Classifier-free guidance weight (1: plain conditional sampling).
+        random_state
+            Seed of the noise.
+
+        Returns
+        -------
+        Means ``(n, dim)`` and covariances ``(n, dim, dim)`` in data units, as float32 arrays.
+        """
+        n = _resolve_count(n, labels, None)
+        if method not in _INTEGRATORS:
+            raise ValueError(f"`method` must be one of {_INTEGRATORS}, got {method!r}.")
+        if n_steps < 1:
+            raise ValueError(f"`n_steps` must be at least 1, got {n_steps}.")
+        codes = torch.as_tensor(label_codes(labels, self.label_names, n), device=self.device)
+        was_training = self.training
+        self.eval()
+        try:
+            with seeded(random_state), torch.no_grad():
+                mean, cov = self.draw_noise(n)
+                dt = 1.0 / n_steps
+                for step in range(n_steps):
+                    t = torch.full((n,), step * dt, device=self.device)
+                    velocity = self._guided(mean, cov, t, codes, guidance)
+                    if method == "midpoint":
+                        half_mean, half_cov = _step(mean, cov, *velocity, 0.5 * dt)
+                        velocity = self._guided(half_mean, half_cov, t + 0.5 * dt, codes, guidance)
+                    mean, cov = _step(mean, cov, *velocity, dt)
+        finally:
+            self.train(was_training)
+        mean = mean * self.scale + self.center
+        cov = cov * self.scale**2
+        return mean.cpu().numpy(), cov.cpu().numpy()
+
+    def _guided(self, mean, cov, t, codes, guidance: float):
+        mean_v, matrix_v = self.velocity(mean, cov, t, codes)
+        null = len(self.label_names)
+        if guidance == 1.0 or not self.conditional:
+            return mean_v, matrix_v
+        null_m, null_v = self.velocity(mean, cov, t, torch.full_like(codes, null))
+        keep = codes == null
+        guided_m = torch.where(keep[:, None], mean_v, null_m + guidance * (mean_v - null_m))
+        guided_v = torch.where(keep[:, None, None], matrix_v, null_v + guidance * (matrix_v - null_v))
+        return guided_m, guided_v
+
+
+def _step(mean, cov, mean_velocity, matrix_velocity, dt):
+    linear = torch.eye(cov.shape[-1], device=cov.device) + dt * matrix_velocity
+    return mean + dt * mean_velocity, linear @ cov @ linear.transpose(-1, -2)

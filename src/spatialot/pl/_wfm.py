@@ -1,0 +1,148 @@
+"""``sot.pl.generated_niches``: generated niches beside real ones, and their predicted composition."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import scipy.sparse as sp
+from anndata import AnnData
+from matplotlib.axes import Axes
+from scipy.spatial import cKDTree
+
+from ..get import niche_clouds
+from ._utils import finish
+
+
+def generated_niches(
+    adata: AnnData,
+    key: str = "wfm_generated",
+    *,
+    conditions: Sequence[str] | None = None,
+    cell_type_key: str | None = None,
+    n_real: int | None = None,
+    point_size: float = 6.0,
+    random_state: int = 0,
+    show: bool | None = None,
+    save: str | Path | None = None,
+) -> np.ndarray | None:
+    """Show generated niches beside real ones in one view, per condition, and their composition.
+
+    Top row: the points of real niches and of generated niches in the plane of the first two
+    principal components of all cells' features (the space the niches live in), one panel per
+    condition. Bottom row (with ``cell_type_key``): the cell-type composition of real niches
+    against that of generated niches, each generated point being given the type of its nearest
+    real cell.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix on which :func:`spatialot.tl.generate_niches` ran.
+    key
+        The ``key_added`` of :func:`spatialot.tl.generate_niches`.
+    conditions
+        Conditions to show; all generated ones by default. Real niches of a condition are those
+        whose centre cell has it in ``.obs[condition_key]`` (the key recorded at generation).
+    cell_type_key
+        Column of ``.obs`` with the cell types used for the composition row.
+    n_real
+        Real niches drawn per condition; as many as generated ones by default.
+    point_size
+        Marker size of the points.
+    random_state
+        Seed of the choice of real niches.
+    show
+        Show the figure; by default as :data:`scanpy.settings.autoshow`, unless saving.
+    save
+        Path to save the figure to.
+
+    Returns
+    -------
+    Array of the Axes (rows: view, composition; columns: conditions), unless the figure was shown.
+    """
+    if key not in adata.uns or "points" not in adata.uns[key]:
+        raise KeyError(f"No generated niches under `key`={key!r}: run `sot.tl.generate_niches(adata, model)` first.")
+    result = adata.uns[key]
+    params = result["params"]
+    points, mask = np.asarray(result["points"]), np.asarray(result["mask"], dtype=bool)
+    generated_conditions = np.asarray(result["conditions"], dtype=str) if "conditions" in result else None
+    condition_key = params.get("condition_key")
+    if cell_type_key is not None and cell_type_key not in adata.obs:
+        raise KeyError(
+            f"`cell_type_key`={cell_type_key!r} is not a column of `adata.obs` (columns: {list(adata.obs)})."
+        )
+    family = niche_clouds(adata, niche_key=params["niche_key"])
+    features = family.features.toarray() if sp.issparse(family.features) else np.asarray(family.features)
+    features = features.astype(np.float64)
+
+    if generated_conditions is None:
+        panels = [None]
+    else:
+        available = sorted(set(generated_conditions))
+        panels = available if conditions is None else list(conditions)
+        missing = sorted(set(panels) - set(available))
+        if missing:
+            raise ValueError(f"`conditions` {missing} were not generated; generated: {available}.")
+    real_labels = None
+    if condition_key is not None and condition_key in adata.obs:
+        real_labels = adata.obs[condition_key].astype(str).to_numpy()
+
+    center = features.mean(0)
+    _, _, components = np.linalg.svd(features - center, full_matrices=False)
+    projection = components[:2].T if features.shape[1] > 1 else np.eye(1)
+
+    def project(values: np.ndarray) -> np.ndarray:
+        flat = (values - center) @ projection
+        return flat if flat.shape[1] == 2 else np.column_stack([flat, np.zeros(len(flat))])
+
+    rng = np.random.default_rng(random_state)
+    n_rows = 2 if cell_type_key is not None else 1
+    fig, axes = plt.subplots(n_rows, len(panels), figsize=(4 * len(panels), 4 * n_rows), squeeze=False)
+    tree = cKDTree(features) if cell_type_key is not None else None
+    for column, condition in enumerate(panels):
+        chosen = np.ones(len(points), dtype=bool) if condition is None else generated_conditions == condition
+        fake = points[chosen][mask[chosen]]
+        pool = (
+            np.arange(adata.n_obs)
+            if real_labels is None or condition is None
+            else np.flatnonzero(real_labels == condition)
+        )
+        count = min(len(pool), n_real if n_real is not None else int(chosen.sum()))
+        real_cells = rng.choice(pool, size=count, replace=False) if count else np.zeros(0, dtype=int)
+        members = family.indices[real_cells][family.mask[real_cells]]
+        ax = axes[0, column]
+        ax.scatter(*project(features[members]).T, s=point_size, alpha=0.5, label="real", color="0.25")
+        ax.scatter(*project(fake).T, s=point_size, alpha=0.5, label="generated", color="tab:red")
+        ax.set_title("all niches" if condition is None else str(condition))
+        ax.set_xlabel("PC1")
+        ax.set_ylabel("PC2" if column == 0 else "")
+        if column == 0:
+            ax.legend(loc="best", fontsize="small")
+        if tree is not None:
+            types = adata.obs[cell_type_key].astype(str).to_numpy()
+            _, nearest = tree.query(fake)
+            _composition_bars(axes[1, column], types, types[members], types[nearest], legend=column == 0)
+    fig.tight_layout()
+    shown = finish(axes[0, 0], show=show, save=save)
+    return None if shown is None else axes
+
+
+def _composition_bars(
+    ax: Axes, all_types: np.ndarray, real: np.ndarray, generated: np.ndarray, *, legend: bool
+) -> None:
+    """Stacked bars of the type fractions of real and generated points."""
+    names = sorted(set(all_types))
+    palette = plt.get_cmap("tab20")
+    for row, values in enumerate([real, generated]):
+        left = 0.0
+        for number, name in enumerate(names):
+            fraction = float(np.mean(values == name)) if len(values) else 0.0
+            ax.barh(row, fraction, left=left, color=palette(number % 20), label=name if row == 0 else None)
+            left += fraction
+    ax.set_yticks([0, 1], ["real", "generated"])
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("fraction of points")
+    if legend:
+        ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.25), ncol=min(6, len(names)), fontsize="x-small")

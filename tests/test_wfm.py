@@ -1,0 +1,333 @@
+import anndata as ad
+import numpy as np
+import pytest
+import torch
+
+import spatialot as sot
+from spatialot.models import GaussianFlowMatching, WassersteinFlowMatching
+from spatialot.models._wfm import matched_targets
+from spatialot.models._wfm_gaussian import bures_velocity
+from spatialot.ot import PointClouds
+
+SMALL = {"width": 32, "n_layers": 2, "mlp_width": 64}
+
+
+def _ring_family(n=128, size=8, *, seed=0, radius=3.0, offset=5.0):
+    """Clouds of ``size`` points around centres on a circle: a family with known structure."""
+    rng = np.random.default_rng(seed)
+    angle = rng.uniform(0, 2 * np.pi, n)
+    centres = offset + radius * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+    return PointClouds.from_padded(centres[:, None, :] + 0.3 * rng.normal(size=(n, size, 2)))
+
+
+def _nearest_w2(generated: PointClouds, data: PointClouds) -> float:
+    """Mean over generated clouds of the W2² to the nearest data cloud."""
+    distances = sot.ot.pairwise_distances(generated, data, method="exact")
+    return float(distances.min(axis=1).mean())
+
+
+def _random_spd(generator, n, d, dtype=torch.float64):
+    factors = torch.randn(n, d, d + 2, generator=generator, dtype=dtype)
+    return factors @ factors.transpose(1, 2) / d + 0.1 * torch.eye(d, dtype=dtype)
+
+
+@pytest.fixture(scope="module")
+def ring_model():
+    family = _ring_family()
+    model = WassersteinFlowMatching(2, 8, **SMALL)
+    torch.manual_seed(0)
+    model.fit(family, n_steps=200, learning_rate=2e-3, device="cpu", progress=False)
+    return model, family
+
+
+@pytest.fixture(scope="module")
+def conditional_model():
+    left = _ring_family(64, 6, seed=1, radius=0.5, offset=-3.0)
+    right = _ring_family(64, 6, seed=2, radius=0.5, offset=3.0)
+    family = PointClouds.from_padded(torch.cat([left.points, right.points]))
+    labels = ["left"] * 64 + ["right"] * 64
+    model = WassersteinFlowMatching(2, 6, labels=["left", "right"], **SMALL)
+    model.fit(family, labels, n_steps=150, learning_rate=2e-3, device="cpu", progress=False)
+    return model
+
+
+# ---------------------------------------------------------------------------- velocity targets
+
+
+def test_targets_of_a_shifted_cloud_are_the_shift():
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(3, 7, 4))
+    mask = np.arange(7)[None, :] < np.array([[7], [5], [2]])
+    shift = rng.normal(size=(3, 1, 4))
+    order = rng.permutation(7)
+    source = PointClouds.from_padded(points, mask, dtype=torch.float64)
+    # the same clouds, shifted, with their points listed in another order
+    shuffled = np.where(mask[..., None], points + shift, 0)
+    target_points = np.stack(
+        [np.concatenate([c[m][order[order < m.sum()]], c[~m]]) for c, m in zip(shuffled, mask, strict=True)]
+    )
+    target = PointClouds.from_padded(target_points, mask, dtype=torch.float64)
+    velocity = (matched_targets(source, target) - source.points).numpy()
+    expected = np.broadcast_to(shift, velocity.shape) * mask[..., None]
+    np.testing.assert_allclose(velocity, expected, atol=1e-10)
+
+
+def test_targets_of_an_affine_image_follow_the_gaussian_closed_form():
+    generator = torch.Generator().manual_seed(1)
+    source = PointClouds.from_padded(torch.randn(4, 30, 3, generator=generator), dtype=torch.float64)
+    matrix = _random_spd(generator, 4, 3)  # the gradient of a convex map: optimal for W2²
+    shift = torch.randn(4, 1, 3, generator=generator, dtype=torch.float64)
+    image = source.points @ matrix.transpose(1, 2) + shift
+    target = PointClouds.from_padded(image[:, torch.randperm(30, generator=generator)], dtype=torch.float64)
+    mean_0, cov_0 = sot.ot.gaussian_moments(source)
+    mean_1, cov_1 = sot.ot.gaussian_moments(target)
+    closed, offset = sot.ot.gaussian_map(mean_0, cov_0, mean_1, cov_1)
+    expected = source.points @ closed.transpose(1, 2) + offset[:, None, :]
+    torch.testing.assert_close(matched_targets(source, target, matching="exact"), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_entropic_map_between_unequal_sizes_recovers_the_shift():
+    generator = torch.Generator().manual_seed(2)
+    source = PointClouds.from_padded(torch.randn(2, 6, 2, generator=generator) * 3, dtype=torch.float64)
+    target = PointClouds.from_padded(torch.cat([source.points, source.points], dim=1) + 0.5, dtype=torch.float64)
+    matched = matched_targets(source, target, epsilon=1e-4)  # sizes differ: 'auto' takes the entropic map
+    torch.testing.assert_close(matched - source.points, torch.full_like(matched, 0.5), atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="equal sizes"):
+        matched_targets(source, target, matching="exact")
+
+
+def test_bures_velocity_is_the_derivative_of_the_geodesic():
+    generator = torch.Generator().manual_seed(3)
+    mean_0, mean_1 = (torch.randn(5, 3, generator=generator, dtype=torch.float64) for _ in range(2))
+    cov_0, cov_1 = _random_spd(generator, 5, 3), _random_spd(generator, 5, 3)
+    t = torch.tensor([0.0, 0.2, 0.5, 0.8, 0.95], dtype=torch.float64)
+    mean_t, cov_t, mean_velocity, matrix_velocity = bures_velocity(mean_0, cov_0, mean_1, cov_1, t)
+    geodesic = sot.ot.bures_geodesic(mean_0, cov_0, mean_1, cov_1, t)
+    torch.testing.assert_close(mean_t, geodesic[0])
+    torch.testing.assert_close(cov_t, geodesic[1])
+    h = 1e-6
+    ahead = sot.ot.bures_geodesic(mean_0, cov_0, mean_1, cov_1, t + h)
+    behind = sot.ot.bures_geodesic(mean_0, cov_0, mean_1, cov_1, t - h)
+    torch.testing.assert_close(mean_velocity, (ahead[0] - behind[0]) / (2 * h), atol=1e-7, rtol=1e-6)
+    derivative = (ahead[1] - behind[1]) / (2 * h)
+    torch.testing.assert_close(matrix_velocity @ cov_t + cov_t @ matrix_velocity, derivative, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(matrix_velocity, matrix_velocity.transpose(1, 2))
+    # at t = 0 the velocity field is the displacement of the Monge map, x -> (A - I) x + ...
+    matrix, _ = sot.ot.gaussian_map(mean_0, cov_0, mean_1, cov_1)
+    torch.testing.assert_close(matrix_velocity[0], matrix[0] - torch.eye(3, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------------- learning
+
+
+def test_flow_moves_samples_toward_the_data(ring_model):
+    model, family = ring_model
+    assert model.history[-1] < model.history[0]
+    family = family[:64]
+    generated = model.sample(24, n_steps=30, random_state=1)
+    noise = model.draw_noise(torch.ones(24, 8, dtype=torch.bool))
+    noise = PointClouds.from_padded(noise.points * model.scale + model.center)
+    assert _nearest_w2(generated, family) < 0.25 * _nearest_w2(noise, family)
+    midpoint = model.sample(24, n_steps=15, method="midpoint", random_state=1)
+    assert _nearest_w2(midpoint, family) < 0.25 * _nearest_w2(noise, family)
+
+
+def test_gaussian_mode_moves_samples_toward_the_family():
+    rng = np.random.default_rng(0)
+    angle = rng.uniform(0, 2 * np.pi, 512)
+    means = 3 * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+    rotation = np.stack([np.stack([np.cos(angle), -np.sin(angle)], 1), np.stack([np.sin(angle), np.cos(angle)], 1)], 1)
+    covariances = rotation @ np.diag([1.0, 0.1]) @ rotation.transpose(0, 2, 1)
+    model = GaussianFlowMatching(2, width=128, n_layers=2)
+    model.fit(means, covariances, n_steps=200, batch_size=128, learning_rate=3e-3, device="cpu", progress=False)
+
+    def distance_to_truth(mean, cov):
+        # the true covariance of a Gaussian at ``mean`` is fixed by its angle
+        phi = np.arctan2(mean[:, 1], mean[:, 0])
+        turn = np.stack([np.stack([np.cos(phi), -np.sin(phi)], 1), np.stack([np.sin(phi), np.cos(phi)], 1)], 1)
+        true_mean = 3 * np.stack([np.cos(phi), np.sin(phi)], axis=1)
+        true_cov = turn @ np.diag([1.0, 0.1]) @ turn.transpose(0, 2, 1)
+        args = [torch.as_tensor(np.asarray(a), dtype=torch.float64) for a in (mean, cov, true_mean, true_cov)]
+        return float(sot.ot.bures_wasserstein_squared(*args).mean())
+
+    generated = model.sample(200, n_steps=30)
+    assert generated[1].shape == (200, 2, 2)
+    assert np.all(np.linalg.eigvalsh(generated[1]) > 0)
+    noise_mean, noise_cov = model.draw_noise(200)
+    noise = (noise_mean * model.scale + model.center).numpy(), (noise_cov * model.scale**2).numpy()
+    assert distance_to_truth(*generated) < 0.3 * distance_to_truth(*noise)
+
+
+def test_sampling_respects_sizes_and_masks():
+    rng = np.random.default_rng(4)
+    sizes = np.where(np.arange(40) < 20, 3, 5)
+    family = PointClouds.from_padded(rng.normal(size=(40, 5, 2)), np.arange(5)[None, :] < sizes[:, None])
+    model = WassersteinFlowMatching(2, 6, **SMALL).fit(family, n_steps=5, device="cpu", progress=False)
+    drawn = model.sample(200, n_steps=3)
+    assert drawn.points.shape == (200, 6, 2)
+    assert set(drawn.sizes.tolist()) == {3, 5}
+    assert 0.35 < float((drawn.sizes == 3).float().mean()) < 0.65
+    assert torch.all(drawn.points[~drawn.mask] == 0) and torch.isfinite(drawn.points).all()
+    fixed = model.sample(sizes=[1, 4, 6], n_steps=3)
+    assert fixed.sizes.tolist() == [1, 4, 6]
+    np.testing.assert_allclose(fixed.weights.sum(1).numpy(), 1.0, rtol=1e-6)
+    assert model.sample(4, sizes=2, n_steps=2).sizes.tolist() == [2] * 4
+    with pytest.raises(ValueError, match="max_size"):
+        model.sample(2, sizes=7)
+    with pytest.raises(ValueError, match="entries"):
+        model.sample(3, sizes=[2, 2])
+
+
+def test_conditions_change_the_output(conditional_model):
+    model = conditional_model
+    left = model.sample(40, labels="left", n_steps=20, random_state=5)
+    right = model.sample(40, labels="right", n_steps=20, random_state=5)
+    left_x = float(left.points[..., 0][left.mask].mean())
+    right_x = float(right.points[..., 0][right.mask].mean())
+    assert left_x < -1.5 and right_x > 1.5
+    # guidance amplifies the difference between the conditional and the null field
+    guided = model.sample(40, labels="right", n_steps=20, random_state=5, guidance=2.0)
+    assert not torch.allclose(guided.points, right.points)
+    mixed = model.sample(labels=["left", "right", 1], n_steps=20, random_state=5)
+    assert len(mixed) == 3
+
+
+def test_training_is_reproducible():
+    family = _ring_family(32)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = WassersteinFlowMatching(2, 8, **SMALL).fit(family, n_steps=5, device="cpu", progress=False)
+        runs.append((model.history, model.sample(3, n_steps=4, random_state=2).points))
+    assert runs[0][0] == runs[1][0]
+    torch.testing.assert_close(runs[0][1], runs[1][1])
+
+
+def test_save_and_load_round_trip(tmp_path, conditional_model):
+    model = conditional_model
+    model.save(tmp_path / "wfm.pt")
+    loaded = WassersteinFlowMatching.load(tmp_path / "wfm.pt", device="cpu")
+    assert loaded.history == model.history and loaded.label_names == ["left", "right"]
+    torch.testing.assert_close(
+        loaded.sample(5, labels="right", n_steps=5).points, model.sample(5, labels="right", n_steps=5).points
+    )
+    gaussian = GaussianFlowMatching(2, labels=["a", "b"], width=16, n_layers=1)
+    gaussian.fit(np.zeros((4, 2)), np.tile(np.eye(2), (4, 1, 1)), ["a", "b", "a", "b"], n_steps=3, progress=False)
+    gaussian.save(tmp_path / "gaussian.pt")
+    loaded_gaussian = GaussianFlowMatching.load(tmp_path / "gaussian.pt", device="cpu")
+    for mine, theirs in zip(gaussian.sample(3, labels="a"), loaded_gaussian.sample(3, labels="a"), strict=True):
+        np.testing.assert_allclose(mine, theirs)
+    with pytest.raises(ValueError, match="not a GaussianFlowMatching"):
+        GaussianFlowMatching.load(tmp_path / "wfm.pt")
+
+
+def test_model_rejects_bad_input(conditional_model):
+    with pytest.raises(ValueError, match="noise"):
+        WassersteinFlowMatching(2, 4, noise="uniform")
+    with pytest.raises(ValueError, match="distinct"):
+        WassersteinFlowMatching(2, 4, labels=["a", "a"])
+    with pytest.raises(ValueError, match="dimension 3"):
+        WassersteinFlowMatching(2, 4).fit(PointClouds.from_padded(np.zeros((2, 4, 3))), progress=False)
+    with pytest.raises(ValueError, match="pass `labels`"):
+        conditional_model.fit(_ring_family(4, 6), progress=False)
+    with pytest.raises(ValueError, match="Unknown label 'up'"):
+        conditional_model.sample(2, labels="up")
+    with pytest.raises(ValueError, match="method"):
+        conditional_model.sample(2, method="rk4")
+    with pytest.raises(ValueError, match="covariances"):
+        GaussianFlowMatching(2).fit(np.zeros((3, 2)), np.zeros((3, 3, 3)), progress=False)
+
+
+# ---------------------------------------------------------------------------- AnnData front-end
+
+
+@pytest.fixture(scope="module")
+def tissue():
+    adata = sot.datasets.simulated_tissue(300, n_latent=3, n_cell_types=3, random_state=0)
+    sot.pp.niches(adata, k=6, use_rep="X_latent", include_center=False)
+    return adata
+
+
+def test_wfm_and_generate_niches_survive_write_h5ad(tissue, tmp_path):
+    adata = tissue.copy()
+    model = sot.tl.wfm(adata, condition_key="cell_type", n_steps=10, width=32, n_layers=1, progress=False)
+    assert isinstance(model, WassersteinFlowMatching)
+    result = adata.uns["wfm"]
+    assert result["loss"].shape == (10,) and result["params"]["mode"] == "pointcloud"
+    assert list(result["params"]["conditions"]) == ["type_0", "type_1", "type_2"]
+    sot.tl.generate_niches(adata, model, n=7, condition="type_1", n_steps=5, condition_key="cell_type")
+    generated = adata.uns["wfm_generated"]
+    assert generated["points"].shape == (7, 6, 3) and generated["mask"].all()
+    assert list(generated["conditions"]) == ["type_1"] * 7
+    sot.tl.generate_niches(adata, model, n=20, n_steps=2, key_added="mixed")
+    assert set(adata.uns["mixed"]["conditions"]) <= {"type_0", "type_1", "type_2"}
+
+    adata.write_h5ad(tmp_path / "wfm.h5ad")
+    back = ad.read_h5ad(tmp_path / "wfm.h5ad")
+    np.testing.assert_allclose(back.uns["wfm"]["loss"], result["loss"])
+    np.testing.assert_array_equal(back.uns["wfm_generated"]["points"], generated["points"])
+    np.testing.assert_array_equal(back.uns["wfm_generated"]["mask"], generated["mask"])
+    assert list(back.uns["wfm_generated"]["conditions"]) == ["type_1"] * 7
+    assert back.uns["wfm_generated"]["params"]["condition_key"] == "cell_type"
+
+
+def test_gaussian_mode_front_end_and_copy(tissue, tmp_path):
+    before = set(tissue.uns)
+    adata, model = sot.tl.wfm(tissue, mode="gaussian", n_steps=5, width=16, n_layers=1, progress=False, copy=True)
+    assert set(tissue.uns) == before and "wfm" in adata.uns
+    assert isinstance(model, GaussianFlowMatching)
+    out = sot.tl.generate_niches(adata, model, n=4, size=5, n_steps=3, copy=True)
+    generated = out.uns["wfm_generated"]
+    assert generated["points"].shape == (4, 5, 3) and generated["covariances"].shape == (4, 3, 3)
+    assert "wfm_generated" not in adata.uns
+    out.write_h5ad(tmp_path / "gaussian.h5ad")
+    np.testing.assert_allclose(
+        ad.read_h5ad(tmp_path / "gaussian.h5ad").uns["wfm_generated"]["means"], generated["means"]
+    )
+
+
+def test_front_end_rejects_bad_input_and_leaves_adata_unchanged(tissue):
+    adata = tissue.copy()
+    before = set(adata.uns)
+    with pytest.raises(KeyError, match="condition_key"):
+        sot.tl.wfm(adata, condition_key="nope", n_steps=1, progress=False)
+    with pytest.raises(KeyError, match="niche_key"):
+        sot.tl.wfm(adata, niche_key="nope", n_steps=1, progress=False)
+    with pytest.raises(ValueError, match="mode"):
+        sot.tl.wfm(adata, mode="bures", n_steps=1, progress=False)
+    with pytest.raises(ValueError, match="n_steps"):
+        sot.tl.wfm(adata, n_steps=0, progress=False)
+    assert set(adata.uns) == before
+    model = sot.tl.wfm(adata, n_steps=1, width=16, n_layers=1, progress=False)
+    with pytest.raises(ValueError, match="without conditions"):
+        sot.tl.generate_niches(adata, model, condition="type_0")
+    with pytest.raises(ValueError, match="size"):
+        sot.tl.generate_niches(adata, model, size=50)
+    other = adata.copy()
+    sot.pp.niches(other, k=4)  # niches on the 50 genes of .X
+    with pytest.raises(ValueError, match="dimension 50"):
+        sot.tl.generate_niches(other, model)
+    assert "wfm_generated" not in adata.uns
+
+
+def test_generated_niches_plot(tissue, tmp_path):
+    import matplotlib.pyplot as plt
+
+    adata = tissue.copy()
+    model = sot.tl.wfm(adata, condition_key="cell_type", n_steps=3, width=16, n_layers=1, progress=False)
+    sot.tl.generate_niches(adata, model, n=12, n_steps=2, condition_key="cell_type")
+    axes = sot.pl.generated_niches(adata, cell_type_key="cell_type", show=False, save=tmp_path / "wfm.png")
+    shown = sorted(set(adata.uns["wfm_generated"]["conditions"]))
+    assert axes.shape == (2, len(shown))
+    assert sorted(ax.get_title() for ax in axes[0]) == shown
+    # the composition bars of each panel add up to one, for real and for generated points
+    widths = np.array([[patch.get_width() for patch in ax.patches] for ax in axes[1]])
+    np.testing.assert_allclose(widths.reshape(len(shown), 2, -1).sum(-1), 1.0)
+    assert (tmp_path / "wfm.png").stat().st_size > 1000
+    one = sot.pl.generated_niches(adata, conditions=[shown[0]], show=False)
+    assert one.shape == (1, 1)
+    with pytest.raises(ValueError, match="were not generated"):
+        sot.pl.generated_niches(adata, conditions=["type_9"], show=False)
+    with pytest.raises(KeyError, match="generate_niches"):
+        sot.pl.generated_niches(adata, key="nope", show=False)
+    plt.close("all")
