@@ -8,11 +8,13 @@ CUDA when present (``device='auto'``), and has ``save``/``load``.
 from ._base import Model
 from ._blocks import SetTransformer, weighted_mean
 from ._device import resolve_device
+from ._hotet import HOTET
 from ._wfm import WassersteinFlowMatching
 from ._wfm_gaussian import GaussianFlowMatching
 from ._wormhole import Wormhole
 
 __all__ = [
+    "HOTET",
     "GaussianFlowMatching",
     "Model",
     "SetTransformer",

@@ -1,6 +1,7 @@
 """Plots that read what :mod:`spatialot.pp` and :mod:`spatialot.tl` wrote."""
 
 from ._embedding import distance_fidelity, embedding
+from ._hotet import hotet
 from ._loss import loss
 from ._niches import niches
 from ._wfm import generated_niches
@@ -9,6 +10,7 @@ __all__ = [
     "distance_fidelity",
     "embedding",
     "generated_niches",
+    "hotet",
     "loss",
     "niches",
 ]

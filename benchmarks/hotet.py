@@ -1,0 +1,344 @@
+"""Benchmark of HOTET (``sot.models.HOTET`` / ``sot.tl.hotet``): map quality, map representation, speed.
+
+1. **Gaussian benchmark** (true maps in closed form). In each dimension d of ``--dims``: a fixed
+   reference N(m, Σ) and 500 training sources N(mᵢ, Σᵢ), means U[0, 3]^d and covariances
+   W Wᵀ / (2d) with W a d × 2d standard normal matrix (eigenvalues about 0.09–2.9); each source
+   is a fixed sample of ``--n-points`` points. The model is given the reference as its Gaussian
+   (mean, covariance). Evaluation on 50 *unseen* sources: the map is predicted from a fresh
+   sample of ``--n-points`` points and evaluated on 1,000 further points X. Metrics (Korotin et
+   al. 2021): L2-UVP = 100 · E‖T̂(X) − T*(X)‖² / tr Σ (Var of the target), and the cosine
+   similarity ⟨T̂ − id, T* − id⟩ / (‖T̂ − id‖ ‖T* − id‖) in L²(source), T* the Bures–Wasserstein
+   map (``sot.ot.gaussian_map``). Anchors: the identity map, and the plug-in closed-form map of
+   the sample's mean and (shrunk) covariance. Target (issue 6): L2-UVP below the paper's
+   ~5–37 % at every dimension. Both ``base='identity'`` (the paper's ICNN, starting at the
+   identity) and ``base='gaussian'`` (ICNN starting at the plug-in Gaussian map) are run.
+2. **BDTNP niches**: ``sot.datasets.bdtnp()``, the 84 genes reduced to their first 8 principal
+   components (``sc.pp.pca``, n_comps=8), niches of k=8 cells (``sot.pp.niches(k=8,
+   use_rep='X_pca')``); 80 % of the cells train, the remaining 20 % are unseen niches. Reference:
+   the Gaussian fitted to all training niche points. Metric: exact W2² (POT) between each unseen
+   niche, transported, and a 512-point sample of the reference, against the niche's own W2²; for
+   scale, W2² between 8 random points of the reference and that sample (an 8-point cloud cannot
+   reach 0). Then the
+   Pearson / Spearman correlation of squared map-representation distances with exact W2²
+   between unseen niches (2,000 random pairs).
+3. **Speed**: seconds per map for unseen niches (one forward pass of the trained model, batched)
+   against fitting one ICNN per niche (free parameters, the same forward loss, ``--per-niche-steps``
+   Adam steps), with the W2² reached by each.
+
+Run ``python benchmarks/hotet.py [--quick] [--dims 2 4 8 16 32 64] [--threads 1] [--out PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from typing import Any
+
+# _common, imported first, moves benchmarks/ to the end of sys.path (see ot.py)
+from _common import default_out, machine_info, print_table, resolve_device, write_json
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+import numpy as np  # noqa: E402
+import scipy.stats  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import spatialot as sot  # noqa: E402
+from spatialot.models import HOTET, Model  # noqa: E402
+from spatialot.models._hotet import batch_dual_loss  # noqa: E402
+from spatialot.models._icnn import BatchedICNN  # noqa: E402
+from spatialot.models._training import train  # noqa: E402
+
+# ---------------------------------------------------------------------------- Gaussian benchmark
+
+
+def random_gaussians(rng: np.random.Generator, n: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    means = rng.uniform(0, 3, size=(n, dim))
+    factors = rng.normal(size=(n, dim, 2 * dim))
+    return means, factors @ factors.transpose(0, 2, 1) / (2 * dim)
+
+
+def sample(rng: np.random.Generator, means: np.ndarray, covs: np.ndarray, size: int) -> np.ndarray:
+    noise = rng.normal(size=(len(means), size, means.shape[1]))
+    return (means[:, None, :] + noise @ np.linalg.cholesky(covs).transpose(0, 2, 1)).astype(np.float32)
+
+
+def l2_uvp(predicted: np.ndarray, truth: np.ndarray, variance: float) -> np.ndarray:
+    return 100 * ((predicted - truth) ** 2).sum(-1).mean(1) / variance
+
+
+def map_scores(predicted: np.ndarray, truth: np.ndarray, points: np.ndarray, variance: float) -> dict[str, float]:
+    uvp = l2_uvp(predicted, truth, variance)
+    moved, true_moved = predicted - points, truth - points
+    cosine = (moved * true_moved).sum((1, 2)) / np.sqrt((moved**2).sum((1, 2)) * (true_moved**2).sum((1, 2)))
+    return {"l2_uvp": float(uvp.mean()), "l2_uvp_median": float(np.median(uvp)), "cosine": float(cosine.mean())}
+
+
+def gaussian_benchmark(
+    dim: int, base: str, steps: int, n_points: int, device: str, learning_rate: float = 1e-3, seed: int = 0
+) -> dict[str, Any]:
+    rng = np.random.default_rng(seed + dim)
+    ref_mean, ref_cov = (a[0] for a in random_gaussians(rng, 1, dim))
+    means, covs = random_gaussians(rng, 500, dim)
+    clouds = sot.ot.PointClouds.from_padded(sample(rng, means, covs, n_points))
+    model = HOTET(dim, base=base, random_state=seed, device=device)
+    start = time.perf_counter()
+    model.fit(
+        clouds,
+        reference=(ref_mean, ref_cov),
+        n_steps=steps,
+        n_reference_samples=n_points,
+        learning_rate=learning_rate,
+        random_state=seed,
+        progress=False,
+    )
+    fit_s = time.perf_counter() - start
+
+    test_means, test_covs = random_gaussians(rng, 50, dim)
+    test = sot.ot.PointClouds.from_padded(sample(rng, test_means, test_covs, n_points))
+    points = sample(rng, test_means, test_covs, 1000)
+    predicted = model.transport(test, points)
+
+    def closed_form(m, c):
+        matrix, shift = sot.ot.gaussian_map(
+            torch.as_tensor(m), torch.as_tensor(c), torch.as_tensor(ref_mean), torch.as_tensor(ref_cov)
+        )
+        return points @ matrix.numpy().transpose(0, 2, 1) + shift.numpy()[:, None, :]
+
+    truth = closed_form(test_means, test_covs)
+    # plug-in anchor: the closed form between the sample moments (shrunk as the model does) and the reference
+    sample_means, sample_covs = (t.double().numpy() for t in sot.ot.gaussian_moments(test.to(dtype=torch.float64)))
+    level = np.trace(sample_covs, axis1=1, axis2=2)[:, None, None] / dim
+    sample_covs = 0.9 * sample_covs + 0.1 * level * np.eye(dim) + 1e-4 * np.eye(dim)
+    variance = float(np.trace(ref_cov))
+    row = {
+        "dim": dim,
+        "base": base,
+        "steps": steps,
+        "learning_rate": learning_rate,
+        "n_points": n_points,
+        "fit_s": fit_s,
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        **map_scores(predicted, truth, points, variance),
+        "identity_l2_uvp": float(l2_uvp(points, truth, variance).mean()),
+        "plugin_l2_uvp": float(l2_uvp(closed_form(sample_means, sample_covs), truth, variance).mean()),
+        "final_loss": float(np.mean(model.history[-50:])),
+    }
+    return row
+
+
+# ---------------------------------------------------------------------------- BDTNP niches
+
+
+class PerNicheICNN(Model):
+    """Baseline: free ICNN parameters for each niche, fitted by the forward dual loss alone."""
+
+    def __init__(self, dim: int, n_niches: int):
+        super().__init__(dim=dim, n_niches=n_niches)
+        self.icnn = BatchedICNN(dim)
+        self.params = nn.Parameter(self.icnn.initial_params(torch.Generator().manual_seed(0)).repeat(n_niches, 1))
+
+
+def bdtnp_benchmark(steps: int, per_niche_steps: int, device: str, quick: bool) -> dict[str, Any]:
+    import scanpy as sc
+
+    adata = sot.datasets.bdtnp()
+    sc.pp.pca(adata, n_comps=8, random_state=0)
+    sot.pp.niches(adata, k=8, use_rep="X_pca")
+    family = sot.get.niche_clouds(adata)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(adata.n_obs)
+    n_train = int(0.8 * adata.n_obs)
+    train_cells, test_cells = np.sort(order[:n_train]), np.sort(order[n_train:])
+    train_family = sot.ot.IndexedClouds(family.features, family.indices[train_cells], family.mask[train_cells])
+    test_family = sot.ot.IndexedClouds(family.features, family.indices[test_cells], family.mask[test_cells])
+    if quick:
+        test_family = sot.ot.IndexedClouds(family.features, test_family.indices[:100], test_family.mask[:100])
+
+    results: dict[str, Any] = {"n_train_niches": len(train_family), "n_test_niches": len(test_family)}
+    models = {}
+    for base in ("identity", "gaussian"):
+        model = models[base] = HOTET(8, base=base, device=device)
+        start = time.perf_counter()
+        model.fit(train_family, n_steps=steps, n_reference_samples=256, progress=False)
+        fit_s = time.perf_counter() - start
+
+        niches = test_family.gather()
+        start = time.perf_counter()
+        transported = model.transport(test_family)
+        map_s = (time.perf_counter() - start) / len(test_family)
+        reference = model.sample_reference(len(test_family), 512, np.random.default_rng(1)).cpu()
+        reference = sot.ot.PointClouds.from_padded(reference)
+        own = sot.ot.exact_w2_squared(niches, reference)
+        moved = sot.ot.exact_w2_squared(sot.ot.PointClouds.from_padded(transported, niches.mask), reference)
+        # what 8 random points of the reference itself reach: the discreteness of an 8-point cloud
+        few = model.sample_reference(len(test_family), 8, np.random.default_rng(2)).cpu()
+        few = sot.ot.exact_w2_squared(sot.ot.PointClouds.from_padded(few), reference)
+
+        embedding = model.embed(test_family)
+        pair_rng = np.random.default_rng(3)
+        n_pairs = 500 if quick else 2000
+        left = pair_rng.integers(0, len(test_family), n_pairs)
+        right = (left + pair_rng.integers(1, len(test_family), n_pairs)) % len(test_family)
+        learned = ((embedding[left] - embedding[right]) ** 2).sum(-1)
+        exact = sot.ot.exact_w2_squared(niches[left], niches[right])
+        results[base] = {
+            "fit_s": fit_s,
+            "steps": steps,
+            "w2sq_niche_to_reference_mean": float(own.mean()),
+            "w2sq_transported_to_reference_mean": float(moved.mean()),
+            "w2sq_random_8_point_reference_sample_mean": float(few.mean()),
+            "fraction_closer_after_transport": float((moved < own).mean()),
+            "pearson_embedding_vs_exact": float(scipy.stats.pearsonr(learned, exact)[0]),
+            "spearman_embedding_vs_exact": float(scipy.stats.spearmanr(learned, exact)[0]),
+            "embedding_over_exact_median": float(np.median(learned / exact)),
+            "seconds_per_map_unseen": map_s,
+        }
+
+    # one ICNN per niche: the same forward loss, free parameters, the same ICNN size
+    n_single = 4 if quick else 8
+    niches = test_family.gather(np.arange(n_single))
+    baseline = PerNicheICNN(8, n_single).to(device)
+    x = model._normalise(niches.points.to(device))
+    sampler = np.random.default_rng(4)
+
+    def step_loss(step: int) -> torch.Tensor:
+        y = model._normalise(model.sample_reference(n_single, 256, sampler))
+        uniform = torch.full(y.shape[:2], 1.0 / y.shape[1], device=y.device)
+        phi = baseline.icnn.potential(x, baseline.params)
+        return batch_dual_loss(phi, x, niches.weights.to(device), y, uniform).mean()
+
+    start = time.perf_counter()
+    train(baseline, step_loss, n_steps=per_niche_steps, learning_rate=1e-2, progress=False)
+    per_niche_s = (time.perf_counter() - start) / n_single
+    with torch.no_grad():
+        mapped = model._denormalise(baseline.icnn.gradient(x, baseline.params)).cpu()
+    reference = sot.ot.PointClouds.from_padded(model.sample_reference(n_single, 512, np.random.default_rng(1)).cpu())
+    single = sot.ot.exact_w2_squared(sot.ot.PointClouds.from_padded(mapped, niches.mask), reference)
+    amortised = {
+        base: sot.ot.exact_w2_squared(sot.ot.PointClouds.from_padded(m.transport(niches), niches.mask), reference)
+        for base, m in models.items()
+    }
+    results["per_niche_icnn"] = {
+        "n_niches": n_single,
+        "steps": per_niche_steps,
+        "seconds_per_map": per_niche_s,
+        "w2sq_transported_to_reference_mean": float(single.mean()),
+        "w2sq_niche_to_reference_mean": float(sot.ot.exact_w2_squared(niches, reference).mean()),
+        "hotet_identity_same_niches_w2sq": float(amortised["identity"].mean()),
+        "hotet_gaussian_same_niches_w2sq": float(amortised["gaussian"].mean()),
+    }
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few dimensions and few steps")
+    parser.add_argument("--dims", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64])
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: by dimension)")
+    parser.add_argument("--n-points", type=int, default=256)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--bdtnp-steps", type=int, default=1000)
+    parser.add_argument("--per-niche-steps", type=int, default=500)
+    parser.add_argument("--bases", nargs="+", default=["identity", "gaussian"])
+    parser.add_argument("--skip-gaussian", action="store_true")
+    parser.add_argument("--skip-bdtnp", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    dims = [2, 8] if args.quick else args.dims
+
+    def steps_for(dim: int) -> int:
+        if args.steps is not None:
+            return args.steps
+        if args.quick:
+            return 100
+        return {2: 400, 4: 400, 8: 400, 16: 300, 32: 250}.get(dim, 200)  # CPU budget: fewer steps in high dimension
+
+    payload: dict[str, Any] = {
+        "benchmark": "hotet",
+        "machine": machine_info(device),
+        "note": "CPU timings on a shared machine (four jobs on 2 cores), torch threads as in machine.",
+        "gaussian": {
+            "data": "reference and 500 training sources: means U[0,3]^d, covariances W W^T/(2d), W d x 2d N(0,1); "
+            "each source a fixed sample of n_points; 50 unseen test sources, maps predicted from a fresh "
+            "n_points sample and evaluated on 1,000 further points",
+            "metric": "L2-UVP = 100 E||T_hat(X) - T*(X)||^2 / tr(Sigma_ref) (mean over test sources); cosine "
+            "similarity of the displacement; T* the Bures-Wasserstein closed form",
+            "anchor": "identity map; plug-in closed form from the sample moments (shrinkage 0.1)",
+            "target": "L2-UVP below the paper's ~5-37 % at every dimension",
+            "budget": f"batch 8 sources/step, Adam {args.learning_rate:g} halved every steps/3, steps per row "
+            "(400 for d<=8, 300 for 16, 250 for 32, 200 for 64), ICNN hidden [max(2d,64), max(2d,64), max(d,32)], "
+            "set transformer 3 layers width 64, hypernetwork 3x256, 1 torch thread",
+            "rows": [],
+        },
+    }
+    out = args.out or default_out("hotet", device, args.quick)
+    if not args.skip_gaussian:
+        for dim in dims:
+            for base in args.bases:
+                row = gaussian_benchmark(dim, base, steps_for(dim), args.n_points, device, args.learning_rate)
+                payload["gaussian"]["rows"].append(row)
+                print(
+                    f"d={dim} base={base}: UVP {row['l2_uvp']:.2f}%  cos {row['cosine']:.3f}  "
+                    f"plug-in {row['plugin_l2_uvp']:.2f}%  ({row['fit_s']:.0f} s)",
+                    flush=True,
+                )
+                write_json(out, payload)
+        print_table(
+            payload["gaussian"]["rows"],
+            [
+                ("dim", "d"),
+                ("base", "base", "<"),
+                ("steps", "steps"),
+                ("l2_uvp", "L2-UVP %"),
+                ("cosine", "cos"),
+                ("identity_l2_uvp", "identity %"),
+                ("plugin_l2_uvp", "plug-in %"),
+                ("fit_s", "fit s"),
+            ],
+            title="Gaussian benchmark (unseen sources)",
+        )
+    if not args.skip_bdtnp:
+        steps = 150 if args.quick else args.bdtnp_steps
+        per_niche = 100 if args.quick else args.per_niche_steps
+        payload["bdtnp"] = {
+            "data": "sot.datasets.bdtnp(); sc.pp.pca(n_comps=8) of the 84 genes; sot.pp.niches(k=8, use_rep='X_pca'); "
+            "80/20 split of cells, metrics on the unseen 20 %",
+            "metric": "exact W2^2 (POT) to a 512-point reference sample: own vs transported vs 8 random "
+            "reference points; Pearson/Spearman of squared embedding distances vs exact W2^2",
+            **bdtnp_benchmark(steps, per_niche, device, args.quick),
+        }
+        write_json(out, payload)
+        rows = [{"model": base, **payload["bdtnp"][base]} for base in ("identity", "gaussian")]
+        print_table(
+            rows,
+            [
+                ("model", "base", "<"),
+                ("w2sq_niche_to_reference_mean", "W2² niche"),
+                ("w2sq_transported_to_reference_mean", "W2² transported"),
+                ("w2sq_random_8_point_reference_sample_mean", "8 ref pts"),
+                ("pearson_embedding_vs_exact", "pearson"),
+                ("spearman_embedding_vs_exact", "spearman"),
+                ("seconds_per_map_unseen", "s/map"),
+            ],
+            title="BDTNP niches (unseen)",
+        )
+        single = payload["bdtnp"]["per_niche_icnn"]
+        print(
+            f"one ICNN per niche: {single['seconds_per_map']:.2f} s/map, "
+            f"W2² {single['w2sq_transported_to_reference_mean']:.3g} "
+            f"(own {single['w2sq_niche_to_reference_mean']:.3g}; HOTET on the same niches: identity "
+            f"{single['hotet_identity_same_niches_w2sq']:.3g}, "
+            f"gaussian {single['hotet_gaussian_same_niches_w2sq']:.3g})"
+        )
+    print(f"wrote {write_json(out, payload)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+import anndata as ad
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+
+import spatialot as sot
+from spatialot.models import HOTET
+from spatialot.models._icnn import BatchedICNN
+
+SMALL = {"hidden": [16, 16], "width": 16, "n_layers": 1, "n_heads": 2, "mlp_width": 32, "hyper_width": 32}
+
+
+def _gaussians(rng, n, dim):
+    means = rng.uniform(0, 3, size=(n, dim))
+    factors = rng.normal(size=(n, dim, 2 * dim))
+    return means, factors @ factors.transpose(0, 2, 1) / (2 * dim)
+
+
+def _sample(rng, means, covs, size):
+    noise = rng.normal(size=(len(means), size, means.shape[1]))
+    return means[:, None, :] + noise @ np.linalg.cholesky(covs).transpose(0, 2, 1)
+
+
+@pytest.fixture(scope="module")
+def gaussian_problem():
+    """A short HOTET run on 2-D Gaussians towards a Gaussian reference given as a large sample."""
+    rng = np.random.default_rng(0)
+    dim = 2
+    ref_mean, ref_cov = _gaussians(rng, 1, dim)
+    reference = _sample(rng, ref_mean, ref_cov, 2000)[0]
+    means, covs = _gaussians(rng, 64, dim)
+    clouds = sot.ot.PointClouds.from_padded(_sample(rng, means, covs, 64))
+    model = HOTET(dim, **SMALL, n_anchors=32, device="cpu")
+    model.fit(clouds, reference=reference, n_steps=400, n_reference_samples=128, learning_rate=3e-3, progress=False)
+    return {"model": model, "clouds": clouds, "means": means, "covs": covs, "ref": (ref_mean[0], ref_cov[0])}
+
+
+@pytest.mark.parametrize("quadratic", ["full", "identity"])
+def test_icnn_is_convex_for_any_parameters(quadratic):
+    torch.manual_seed(0)
+    icnn = BatchedICNN(3, [8, 8, 4], quadratic=quadratic)
+    params = torch.randn(2, icnn.n_params, dtype=torch.float64)
+    points = torch.randn(2, 5, 3, dtype=torch.float64)
+    for b in range(2):
+        for i in range(5):
+            hessian = torch.autograd.functional.hessian(
+                lambda x, b=b: icnn.potential(x[None, None], params[b : b + 1]).sum(), points[b, i]
+            )
+            assert torch.allclose(hessian, hessian.T, atol=1e-8)
+            assert torch.linalg.eigvalsh(hessian).min() > -1e-8
+
+
+def test_icnn_starts_near_the_identity_and_gradient_matches_finite_differences():
+    icnn = BatchedICNN(4, None)
+    assert icnn.hidden == (64, 64, 32)
+    params = icnn.initial_params(torch.Generator().manual_seed(0))[None].double()
+    points = torch.randn(1, 10, 4, dtype=torch.float64)
+    mapped = icnn.gradient(points, params)
+    assert torch.allclose(mapped, points, atol=0.1)
+    step = 1e-6
+    shifted = points.clone()
+    shifted[0, :, 1] += step
+    finite = (icnn.potential(shifted, params) - icnn.potential(points, params)) / step
+    assert torch.allclose(mapped[0, :, 1], finite[0], atol=1e-4)
+    with pytest.raises(ValueError, match="ICNN parameters must have shape"):
+        icnn.potential(points, params[:, :-1])
+    with pytest.raises(ValueError, match="quadratic"):
+        BatchedICNN(2, quadratic="rank")
+
+
+def test_maps_of_gaussians_approach_the_closed_form(gaussian_problem):
+    model, (ref_mean, ref_cov) = gaussian_problem["model"], gaussian_problem["ref"]
+    rng = np.random.default_rng(1)
+    means, covs = _gaussians(rng, 8, 2)  # sources unseen in training
+    clouds = sot.ot.PointClouds.from_padded(_sample(rng, means, covs, 64))
+    points = _sample(rng, means, covs, 500)
+    predicted = model.transport(clouds, points)
+    matrix, shift = sot.ot.gaussian_map(
+        torch.as_tensor(means), torch.as_tensor(covs), torch.as_tensor(ref_mean), torch.as_tensor(ref_cov)
+    )
+    truth = points @ matrix.numpy().transpose(0, 2, 1) + shift.numpy()[:, None, :]
+    variance = np.trace(ref_cov)
+    uvp = 100 * ((predicted - truth) ** 2).sum(-1).mean() / variance
+    uvp_identity = 100 * ((points - truth) ** 2).sum(-1).mean() / variance
+    assert uvp < 25
+    assert uvp < 0.1 * uvp_identity
+
+
+def test_transported_clouds_are_closer_to_the_reference(gaussian_problem):
+    model, clouds = gaussian_problem["model"], gaussian_problem["clouds"][:6]
+    transported = sot.ot.PointClouds.from_padded(model.transport(clouds), clouds.mask)
+    reference = model.reference_points[:64].expand(len(clouds), 64, 2)
+    reference = sot.ot.PointClouds.from_padded(reference)
+    before = sot.ot.exact_w2_squared(clouds, reference)
+    after = sot.ot.exact_w2_squared(transported, reference)
+    assert np.all(after < before)
+    assert np.median(after / before) < 0.3
+
+
+def test_embedding_distances_follow_w2(gaussian_problem):
+    model, clouds = gaussian_problem["model"], gaussian_problem["clouds"][:12]
+    embedding = model.embed(clouds)
+    assert embedding.shape == (12, 32 * 2)
+    left, right = np.triu_indices(12, 1)
+    learned = ((embedding[left] - embedding[right]) ** 2).sum(-1)
+    exact = sot.ot.exact_w2_squared(clouds[left], clouds[right])
+    assert np.corrcoef(learned, exact)[0, 1] > 0.9
+
+
+def test_save_load_round_trip(gaussian_problem, tmp_path):
+    model, clouds = gaussian_problem["model"], gaussian_problem["clouds"][:4]
+    model.save(tmp_path / "hotet.pt")
+    loaded = HOTET.load(tmp_path / "hotet.pt", device="cpu")
+    assert loaded.reference_is_cloud and loaded.history == model.history
+    np.testing.assert_array_equal(loaded.embed(clouds), model.embed(clouds))
+    np.testing.assert_array_equal(loaded.transport(clouds), model.transport(clouds))
+    with pytest.raises(ValueError, match="not a Wormhole|holds a HOTET"):
+        sot.models.Wormhole.load(tmp_path / "hotet.pt")
+
+
+def test_model_errors(gaussian_problem):
+    clouds = gaussian_problem["clouds"]
+    with pytest.raises(RuntimeError, match="not fitted"):
+        HOTET(2, **SMALL, device="cpu").embed(clouds)
+    with pytest.raises(ValueError, match="dimension 2"):
+        HOTET(3, **SMALL, device="cpu").fit(clouds, n_steps=1, progress=False)
+    with pytest.raises(ValueError, match="`reference` must have shape"):
+        HOTET(2, **SMALL, device="cpu").fit(clouds, reference=np.zeros((5, 3)), n_steps=1, progress=False)
+    with pytest.raises(ValueError, match="fixed at the first"):
+        gaussian_problem["model"].fit(clouds, reference=np.zeros((5, 2)), n_steps=1, progress=False)
+    with pytest.raises(ValueError, match="`points` must have shape"):
+        gaussian_problem["model"].transport(clouds, np.zeros((5, 3)))
+    with pytest.raises(ValueError, match="`dim`"):
+        HOTET(0)
+
+
+def _tissue():
+    rng = np.random.default_rng(0)
+    adata = ad.AnnData(X=rng.normal(size=(60, 3)).astype(np.float32))
+    adata.obsm["spatial"] = rng.uniform(0, 10, size=(60, 2))
+    sot.pp.niches(adata, k=5)
+    return adata
+
+
+def test_tl_hotet_writes_and_round_trips(tmp_path):
+    adata = _tissue()
+    model = HOTET(3, **SMALL, n_anchors=16, device="cpu")
+    returned = sot.tl.hotet(adata, model=model, n_steps=20, progress=False)
+    assert returned is model
+    assert adata.obsm["X_hotet"].shape == (60, 16 * 3)
+    result = adata.uns["hotet"]
+    assert result["loss"].shape == (20,)
+    assert result["anchors"].shape == (16, 3) and result["reference_cov"].shape == (3, 3)
+    assert result["params"]["reference"] == "gaussian" and result["params"]["niche_key"] == "niche"
+    np.testing.assert_allclose(result["reference_mean"], adata.X.mean(0), atol=0.2)
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    back = ad.read_h5ad(tmp_path / "a.h5ad")
+    np.testing.assert_array_equal(back.obsm["X_hotet"], adata.obsm["X_hotet"])
+    np.testing.assert_array_equal(back.uns["hotet"]["loss"], result["loss"])
+
+    # a fitted model is applied without training, and gives the same representation
+    copy, same = sot.tl.hotet(adata, model=model, key_added="again", copy=True, progress=False)
+    assert same is model and "again" not in adata.uns
+    np.testing.assert_allclose(copy.obsm["X_again"], adata.obsm["X_hotet"], rtol=1e-5, atol=1e-6)
+    assert copy.uns["again"]["loss"].shape == (0,) and not copy.uns["again"]["params"]["trained"]
+
+    ax = sot.pl.hotet(adata, cells=[0, "1"] if "1" in adata.obs_names else [0, 1], show=False)
+    assert len(ax.collections) >= 5
+    plt.close("all")
+
+
+def test_tl_hotet_with_a_reference_cloud():
+    adata = _tissue()
+    reference = np.random.default_rng(1).normal(size=(30, 3))
+    model = sot.tl.hotet(adata, reference=reference, n_steps=2, n_anchors=8, progress=False, device="cpu")
+    assert model.reference_is_cloud
+    assert adata.uns["hotet"]["params"]["reference"] == "cloud"
+    assert {tuple(a) for a in adata.uns["hotet"]["anchors"]} <= {tuple(r) for r in reference.astype(np.float32)}
+
+
+def test_tl_hotet_bad_input_leaves_adata_unchanged():
+    adata = _tissue()
+    before = (set(adata.obsm), set(adata.uns))
+    with pytest.raises(KeyError, match="niche_key"):
+        sot.tl.hotet(adata, niche_key="missing")
+    with pytest.raises(ValueError, match="`reference` must be 'gaussian'"):
+        sot.tl.hotet(adata, reference="uniform")
+    with pytest.raises(ValueError, match=r"shape \(n_points, 3\)"):
+        sot.tl.hotet(adata, reference=np.zeros((4, 2)))
+    with pytest.raises(ValueError, match="built for 2-D"):
+        sot.tl.hotet(adata, model=HOTET(2, **SMALL, device="cpu"))
+    with pytest.raises(ValueError, match="`n_steps`"):
+        sot.tl.hotet(adata, n_steps=0)
+    with pytest.raises(KeyError, match="No HOTET result"):
+        sot.pl.hotet(adata)
+    assert (set(adata.obsm), set(adata.uns)) == before
+
+
+def test_gaussian_base_starts_at_the_plug_in_gaussian_map():
+    rng = np.random.default_rng(2)
+    means, covs = _gaussians(rng, 4, 3)
+    ref_mean, ref_cov = (a[0] for a in _gaussians(rng, 1, 3))
+    clouds = sot.ot.PointClouds.from_padded(_sample(rng, means, covs, 200))
+    model = HOTET(3, **SMALL, base="gaussian", shrinkage=0.0, device="cpu")
+    model.fit(clouds, reference=(ref_mean, ref_cov), n_steps=1, learning_rate=1e-9, progress=False)
+    sample_means, sample_covs = sot.ot.gaussian_moments(clouds.to(dtype=torch.float64))
+    scale2 = float(model.scale) ** 2
+    matrix, shift = sot.ot.gaussian_map(
+        sample_means,
+        sample_covs + 1e-4 * scale2 * torch.eye(3, dtype=torch.float64),
+        torch.tensor(ref_mean),
+        torch.tensor(ref_cov),
+    )
+    points = _sample(rng, means, covs, 100)
+    expected = points @ matrix.numpy().transpose(0, 2, 1) + shift.numpy()[:, None, :]
+    predicted = model.transport(clouds, points)
+    assert 100 * ((predicted - expected) ** 2).sum(-1).mean() / np.trace(ref_cov) < 1.0
+    with pytest.raises(ValueError, match="`base`"):
+        HOTET(3, base="affine")
+    with pytest.raises(ValueError, match="positive definite"):
+        HOTET(3, **SMALL).fit(clouds, reference=(ref_mean, -ref_cov), n_steps=1, progress=False)
+
+
+def test_training_is_reproducible():
+    clouds = sot.ot.PointClouds.from_padded(np.random.default_rng(3).normal(size=(10, 6, 2)))
+    runs = [HOTET(2, **SMALL, device="cpu").fit(clouds, n_steps=3, progress=False) for _ in range(2)]
+    assert runs[0].history == runs[1].history
+    np.testing.assert_array_equal(runs[0].embed(clouds), runs[1].embed(clouds))
