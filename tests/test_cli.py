@@ -13,5 +13,6 @@ def test_demo_writes_embedding_model_and_figure(tmp_path):
     assert len(adata.uns["wormhole"]["loss"]) == 3
     # the saved model reproduces the stored embedding
     model = sot.models.Wormhole.load(tmp_path / "wormhole.pt", device="cpu")
-    np.testing.assert_allclose(model.encode(sot.get.niche_clouds(adata)), adata.obsm["X_wormhole"], rtol=1e-5, atol=1e-6)
+    encoded = model.encode(sot.get.niche_clouds(adata))
+    np.testing.assert_allclose(encoded, adata.obsm["X_wormhole"], rtol=1e-5, atol=1e-6)
     assert (tmp_path / "bdtnp_wormhole.png").stat().st_size > 20_000

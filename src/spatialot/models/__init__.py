@@ -5,6 +5,7 @@ Each model takes :class:`~spatialot.ot.PointClouds` (or the lazily gathered
 CUDA when present (``device='auto'``), and has ``save``/``load``.
 """
 
+from ._asot import ASOT
 from ._base import Model
 from ._blocks import SetTransformer, weighted_mean
 from ._device import resolve_device
@@ -14,8 +15,9 @@ from ._wfm_gaussian import GaussianFlowMatching
 from ._wormhole import Wormhole
 
 __all__ = [
-    "HOTET",
+    "ASOT",
     "GaussianFlowMatching",
+    "HOTET",
     "Model",
     "SetTransformer",
     "WassersteinFlowMatching",

@@ -5,6 +5,14 @@ Every cost here uses the squared-Euclidean ground cost, and every value returned
 root for :math:`W_2`.
 """
 
+from ._anchor import (
+    anchor_cost,
+    anchor_exact,
+    anchor_kneighbors,
+    anchor_paired_distances,
+    anchor_pairwise_distances,
+    anchor_sinkhorn,
+)
 from ._clouds import IndexedClouds, PointClouds
 from ._exact import exact_w2_squared
 from ._gaussian import bures_geodesic, bures_wasserstein_squared, gaussian_map, gaussian_moments, sqrtm_psd
@@ -12,6 +20,12 @@ from ._pairwise import paired_distances, pairwise_distances
 from ._sinkhorn import SinkhornOutput, sinkhorn, sinkhorn_divergence, squared_euclidean_cost
 
 __all__ = [
+    "anchor_cost",
+    "anchor_exact",
+    "anchor_kneighbors",
+    "anchor_paired_distances",
+    "anchor_pairwise_distances",
+    "anchor_sinkhorn",
     "IndexedClouds",
     "PointClouds",
     "SinkhornOutput",

@@ -1,5 +1,6 @@
 """Plots that read what :mod:`spatialot.pp` and :mod:`spatialot.tl` wrote."""
 
+from ._asot import asot
 from ._embedding import distance_fidelity, embedding
 from ._hotet import hotet
 from ._loss import loss
@@ -7,6 +8,7 @@ from ._niches import niches
 from ._wfm import generated_niches
 
 __all__ = [
+    "asot",
     "distance_fidelity",
     "embedding",
     "generated_niches",

@@ -1,0 +1,507 @@
+"""Anchor Space OT (ASOT): every cloud as a weight vector on one shared set of anchors."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..ot import IndexedClouds, PointClouds, exact_w2_squared
+from ..ot._anchor import (
+    AnchorMethod,
+    anchor_cost,
+    anchor_kneighbors,
+    anchor_paired_distances,
+    anchor_pairwise_distances,
+    anchor_sinkhorn,
+)
+from ._base import Model
+from ._batches import CloudFamily, take
+from ._device import resolve_device, seeded
+from ._training import train
+
+ASOTMethod = Literal["kmeans", "ml"]
+ASOT_METHODS: tuple[str, ...] = ("kmeans", "ml")
+_MIN_CODE = 1e-6
+"""Soft codes below this are set to zero (and the rest renormalised)."""
+_MINIBATCH_ABOVE = 50_000
+"""Points above which k-means runs as mini-batch k-means."""
+
+
+class ASOT(Model):
+    r"""Anchor Space OT: map clouds onto one anchor simplex and compare them with one shared cost.
+
+    Every point gets a code on the simplex over ``n_anchors`` anchors; a cloud's histogram is
+    the weighted sum of its points' codes. All histograms share the cost matrix between the
+    anchors, so OT between any pairs runs as batched dense matrix products
+    (:func:`~spatialot.ot.anchor_sinkhorn`). The cost is the **squared** Euclidean distance
+    between anchors, so distances estimate :math:`W_2^2` between the clouds (the ASOT paper,
+    Huang et al. 2023, uses the Euclidean cost).
+
+    ``method='kmeans'`` (ASOT-k): anchors are k-means centroids (scikit-learn), a point's code is
+    the one-hot of its nearest anchor. ``method='ml'`` (ASOT-ML, metric learning): starts from
+    ASOT-k, then learns soft codes ``softmax(-||x - a_i||^2 / tau)`` (anchors ``a`` and
+    temperature ``tau``) and the shared cost
+    :math:`C_{ij} = \lVert b_i - b_j \rVert^2 + s_i + s_j` (anchor positions ``b`` and a
+    non-negative spread ``s_i`` that stands for the variance quantisation removes), by
+    minimising the relative squared error of the anchor-space Sinkhorn distance against exact
+    :math:`W_2^2` (POT) on sampled pairs of clouds. Its distance of a cloud to itself is
+    :math:`2\sum_i h_i s_i`, not 0; pairwise matrices set their diagonal to 0.
+
+    Parameters
+    ----------
+    dim
+        Dimension of the points.
+    n_anchors
+        Number of anchors ``k``.
+    method
+        ``'kmeans'`` or ``'ml'``.
+    epsilon
+        Entropic regularisation of the anchor Sinkhorn, relative to the largest entry of the
+        shared cost (so ``max(C) / epsilon = 1 / epsilon``; at most 30 keeps the fast float32
+        kernel iterations).
+    n_iter
+        Sinkhorn iterations per anchor problem (fixed, so that training and use agree).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        n_anchors: int = 64,
+        *,
+        method: ASOTMethod = "kmeans",
+        epsilon: float = 0.04,
+        n_iter: int = 10,
+    ):
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"`dim` must be a positive integer, got {dim!r}.")
+        if isinstance(n_anchors, bool) or not isinstance(n_anchors, int) or n_anchors < 1:
+            raise ValueError(f"`n_anchors` must be a positive integer, got {n_anchors!r}.")
+        if method not in ASOT_METHODS:
+            raise ValueError(f"`method` must be one of {ASOT_METHODS}, got {method!r}.")
+        if not (isinstance(epsilon, int | float) and epsilon > 0):
+            raise ValueError(f"`epsilon` must be a positive number, got {epsilon!r}.")
+        if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
+            raise ValueError(f"`n_iter` must be a positive integer, got {n_iter!r}.")
+        super().__init__(dim=dim, n_anchors=n_anchors, method=method, epsilon=float(epsilon), n_iter=n_iter)
+        self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        if method == "kmeans":
+            self.register_buffer("anchors", torch.zeros(n_anchors, dim))
+        else:
+            self.anchors = nn.Parameter(torch.zeros(n_anchors, dim))
+            self.cost_anchors = nn.Parameter(torch.zeros(n_anchors, dim))
+            self.log_temperature = nn.Parameter(torch.zeros(()))
+            self.raw_spread = nn.Parameter(torch.zeros(n_anchors))
+
+    # ------------------------------------------------------------------ the anchor space
+
+    @property
+    def n_anchors(self) -> int:
+        """Number of anchors."""
+        return self.config["n_anchors"]
+
+    @property
+    def method(self) -> str:
+        """``'kmeans'`` or ``'ml'``."""
+        return self.config["method"]
+
+    def anchor_positions(self) -> np.ndarray:
+        """The anchors that points are coded against, in the units of the points, shape ``(k, dim)``."""
+        return (self.anchors.detach() * self.scale).cpu().numpy()
+
+    def _scaled_cost(self) -> torch.Tensor:
+        if self.method == "kmeans":
+            return anchor_cost(self.anchors)
+        spread = nn.functional.softplus(self.raw_spread)
+        return anchor_cost(self.cost_anchors) + spread[:, None] + spread[None, :]
+
+    def cost_geometry(self) -> tuple[np.ndarray, np.ndarray]:
+        """Points ``p`` ``(k, dim)`` and offsets ``o`` ``(k,)`` with ``cost = ||p_i - p_j||^2 + o_i + o_j``.
+
+        For ``'kmeans'`` these are the anchors and zeros. They give the lower bound that
+        :func:`~spatialot.ot.anchor_kneighbors` prunes with.
+        """
+        with torch.no_grad():
+            if self.method == "kmeans":
+                return self.anchor_positions(), np.zeros(self.n_anchors, dtype=np.float32)
+            spread = nn.functional.softplus(self.raw_spread) * self.scale**2
+            return (self.cost_anchors * self.scale).cpu().numpy(), spread.cpu().numpy()
+
+    def cost(self) -> torch.Tensor:
+        """The shared ``(k, k)`` cost between anchors in squared units of the points (W2² ground cost)."""
+        with torch.no_grad():
+            return self._scaled_cost() * self.scale**2
+
+    def absolute_epsilon(self) -> float:
+        """The Sinkhorn regularisation in the units of :meth:`cost`."""
+        return self.config["epsilon"] * float(self.cost().max().clamp_min(1e-12))
+
+    def _codes(self, points: torch.Tensor) -> torch.Tensor:
+        """Codes on the simplex of points given in scaled units, shape ``(..., k)``."""
+        # the expanded square: the (..., k, dim) difference tensor would dominate training time
+        squared = (
+            (points**2).sum(-1, keepdim=True) + (self.anchors**2).sum(-1) - 2 * points @ self.anchors.T
+        ).clamp_min(0)
+        if self.method == "kmeans":
+            return nn.functional.one_hot(squared.argmin(-1), self.n_anchors).to(points.dtype)
+        codes = torch.softmax(-squared / self.log_temperature.exp(), dim=-1)
+        # negligible weights would turn into denormal floats in Sinkhorn, which are slow on CPU
+        codes = torch.where(codes < _MIN_CODE, 0.0, codes)
+        return codes / codes.sum(-1, keepdim=True)
+
+    def _histograms(self, clouds: PointClouds) -> torch.Tensor:
+        codes = self._codes(clouds.points / self.scale)
+        return (clouds.weights[..., None] * codes).sum(1)
+
+    # ------------------------------------------------------------------ fitting
+
+    def _check_family(self, family: CloudFamily) -> None:
+        if not isinstance(family, PointClouds | IndexedClouds):
+            raise TypeError(f"Expected PointClouds or IndexedClouds, got {type(family).__name__}.")
+        if family.dim != self.config["dim"]:
+            raise ValueError(
+                f"The clouds have dimension {family.dim}, but the model was built for {self.config['dim']}."
+            )
+        if len(family) < 2:
+            raise ValueError("ASOT needs at least two clouds.")
+
+    def _check_fitted(self) -> None:
+        if not bool(self.fitted):
+            raise RuntimeError("The model is not fitted: call `fit` (or `from_anchors`) first.")
+
+    def fit(
+        self,
+        family: CloudFamily,
+        *,
+        n_train_pairs: int = 2048,
+        n_steps: int = 300,
+        batch_size: int = 256,
+        learning_rate: float = 1e-2,
+        random_state: int | None = 0,
+        device: torch.device | str = "auto",
+        progress: bool = True,
+    ) -> ASOT:
+        """Place the anchors by k-means; for ``method='ml'``, then learn codes and cost against exact OT.
+
+        Parameters
+        ----------
+        family
+            The clouds (:class:`~spatialot.ot.PointClouds` or :class:`~spatialot.ot.IndexedClouds`).
+            k-means sees every point once per cloud it belongs to, with its weight in that cloud.
+        n_train_pairs
+            ``'ml'`` only: pairs of clouds whose exact :math:`W_2^2` (POT) is the training target;
+            half are random pairs, half near pairs (neighbours in the initial anchor weights), so that both
+            far and close distances are learnt.
+        n_steps
+            ``'ml'`` only: optimiser steps.
+        batch_size
+            ``'ml'`` only: pairs per step.
+        learning_rate
+            ``'ml'`` only: Adam learning rate, in units of the rms spread of the points.
+        random_state
+            Seed of k-means, pair sampling and training.
+        device
+            ``'auto'``, ``'cpu'`` or ``'cuda'``.
+        progress
+            Show a progress bar.
+
+        Returns
+        -------
+        The fitted model.
+        """
+        self._check_family(family)
+        if self.method == "ml":
+            for name, value in [("n_train_pairs", n_train_pairs), ("n_steps", n_steps), ("batch_size", batch_size)]:
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        points, weights = _weighted_points(family)
+        if len(points) < self.n_anchors:
+            raise ValueError(f"`n_anchors`={self.n_anchors} exceeds the {len(points)} distinct points of the clouds.")
+        self.to(resolve_device(device))
+        with seeded(random_state) as rng:
+            centers, labels = _kmeans(points, weights, self.n_anchors, random_state)
+            residuals = ((points - centers[labels]) ** 2).sum(1)
+            spread = np.sqrt(np.average(((points - np.average(points, 0, weights)) ** 2).sum(1), weights=weights))
+            scale = float(spread) if spread > 0 else 1.0
+            with torch.no_grad():
+                self.scale.fill_(scale)
+                self.anchors.copy_(torch.as_tensor(centers / scale, dtype=torch.float32))
+                self.fitted.fill_(True)
+            if self.method == "ml":
+                self._init_ml(centers / scale, residuals / scale**2, labels, weights)
+                self._train(family, rng, n_train_pairs, n_steps, batch_size, learning_rate, progress)
+        return self
+
+    @classmethod
+    def from_anchors(
+        cls, anchors: np.ndarray | torch.Tensor, *, epsilon: float = 0.04, n_iter: int = 10, device="auto"
+    ) -> ASOT:
+        """An ASOT-k model with given anchors (no k-means), e.g. the support points of the clouds.
+
+        Parameters
+        ----------
+        anchors
+            Array ``(k, dim)``.
+        epsilon, n_iter
+            As in :class:`ASOT`.
+        device
+            ``'auto'``, ``'cpu'`` or ``'cuda'``.
+
+        Returns
+        -------
+        A fitted ``method='kmeans'`` model whose codes are the one-hot nearest anchor.
+        """
+        anchors = torch.as_tensor(np.asarray(anchors), dtype=torch.float32)
+        if anchors.ndim != 2 or not bool(torch.isfinite(anchors).all()):
+            raise ValueError(f"`anchors` must be a finite 2-D array (k, dim), got shape {tuple(anchors.shape)}.")
+        model = cls(anchors.shape[1], anchors.shape[0], method="kmeans", epsilon=epsilon, n_iter=n_iter)
+        with torch.no_grad():
+            model.anchors.copy_(anchors)
+            model.fitted.fill_(True)
+        return model.to(resolve_device(device))
+
+    def _init_ml(self, centers, residuals, labels, weights) -> None:
+        per_anchor = np.bincount(labels, weights * residuals, self.n_anchors) / np.maximum(
+            np.bincount(labels, weights, self.n_anchors), 1e-12
+        )
+        mean_residual = max(float(np.average(residuals, weights=weights)), 1e-6)
+        # half the within-anchor variance: a start between no correction and the independent-residual one
+        spread = np.maximum(0.5 * per_anchor, 1e-4 * mean_residual)
+        with torch.no_grad():
+            self.cost_anchors.copy_(torch.as_tensor(centers, dtype=torch.float32))
+            self.raw_spread.copy_(torch.as_tensor(spread + np.log(-np.expm1(-spread)), dtype=torch.float32))
+            # codes start close to the hard nearest-anchor codes of ASOT-k
+            self.log_temperature.fill_(math.log(0.25 * mean_residual))
+
+    def _train(self, family, rng, n_train_pairs, n_steps, batch_size, learning_rate, progress) -> None:
+        device = self.device
+        first, second = self._training_pairs(family, rng, n_train_pairs)
+        x, y = take(family, first, torch.device("cpu")), take(family, second, torch.device("cpu"))
+        target = torch.as_tensor(exact_w2_squared(x, y), dtype=torch.float32, device=device) / self.scale**2
+        x = PointClouds(x.points.to(device), x.mask.to(device), x.weights.to(device))
+        y = PointClouds(y.points.to(device), y.mask.to(device), y.weights.to(device))
+        epsilon, n_iter = self.config["epsilon"], self.config["n_iter"]
+
+        def step_loss(step: int) -> torch.Tensor:
+            chosen = rng.choice(len(target), min(batch_size, len(target)), replace=False)
+            cost = self._scaled_cost()
+            value = anchor_sinkhorn(
+                self._histograms(x[chosen]),
+                self._histograms(y[chosen]),
+                cost,
+                epsilon=epsilon * float(cost.detach().max()),
+                n_iter=n_iter,
+            )
+            goal = target[torch.as_tensor(chosen, device=device)]
+            return ((value - goal) ** 2).mean() / (goal**2).mean().clamp_min(1e-12)
+
+        train(
+            self,
+            step_loss,
+            n_steps=n_steps,
+            learning_rate=learning_rate,
+            decay_rate=0.5,
+            decay_every=max(1, n_steps // 3),
+            max_grad_norm=10.0,
+            progress=progress,
+            description="ASOT-ML",
+        )
+
+    def _training_pairs(self, family, rng: np.random.Generator, n_pairs: int) -> tuple[np.ndarray, np.ndarray]:
+        from sklearn.neighbors import NearestNeighbors
+
+        n = len(family)
+        n_near = n_pairs // 2
+        first = rng.integers(0, n, n_pairs)
+        second = (first + rng.integers(1, n, n_pairs)) % n  # never the same cloud
+        hard = self.transform(family)
+        n_neighbors = min(n, 11)
+        _, neighbours = NearestNeighbors(n_neighbors=n_neighbors).fit(hard).kneighbors(hard[first[:n_near]])
+        chosen = neighbours[np.arange(n_near), rng.integers(1, n_neighbors, n_near)]
+        # duplicated histograms can return the cloud itself among its neighbours: keep those pairs random
+        keep = chosen != first[:n_near]
+        second[:n_near][keep] = chosen[keep]
+        return first, second
+
+    # ------------------------------------------------------------------ use
+
+    def transform(self, family: CloudFamily, *, batch_size: int = 4096) -> np.ndarray:
+        """Weights of every cloud on the anchors: rows on the simplex, shape ``(n_clouds, k)``.
+
+        Parameters
+        ----------
+        family
+            The clouds. For :class:`~spatialot.ot.IndexedClouds`, every row of the feature
+            table is coded once and each cloud averages the codes of its rows.
+        batch_size
+            Points (or clouds) coded at once.
+
+        Returns
+        -------
+        Float32 array; for ``'kmeans'`` the fraction of each cloud's mass nearest each anchor.
+        """
+        self._check_fitted()
+        self._check_family(family)
+        device = self.device
+        with torch.no_grad():
+            if isinstance(family, IndexedClouds):
+                codes = []
+                for start in range(0, family.features.shape[0], batch_size):
+                    rows = family.features[start : start + batch_size]
+                    rows = rows.toarray() if hasattr(rows, "toarray") else np.asarray(rows)
+                    rows = torch.as_tensor(rows, dtype=torch.float32, device=device)
+                    codes.append(self._codes(rows / self.scale).cpu())
+                codes = torch.cat(codes).numpy()
+                mask = family.mask
+                gathered = codes[np.where(mask, family.indices, 0)] * mask[..., None]
+                return (gathered.sum(1) / mask.sum(1, keepdims=True)).astype(np.float32)
+            out = []
+            for start in range(0, len(family), batch_size):
+                out.append(self._histograms(take(family, slice(start, start + batch_size), device)).cpu())
+            return torch.cat(out).numpy()
+
+    def _solver_kwargs(self, method: AnchorMethod, n_iter: int | None) -> dict:
+        return {
+            "method": method,
+            "epsilon": self.absolute_epsilon(),
+            "n_iter": self.config["n_iter"] if n_iter is None else n_iter,
+        }
+
+    def pairwise_distances(
+        self,
+        weights: np.ndarray,
+        other: np.ndarray | None = None,
+        *,
+        method: AnchorMethod = "sinkhorn",
+        n_iter: int | None = None,
+        batch_size: int | None = None,
+        device: torch.device | str | None = None,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """All-pairs ASOT distances (:math:`W_2^2` estimates) between anchor weights from :meth:`transform`.
+
+        Parameters
+        ----------
+        weights
+            ``(n, k)`` anchor weights.
+        other
+            ``(m, k)`` anchor weights; ``weights`` when ``None`` (symmetric, zero diagonal).
+        method
+            ``'sinkhorn'`` (batched, on the model's ``epsilon``) or ``'exact'`` (POT on anchors).
+        n_iter
+            Sinkhorn iterations; the model's when ``None``.
+        batch_size
+            Pairs per chunk (bounds memory).
+        device
+            Device of the iterations; the model's when ``None``.
+        progress
+            Show a progress bar.
+
+        Returns
+        -------
+        Float64 array ``(n, m)``.
+        """
+        self._check_fitted()
+        return anchor_pairwise_distances(
+            weights,
+            other,
+            self.cost(),
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+            **self._solver_kwargs(method, n_iter),
+        )
+
+    def paired_distances(
+        self,
+        weights: np.ndarray,
+        other: np.ndarray,
+        *,
+        method: AnchorMethod = "sinkhorn",
+        n_iter: int | None = None,
+        batch_size: int | None = None,
+        device: torch.device | str | None = None,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """ASOT distance (:math:`W_2^2` estimate) between ``weights[p]`` and ``other[p]`` for every ``p``.
+
+        Parameters are those of :meth:`pairwise_distances`; returns a float64 array ``(n,)``.
+        """
+        self._check_fitted()
+        return anchor_paired_distances(
+            weights,
+            other,
+            self.cost(),
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+            **self._solver_kwargs(method, n_iter),
+        )
+
+    def kneighbors(
+        self,
+        weights: np.ndarray,
+        n_neighbors: int = 15,
+        *,
+        method: AnchorMethod = "sinkhorn",
+        n_iter: int | None = None,
+        batch_size: int | None = None,
+        device: torch.device | str | None = None,
+        progress: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest clouds of every cloud by ASOT distance (see :func:`~spatialot.ot.anchor_kneighbors`).
+
+        Parameters are those of :meth:`pairwise_distances`, with ``n_neighbors`` counting the
+        cloud itself; returns ``(indices, distances)`` of shape ``(n, n_neighbors)``.
+        """
+        self._check_fitted()
+        points, offsets = self.cost_geometry()
+        return anchor_kneighbors(
+            weights,
+            self.cost(),
+            n_neighbors,
+            anchor_points=points,
+            anchor_offsets=offsets,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+            **self._solver_kwargs(method, n_iter),
+        )
+
+
+def _weighted_points(family: CloudFamily) -> tuple[np.ndarray, np.ndarray]:
+    """Every distinct point of the clouds, weighted by its total mass over the clouds (float64)."""
+    if isinstance(family, IndexedClouds):
+        sizes = family.mask.sum(1, keepdims=True)
+        mass = np.bincount(
+            family.indices[family.mask],
+            np.broadcast_to(1.0 / sizes, family.mask.shape)[family.mask],
+            family.features.shape[0],
+        )
+        used = np.flatnonzero(mass > 0)
+        rows = family.features[used]
+        rows = rows.toarray() if hasattr(rows, "toarray") else np.asarray(rows)
+        return rows.astype(np.float64), mass[used]
+    mask = family.mask.cpu().numpy()
+    return family.points.detach().cpu().numpy()[mask].astype(np.float64), family.weights.detach().cpu().numpy()[mask]
+
+
+def _kmeans(points: np.ndarray, weights: np.ndarray, n_clusters: int, random_state: int | None):
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
+    n_distinct = len(np.unique(points, axis=0)) if len(points) <= 200_000 else len(points)
+    if n_distinct < n_clusters:
+        raise ValueError(f"`n_anchors`={n_clusters} exceeds the {n_distinct} distinct points of the clouds.")
+    if len(points) > _MINIBATCH_ABOVE:
+        estimator = MiniBatchKMeans(n_clusters, batch_size=4096, n_init=3, random_state=random_state)
+    else:
+        estimator = KMeans(n_clusters, n_init=1, random_state=random_state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=FutureWarning)
+        estimator.fit(points, sample_weight=weights)
+    return estimator.cluster_centers_, estimator.predict(points)

@@ -1,0 +1,323 @@
+"""``sot.tl.asot`` and ``sot.tl.asot_neighbors``: niches on one anchor simplex, and their OT neighbour graph."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from anndata import AnnData
+from scanpy import logging as logg
+
+from .._anndata import h5ad_params
+from .._keys import ResultKeys
+from ..get import niche_clouds
+from ..models._asot import ASOT, ASOT_METHODS, ASOTMethod
+from ..ot._anchor import ANCHOR_METHODS, AnchorMethod, anchor_kneighbors
+from ._utils import write_result
+
+
+def asot(
+    adata: AnnData,
+    *,
+    niche_key: str = "niche",
+    n_anchors: int = 64,
+    method: ASOTMethod = "kmeans",
+    epsilon: float = 0.04,
+    n_iter: int = 10,
+    n_train_pairs: int = 2048,
+    n_steps: int = 300,
+    batch_size: int = 256,
+    learning_rate: float = 1e-2,
+    key_added: str = "asot",
+    device: str = "auto",
+    random_state: int | None = 0,
+    progress: bool = True,
+    copy: bool = False,
+) -> ASOT | tuple[AnnData, ASOT]:
+    r"""Anchor Space OT: every niche as a weight vector on one shared set of anchors.
+
+    Fits :class:`~spatialot.models.ASOT` on the niches of :func:`spatialot.pp.niches`. Every
+    niche becomes a histogram over ``n_anchors`` anchors in feature space, and all niches share
+    one ``k × k`` cost, so OT between any pairs of niches (all pairs, or the neighbour graph of
+    :func:`asot_neighbors`) runs as batched matrix products. The cost is the **squared**
+    Euclidean distance, so ASOT distances estimate :math:`W_2^2` between niches (the ASOT paper
+    uses the Euclidean cost).
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix on which :func:`spatialot.pp.niches` ran.
+    niche_key
+        The ``key_added`` of :func:`spatialot.pp.niches`.
+    n_anchors
+        Number of anchors ``k``: more anchors are more accurate and cost :math:`O(k^2)` per pair.
+    method
+        ``'kmeans'`` (ASOT-k: k-means anchors, hard codes) or ``'ml'`` (ASOT-ML: codes and
+        anchor cost learnt against exact OT on sampled pairs of niches).
+    epsilon
+        Entropic regularisation of the anchor Sinkhorn, relative to the largest anchor cost.
+    n_iter
+        Sinkhorn iterations per pair.
+    n_train_pairs, n_steps, batch_size, learning_rate
+        Training of ``'ml'`` (see :meth:`spatialot.models.ASOT.fit`); ignored by ``'kmeans'``.
+    key_added
+        Key of the results (see Returns).
+    device
+        ``'auto'`` (CUDA when present), ``'cpu'`` or ``'cuda'``.
+    random_state
+        Seed of k-means, pair sampling and training.
+    progress
+        Show a progress bar.
+    copy
+        Work on a copy of ``adata`` and return it with the model.
+
+    Returns
+    -------
+    The fitted model, or ``(adata_copy, model)`` when ``copy=True``. Writes:
+
+    ``.obsm['X_{key_added}']``
+        ``(n_obs, n_anchors)`` float32: the anchor weights of every cell's niche (rows on the
+        simplex).
+    ``.uns['{key_added}']``
+        ``'params'`` (the arguments, ``niche_key`` included), ``'loss'`` (training loss per step;
+        empty for ``'kmeans'``), ``'anchors'`` (``(n_anchors, dim)`` anchor positions in the
+        niche features), ``'cost'`` (the shared ``(n_anchors, n_anchors)`` squared-Euclidean cost,
+        learnt for ``'ml'``), ``'cost_anchors'`` and ``'cost_offsets'`` (points ``p`` and offsets
+        ``o`` with ``cost = ||p_i - p_j||^2 + o_i + o_j``; the anchors and zeros for ``'kmeans'``)
+        and ``'epsilon'`` (the absolute Sinkhorn regularisation).
+
+    Examples
+    --------
+    >>> import spatialot as sot
+    >>> adata = sot.datasets.bdtnp()
+    >>> sot.pp.niches(adata, k=8)
+    >>> model = sot.tl.asot(adata, n_anchors=32)
+    >>> sot.tl.asot_neighbors(adata, n_neighbors=15)
+    """
+    start = logg.info(f"computing ASOT ({method})")
+    if method not in ASOT_METHODS:
+        raise ValueError(f"`method` must be one of {ASOT_METHODS}, got {method!r}.")
+    _check_key("key_added", key_added)
+    family = niche_clouds(adata, niche_key=niche_key)
+    model = ASOT(family.dim, n_anchors, method=method, epsilon=epsilon, n_iter=n_iter)
+    model.fit(
+        family,
+        n_train_pairs=n_train_pairs,
+        n_steps=n_steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        random_state=random_state,
+        device=device,
+        progress=progress,
+    )
+    weights = model.transform(family)
+    points, offsets = model.cost_geometry()
+
+    adata = adata.copy() if copy else adata
+    params = {
+        "niche_key": niche_key,
+        "n_anchors": n_anchors,
+        "method": method,
+        "epsilon": epsilon,
+        "n_iter": n_iter,
+        "random_state": random_state,
+        "cost": "squared Euclidean (values are W2^2 estimates)",
+    }
+    if method == "ml":
+        params |= {
+            "n_train_pairs": n_train_pairs,
+            "n_steps": n_steps,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+        }
+    keys = write_result(
+        adata,
+        key_added,
+        params=params,
+        embedding=weights,
+        loss=np.asarray(model.history, dtype=np.float64),
+        anchors=model.anchor_positions().astype(np.float32),
+        cost=model.cost().double().cpu().numpy(),
+        cost_anchors=points.astype(np.float32),
+        cost_offsets=offsets.astype(np.float64),
+        epsilon=model.absolute_epsilon(),
+    )
+    logg.info(
+        "    finished",
+        time=start,
+        deep=f"added\n    '{keys.obsm}', anchor weights (adata.obsm)\n    '{keys.uns}', anchors, cost (adata.uns)",
+    )
+    return (adata, model) if copy else model
+
+
+def asot_neighbors(
+    adata: AnnData,
+    *,
+    n_neighbors: int = 15,
+    key: str = "asot",
+    method: AnchorMethod = "sinkhorn",
+    batch_size: int | None = None,
+    key_added: str = "asot_neighbors",
+    device: str = "auto",
+    progress: bool = True,
+    copy: bool = False,
+) -> AnnData | None:
+    r"""Niche-to-niche neighbour graph by ASOT distance, in the layout of :func:`scanpy.pp.neighbors`.
+
+    Every niche's ``n_neighbors`` nearest niches (itself included, as in scanpy) by the
+    anchor-space OT distance of :func:`asot`, computed for all pairs in row blocks without
+    storing the ``n × n`` matrix, and pruned by a lower bound of OT (see
+    :func:`~spatialot.ot.anchor_kneighbors`). ``sc.tl.leiden(adata, neighbors_key=key_added)`` and
+    ``sc.tl.umap(adata, neighbors_key=key_added)`` then cluster and embed niches by OT geometry.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix on which :func:`asot` ran.
+    n_neighbors
+        Size of each neighbourhood, the niche itself included.
+    key
+        The ``key_added`` of :func:`asot`.
+    method
+        ``'sinkhorn'`` (the batched anchor Sinkhorn of :func:`asot`) or ``'exact'`` (POT on the
+        anchor histograms; slow, for small data).
+    batch_size
+        Pairs solved at once; bounds the working memory.
+    key_added
+        Key of the graph (see Returns).
+    device
+        ``'auto'`` (CUDA when present), ``'cpu'`` or ``'cuda'``.
+    progress
+        Show a progress bar.
+    copy
+        Return a modified copy instead of writing to ``adata``.
+
+    Returns
+    -------
+    ``None``, or a copy of ``adata`` when ``copy=True``, with:
+
+    ``.obsp['{key_added}_distances']``
+        Sparse ``(n_obs, n_obs)``: the ASOT distance (a :math:`W_2^2` estimate, squared units)
+        from each niche to its ``n_neighbors - 1`` nearest other niches.
+    ``.obsp['{key_added}_connectivities']``
+        Sparse symmetric weights from UMAP's fuzzy simplicial set (as :func:`scanpy.pp.neighbors`
+        with ``method='umap'``), computed on :math:`W_2` (the square root of the distances),
+        a metric.
+    ``.uns['{key_added}']``
+        ``connectivities_key``, ``distances_key`` and ``params`` (``n_neighbors``,
+        ``method='umap'``, ``use_rep``, the ASOT ``key`` and solver), as scanpy writes; ``metric`` is
+        ``'euclidean'``, the metric :func:`scanpy.tl.umap` uses on ``use_rep`` to place
+        disconnected components of the graph, while the graph itself is by ASOT (``distance``).
+    """
+    start = logg.info("computing ASOT neighbours")
+    keys = ResultKeys(key)
+    if keys.uns not in adata.uns or keys.obsm not in adata.obsm or "cost" not in adata.uns[keys.uns]:
+        raise KeyError(f"No ASOT result under `key`={key!r}: run `sot.tl.asot(adata, key_added={key!r})` first.")
+    if method not in ANCHOR_METHODS:
+        raise ValueError(f"`method` must be one of {ANCHOR_METHODS}, got {method!r}.")
+    _check_key("key_added", key_added)
+    if (
+        isinstance(n_neighbors, bool)
+        or not isinstance(n_neighbors, int | np.integer)
+        or not 2 <= n_neighbors <= adata.n_obs
+    ):
+        raise ValueError(f"`n_neighbors` must be an integer between 2 and n_obs={adata.n_obs}, got {n_neighbors!r}.")
+    weights = np.asarray(adata.obsm[keys.obsm], dtype=np.float32)
+    result = adata.uns[keys.uns]
+    from ..models._device import resolve_device
+
+    indices, distances = anchor_kneighbors(
+        weights,
+        torch.as_tensor(np.asarray(result["cost"]), dtype=torch.float32),
+        int(n_neighbors),
+        method=method,
+        epsilon=float(result["epsilon"]),
+        n_iter=int(result["params"]["n_iter"]),
+        anchor_points=result.get("cost_anchors"),
+        anchor_offsets=result.get("cost_offsets"),
+        batch_size=batch_size,
+        device=resolve_device(device),
+        progress=progress,
+    )
+    distance_matrix, connectivities = _graph(indices, distances, adata.n_obs, int(n_neighbors))
+
+    adata = adata.copy() if copy else adata
+    distances_key, connectivities_key = f"{key_added}_distances", f"{key_added}_connectivities"
+    adata.obsp[distances_key] = distance_matrix
+    adata.obsp[connectivities_key] = connectivities
+    params = {
+        "n_neighbors": int(n_neighbors),
+        "method": "umap",
+        # what sc.tl.umap uses to place disconnected components on `use_rep`; the graph is by ASOT
+        "metric": "euclidean",
+        "distance": "ASOT W2^2 (connectivities on W2)",
+        "use_rep": keys.obsm,
+        "asot_key": key,
+        "solver": method,
+        "random_state": 0,
+    }
+    adata.uns[key_added] = {
+        "connectivities_key": connectivities_key,
+        "distances_key": distances_key,
+        "params": h5ad_params(params),
+    }
+    logg.info(
+        "    finished",
+        time=start,
+        deep=f"added\n    '{distances_key}', '{connectivities_key}' (adata.obsp)\n    '{key_added}' (adata.uns)",
+    )
+    return adata if copy else None
+
+
+def _graph(indices: np.ndarray, distances: np.ndarray, n_obs: int, n_neighbors: int):
+    """Scanpy's distance matrix (self excluded) and UMAP connectivities (on the metric W2)."""
+    metric = np.sqrt(np.maximum(distances, 0)).astype(np.float32)
+    connectivities = _fuzzy_simplicial_set(indices, metric)
+    rows = np.repeat(np.arange(n_obs), n_neighbors - 1)
+    distance_matrix = sp.csr_matrix(
+        (distances[:, 1:].ravel().astype(np.float32), (rows, indices[:, 1:].ravel())), shape=(n_obs, n_obs)
+    )
+    return distance_matrix, connectivities
+
+
+def _fuzzy_simplicial_set(indices: np.ndarray, distances: np.ndarray, *, n_iter: int = 64) -> sp.csr_matrix:
+    """UMAP's fuzzy simplicial set of a kNN graph (``umap.umap_.fuzzy_simplicial_set`` with precomputed neighbours).
+
+    The same computation as umap-learn's (``local_connectivity=1``, ``set_op_mix_ratio=1``,
+    ``bandwidth=1``), vectorised over all rows in numpy, which avoids umap-learn's numba
+    compilation (about 10 s per process). ``indices[:, 0]`` must be each row itself.
+    """
+    n_obs, k = indices.shape
+    distances = distances.astype(np.float64)
+    positive = np.where(distances > 0, distances, np.inf)
+    smallest = positive.min(1)
+    rho = np.where(np.isfinite(smallest), smallest, 0.0)
+    target = np.log2(k)
+    low, high, mid = np.zeros(n_obs), np.full(n_obs, np.inf), np.ones(n_obs)
+    active = np.ones(n_obs, dtype=bool)
+    shifted = distances[:, 1:] - rho[:, None]
+    for _ in range(n_iter):
+        psum = np.where(shifted > 0, np.exp(-np.maximum(shifted, 0) / mid[:, None]), 1.0).sum(1)
+        active &= np.abs(psum - target) >= 1e-5
+        if not active.any():
+            break
+        above = active & (psum > target)
+        below = active & ~above
+        high = np.where(above, mid, high)
+        mid = np.where(above, (low + high) / 2, mid)
+        low = np.where(below, mid, low)
+        mid = np.where(below, np.where(np.isinf(high), mid * 2, (low + high) / 2), mid)
+    floor = 1e-3 * np.where(rho > 0, distances.mean(1), distances.mean())
+    sigma = np.maximum(mid, floor)
+    gap = distances - rho[:, None]
+    values = np.where(gap <= 0, 1.0, np.exp(-np.maximum(gap, 0) / sigma[:, None]))
+    values[indices == np.arange(n_obs)[:, None]] = 0.0
+    graph = sp.csr_matrix((values.ravel(), (np.repeat(np.arange(n_obs), k), indices.ravel())), shape=(n_obs, n_obs))
+    graph.eliminate_zeros()
+    product = graph.multiply(graph.T)
+    return sp.csr_matrix(graph + graph.T - product).astype(np.float32)
+
+
+def _check_key(name: str, value: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"`{name}` must be a non-empty string, got {value!r}.")

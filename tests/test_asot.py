@@ -1,0 +1,290 @@
+import anndata as ad
+import numpy as np
+import ot as pot
+import pytest
+import scanpy as sc
+import torch
+from matplotlib.axes import Axes
+
+import spatialot as sot
+from spatialot.models import ASOT
+from spatialot.ot import (
+    PointClouds,
+    anchor_cost,
+    anchor_exact,
+    anchor_kneighbors,
+    anchor_paired_distances,
+    anchor_pairwise_distances,
+    anchor_sinkhorn,
+)
+
+
+def _histograms(n, k, *, seed=0, sparsity=0.0):
+    rng = np.random.default_rng(seed)
+    h = rng.random((n, k)) * (rng.random((n, k)) >= sparsity)
+    h[:, 0] += 1e-3  # every row keeps some mass
+    return h / h.sum(1, keepdims=True)
+
+
+def _clustered_clouds(n_clouds=120, size=6, dim=4, *, seed=0):
+    """Clouds drawn around a few centres with cloud-specific mixtures: structured, like niches."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=3.0, size=(6, dim))
+    mixtures = rng.dirichlet(np.full(6, 0.5), size=n_clouds)
+    labels = np.stack([rng.choice(6, size=size, p=m) for m in mixtures])
+    points = centres[labels] + rng.normal(scale=0.7, size=(n_clouds, size, dim))
+    return PointClouds.from_padded(points)
+
+
+@pytest.fixture(scope="module")
+def tissue():
+    adata = sot.datasets.simulated_tissue(300, random_state=0)
+    sot.pp.niches(adata, k=6, use_rep="X_latent")
+    return adata
+
+
+@pytest.fixture(scope="module")
+def fitted(tissue):
+    """The tissue after ``tl.asot`` and ``tl.asot_neighbors``, and the model."""
+    adata = tissue.copy()
+    model = sot.tl.asot(adata, n_anchors=12, progress=False)
+    sot.tl.asot_neighbors(adata, n_neighbors=10, progress=False)
+    return adata, model
+
+
+# ------------------------------------------------------------------------------------------ solver
+
+
+@pytest.mark.parametrize("relative_epsilon", [0.2, 0.02, 0.003])  # float32 kernel, float64 kernel, log domain
+def test_anchor_sinkhorn_matches_pot(relative_epsilon):
+    rng = np.random.default_rng(1)
+    cost = anchor_cost(rng.normal(size=(7, 3))).double()
+    a, b = _histograms(5, 7, seed=2, sparsity=0.3), _histograms(5, 7, seed=3)
+    epsilon = relative_epsilon * float(cost.max())
+    dtype = torch.float64 if relative_epsilon < 0.01 else torch.float32  # float32 logs lose digits at tiny epsilon
+    value = anchor_sinkhorn(torch.tensor(a, dtype=dtype), torch.tensor(b, dtype=dtype), cost.to(dtype),
+                            epsilon=epsilon, n_iter=3000).double().numpy()  # fmt: skip
+    for p in range(5):
+        rows = a[p] > 0  # zero weights leave the problem unchanged
+        sub = cost.numpy()[rows]
+        plan = pot.sinkhorn(a[p, rows], b[p], sub, epsilon, numItermax=100_000, stopThr=1e-11)
+        np.testing.assert_allclose(value[p], (plan * sub).sum(), rtol=2e-3, atol=1e-5)
+
+
+def test_anchor_cost_is_squared_euclidean():
+    anchors = np.array([[0.0, 0.0], [3.0, 4.0]])
+    np.testing.assert_allclose(anchor_cost(anchors).numpy(), [[0.0, 25.0], [25.0, 0.0]])
+
+
+def test_anchors_equal_to_the_points_give_exact_ot():
+    rng = np.random.default_rng(0)
+    clouds = [rng.normal(size=(n, 3)) for n in (4, 5, 6)]
+    clouds[2][:2] += 3.0
+    weights = [rng.random(len(c)) + 0.1 for c in clouds]
+    batch = PointClouds.from_list(clouds, weights, dtype=torch.float64)
+    model = ASOT.from_anchors(np.concatenate(clouds), device="cpu")
+    h = model.transform(batch)
+    first, second = np.triu_indices(3, k=1)
+    exact = sot.ot.exact_w2_squared(batch[first], batch[second])
+    matrix = model.pairwise_distances(h, method="exact")
+    np.testing.assert_allclose(matrix[first, second], exact, rtol=1e-5)
+    # entropic OT on the anchors tends to the same value for small epsilon
+    cost = model.cost().double()
+    small = anchor_paired_distances(h[first], h[second], cost, epsilon=2e-3 * float(cost.max()), n_iter=3000)
+    np.testing.assert_allclose(small, exact, rtol=2e-2)
+
+
+def test_pairwise_is_symmetric_with_zero_diagonal_and_chunks_agree():
+    h = torch.tensor(_histograms(23, 6, seed=4, sparsity=0.4), dtype=torch.float32)
+    cost = anchor_cost(np.random.default_rng(5).normal(size=(6, 2)))
+    kwargs = {"epsilon": 0.1 * float(cost.max()), "n_iter": 50}
+    full = anchor_pairwise_distances(h, None, cost, **kwargs)
+    chunked = anchor_pairwise_distances(h, None, cost, batch_size=7, **kwargs)
+    np.testing.assert_allclose(full, chunked, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(full, full.T)
+    np.testing.assert_array_equal(np.diag(full), 0)
+    rectangular = anchor_pairwise_distances(h[:5], h, cost, batch_size=11, **kwargs)
+    off = ~np.eye(5, 23, dtype=bool)
+    np.testing.assert_allclose(rectangular[off], full[:5][off], rtol=1e-4)
+    paired = anchor_paired_distances(h[:5], h[5:10], cost, batch_size=2, **kwargs)
+    np.testing.assert_allclose(paired, full[np.arange(5), np.arange(5, 10)], rtol=1e-4)
+    exact = anchor_pairwise_distances(h[:4], h[4:8], cost, method="exact")
+    np.testing.assert_allclose(exact[0], anchor_exact(h[[0] * 4].numpy(), h[4:8].numpy(), cost.numpy()))
+
+
+def test_kneighbors_pruned_by_the_lower_bound_match_all_pairs():
+    rng = np.random.default_rng(6)
+    points = rng.normal(size=(8, 3))
+    h = _histograms(60, 8, seed=7, sparsity=0.6)
+    cost = anchor_cost(points)
+    kwargs = {"epsilon": 0.05 * float(cost.max()), "n_iter": 30}
+    matrix = anchor_pairwise_distances(h, h, cost, **kwargs)
+    np.fill_diagonal(matrix, -1)
+    expected = np.sort(matrix, axis=1)[:, :5]
+    expected[:, 0] = 0
+    for extra in ({}, {"anchor_points": points}):
+        indices, distances = anchor_kneighbors(h, cost, 5, batch_size=97, **kwargs, **extra)
+        np.testing.assert_allclose(distances, expected, rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(indices[:, 0], np.arange(60))
+
+
+def test_solver_errors():
+    h = torch.tensor(_histograms(3, 4), dtype=torch.float32)
+    cost = anchor_cost(np.eye(4))
+    with pytest.raises(ValueError, match="epsilon"):
+        anchor_sinkhorn(h, h, cost, epsilon=0)
+    with pytest.raises(ValueError, match="sum to 1"):
+        anchor_pairwise_distances(2 * h, None, cost, epsilon=0.1)
+    with pytest.raises(ValueError, match="cost"):
+        anchor_pairwise_distances(h, None, cost[:3], epsilon=0.1)
+    with pytest.raises(ValueError, match="method"):
+        anchor_paired_distances(h, h, cost, method="emd", epsilon=0.1)
+    with pytest.raises(ValueError, match="n_neighbors"):
+        anchor_kneighbors(h, cost, 4, epsilon=0.1)
+
+
+# ------------------------------------------------------------------------------------------ model
+
+
+def test_weights_are_on_the_simplex_and_ml_beats_kmeans():
+    clouds = _clustered_clouds()
+    kmeans = ASOT(clouds.dim, 8).fit(clouds, device="cpu", progress=False)
+    ml = ASOT(clouds.dim, 8, method="ml").fit(
+        clouds, n_train_pairs=512, n_steps=150, learning_rate=2e-2, device="cpu", progress=False
+    )
+    for model in (kmeans, ml):
+        h = model.transform(clouds)
+        assert h.shape == (len(clouds), 8)
+        assert (h >= 0).all()
+        np.testing.assert_allclose(h.sum(1), 1, atol=1e-5)
+    hard = kmeans.transform(clouds)
+    assert set(np.unique(hard * 6)) <= set(range(7))  # one-hot codes: multiples of 1/size
+
+    rng = np.random.default_rng(11)  # pairs the training never saw (a different seed)
+    first, second = rng.integers(0, len(clouds), 300), rng.integers(0, len(clouds), 300)
+    keep = first != second
+    exact = sot.ot.exact_w2_squared(clouds[first[keep]], clouds[second[keep]])
+
+    def error(model):
+        h = model.transform(clouds)
+        values = model.paired_distances(h[first[keep]], h[second[keep]])
+        return np.sqrt(np.mean((values - exact) ** 2) / np.mean(exact**2))
+
+    assert error(ml) < 0.85 * error(kmeans)  # 0.090 against 0.128 when written
+    assert len(ml.history) == 150 and ml.history[-1] < ml.history[0]
+
+
+def test_save_load_round_trip(tmp_path):
+    clouds = _clustered_clouds(n_clouds=40)
+    for method in ("kmeans", "ml"):
+        model = ASOT(clouds.dim, 5, method=method).fit(
+            clouds, n_steps=5, n_train_pairs=64, device="cpu", progress=False
+        )
+        model.save(tmp_path / f"{method}.pt")
+        loaded = ASOT.load(tmp_path / f"{method}.pt", device="cpu")
+        np.testing.assert_array_equal(loaded.transform(clouds), model.transform(clouds))
+        np.testing.assert_array_equal(loaded.cost().numpy(), model.cost().numpy())
+        assert loaded.history == model.history
+
+
+def test_model_errors():
+    clouds = _clustered_clouds(n_clouds=10, size=2)
+    with pytest.raises(ValueError, match="method"):
+        ASOT(4, 8, method="dl")
+    with pytest.raises(ValueError, match="n_anchors"):
+        ASOT(4, 0)
+    with pytest.raises(ValueError, match="n_anchors"):
+        ASOT(4, 50).fit(clouds, device="cpu")
+    with pytest.raises(ValueError, match="dimension"):
+        ASOT(3, 4).fit(clouds, device="cpu")
+    with pytest.raises(RuntimeError, match="not fitted"):
+        ASOT(4, 4).transform(clouds)
+
+
+# ------------------------------------------------------------------------------------------ AnnData
+
+
+def test_tl_asot_writes_results_that_survive_h5ad(fitted, tmp_path):
+    adata, model = fitted[0].copy(), fitted[1]
+    assert isinstance(model, ASOT)
+    weights = adata.obsm["X_asot"]
+    assert weights.shape == (adata.n_obs, 12)
+    np.testing.assert_allclose(weights.sum(1), 1, atol=1e-5)
+    result = adata.uns["asot"]
+    assert result["anchors"].shape == (12, adata.obsm["X_latent"].shape[1])
+    assert result["cost"].shape == (12, 12) and result["epsilon"] > 0
+    assert result["params"]["method"] == "kmeans"
+
+    distances = adata.obsp["asot_neighbors_distances"]
+    connectivities = adata.obsp["asot_neighbors_connectivities"]
+    assert (distances.getnnz(axis=1) <= 9).all() and distances.diagonal().sum() == 0
+    assert abs(connectivities - connectivities.T).max() < 1e-6
+    assert adata.uns["asot_neighbors"]["connectivities_key"] == "asot_neighbors_connectivities"
+    # the graph's distances are the model's ASOT distances
+    rows, cols = distances.nonzero()
+    direct = model.paired_distances(weights[rows[:50]], weights[cols[:50]])
+    np.testing.assert_allclose(np.asarray(distances[rows[:50], cols[:50]]).ravel(), direct, rtol=1e-4)
+
+    path = tmp_path / "asot.h5ad"
+    adata.write_h5ad(path)
+    back = ad.read_h5ad(path)
+    np.testing.assert_array_equal(back.obsm["X_asot"], weights)
+    np.testing.assert_array_equal(back.uns["asot"]["cost"], result["cost"])
+    assert back.uns["asot_neighbors"]["params"]["n_neighbors"] == 10
+
+
+def test_leiden_runs_on_the_asot_graph(fitted):
+    pytest.importorskip("igraph")
+    adata = fitted[0].copy()
+    sc.tl.leiden(adata, neighbors_key="asot_neighbors", flavor="igraph", n_iterations=2, directed=False)
+    assert adata.obs["leiden"].nunique() > 1
+
+
+def test_umap_runs_on_the_asot_graph(fitted):
+    adata = fitted[0].copy()
+    sc.tl.umap(adata, neighbors_key="asot_neighbors", random_state=0)
+    assert adata.obsm["X_umap"].shape == (adata.n_obs, 2)
+    assert np.isfinite(adata.obsm["X_umap"]).all()
+
+
+def test_tl_copy_and_ml(tissue):
+    adata = tissue.copy()
+    before = set(adata.uns), set(adata.obsm)
+    copied, model = sot.tl.asot(
+        adata, n_anchors=6, method="ml", n_steps=5, n_train_pairs=64, key_added="ml", progress=False, copy=True
+    )
+    assert (set(adata.uns), set(adata.obsm)) == before
+    assert copied.obsm["X_ml"].shape == (adata.n_obs, 6)
+    assert len(copied.uns["ml"]["loss"]) == 5 == len(model.history)
+    out = sot.tl.asot_neighbors(copied, key="ml", n_neighbors=5, key_added="g", progress=False, copy=True)
+    assert "g_distances" in out.obsp and "g_distances" not in copied.obsp
+
+
+def test_tl_errors_leave_adata_unchanged(tissue):
+    adata = tissue.copy()
+    before = set(adata.uns), set(adata.obsm), set(adata.obsp)
+    with pytest.raises(KeyError, match="pp.niches"):
+        sot.tl.asot(adata, niche_key="missing", progress=False)
+    with pytest.raises(ValueError, match="method"):
+        sot.tl.asot(adata, method="deep", progress=False)
+    with pytest.raises(ValueError, match="n_anchors"):
+        sot.tl.asot(adata, n_anchors=100_000, progress=False)
+    with pytest.raises(KeyError, match="tl.asot"):
+        sot.tl.asot_neighbors(adata, progress=False)
+    sot.tl.asot(adata, n_anchors=4, progress=False)
+    before = set(adata.uns), set(adata.obsm), set(adata.obsp)
+    with pytest.raises(ValueError, match="n_neighbors"):
+        sot.tl.asot_neighbors(adata, n_neighbors=1, progress=False)
+    with pytest.raises(ValueError, match="method"):
+        sot.tl.asot_neighbors(adata, method="emd", progress=False)
+    assert (set(adata.uns), set(adata.obsm), set(adata.obsp)) == before
+
+
+def test_pl_asot(tissue):
+    adata = tissue.copy()
+    with pytest.raises(KeyError, match="tl.asot"):
+        sot.pl.asot(adata, show=False)
+    sot.tl.asot(adata, n_anchors=8, progress=False)
+    ax = sot.pl.asot(adata, cells=[0, adata.obs_names[3]], show=False)
+    assert isinstance(ax, Axes)
+    assert len(ax.collections) == 3
