@@ -11,7 +11,7 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 
 from .._keys import ResultKeys
-from ._utils import finish
+from ._utils import chosen_cells, finish
 
 
 def asot(
@@ -62,13 +62,7 @@ def asot(
         raise KeyError(f"No ASOT result under `key`={key!r}: run `sot.tl.asot(adata, key_added={key!r})` first.")
     anchors = np.asarray(adata.uns[keys.uns]["anchors"], dtype=np.float64)
     weights = np.asarray(adata.obsm[keys.obsm])
-    if cells is None:
-        rng = np.random.default_rng(random_state)
-        positions = rng.choice(adata.n_obs, size=min(n_random, adata.n_obs), replace=False)
-    else:
-        positions = np.array([adata.obs_names.get_loc(c) if isinstance(c, str) else int(c) for c in cells])
-        if positions.size and (positions.min() < -adata.n_obs or positions.max() >= adata.n_obs):
-            raise ValueError(f"`cells` holds positions outside 0..{adata.n_obs - 1}.")
+    positions = chosen_cells(adata, cells, n_random, random_state)
 
     centred = anchors - anchors.mean(0)
     _, singular, components = np.linalg.svd(centred, full_matrices=False)

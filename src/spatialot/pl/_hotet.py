@@ -13,7 +13,7 @@ from matplotlib.collections import LineCollection
 
 from .._keys import ResultKeys
 from ..get import niche_clouds
-from ._utils import finish
+from ._utils import chosen_cells, finish
 
 
 def hotet(
@@ -74,11 +74,7 @@ def hotet(
     if len(components) != 2 or min(components) < 0 or max(components) >= dim:
         raise ValueError(f"`components` must be two axes among 0..{dim - 1}, got {components!r}.")
     family = niche_clouds(adata, niche_key=result["params"]["niche_key"])
-    if cells is None:
-        rng = np.random.default_rng(random_state)
-        positions = rng.choice(adata.n_obs, size=min(n_random, adata.n_obs), replace=False)
-    else:
-        positions = np.array([adata.obs_names.get_loc(c) if isinstance(c, str) else int(c) for c in cells])
+    positions = chosen_cells(adata, cells, n_random, random_state)
 
     eigenvalues, eigenvectors = np.linalg.eigh(cov)
     axes = eigenvectors[:, np.argsort(eigenvalues)[::-1][list(components)]]

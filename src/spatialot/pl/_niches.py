@@ -11,9 +11,9 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection
 
-from .._anndata import cell_positions, get_coordinates
+from .._anndata import get_coordinates
 from ..get import niche_clouds
-from ._utils import finish
+from ._utils import chosen_cells, finish
 
 
 def niches(
@@ -67,11 +67,7 @@ def niches(
     if max(dims) >= coordinates.shape[1]:
         raise ValueError(f"`dims`={dims} asks for a dimension the {coordinates.shape[1]}-D coordinates lack.")
     coordinates = coordinates[:, list(dims)]
-    if cells is None:
-        rng = np.random.default_rng(random_state)
-        positions = rng.choice(adata.n_obs, size=min(n_random, adata.n_obs), replace=False)
-    else:
-        positions = cell_positions(adata, cells)
+    positions = chosen_cells(adata, cells, n_random, random_state)
 
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 6))

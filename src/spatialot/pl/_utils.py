@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
+from anndata import AnnData
 from matplotlib.axes import Axes
 from scanpy import settings
+
+from .._anndata import cell_positions
 
 
 def finish(ax: Axes, *, show: bool | None, save: str | Path | None) -> Axes | None:
@@ -23,3 +28,13 @@ def finish(ax: Axes, *, show: bool | None, save: str | Path | None) -> Axes | No
         plt.show()
         return None
     return ax
+
+
+def chosen_cells(
+    adata: AnnData, cells: Sequence[int | str] | None, n_random: int, random_state: int | None
+) -> np.ndarray:
+    """Positions of the cells a plot shows: ``cells`` resolved, or ``n_random`` random cells when ``None``."""
+    if cells is not None:
+        return cell_positions(adata, cells)
+    rng = np.random.default_rng(random_state)
+    return rng.choice(adata.n_obs, size=min(n_random, adata.n_obs), replace=False)
