@@ -23,9 +23,9 @@ def take(family: CloudFamily, clouds: np.ndarray | slice, device: torch.device) 
 
 
 def map_batches(
-    function: Callable[[PointClouds], torch.Tensor],
+    function: Callable[..., torch.Tensor],
     family: CloudFamily,
-    *,
+    *aligned: torch.Tensor,
     batch_size: int,
     device: torch.device,
     progress: bool = False,
@@ -36,9 +36,13 @@ def map_batches(
     Parameters
     ----------
     function
-        Maps a batch on ``device`` to a tensor whose first axis is the batch.
+        Maps a batch on ``device`` (and the rows of ``aligned`` for it) to a tensor whose first
+        axis is the batch.
     family
         The clouds, padded or indexed.
+    *aligned
+        Tensors with one row per cloud of ``family``, sliced alongside it and passed to
+        ``function`` after the batch.
     batch_size
         Clouds per batch.
     device
@@ -54,10 +58,13 @@ def map_batches(
     """
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be at least 1, got {batch_size}.")
+    if any(len(rows) != len(family) for rows in aligned):
+        raise ValueError(f"Every aligned tensor must have one row per cloud ({len(family)}).")
     results = []
     starts = range(0, len(family), batch_size)
     with torch.no_grad():
         for start in tqdm(starts, desc=description, disable=not progress):
-            batch = take(family, slice(start, min(start + batch_size, len(family))), device)
-            results.append(function(batch).detach().to("cpu", torch.float32).numpy())
+            rows = slice(start, min(start + batch_size, len(family)))
+            output = function(take(family, rows, device), *(tensor[rows] for tensor in aligned))
+            results.append(output.detach().to("cpu", torch.float32).numpy())
     return np.concatenate(results) if results else np.zeros((0,), dtype=np.float32)

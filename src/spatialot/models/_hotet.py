@@ -435,8 +435,6 @@ class HOTET(Model):
         params, base = self.icnn_params(clouds, direction=direction)
         if points is None:
             points = clouds.points
-        elif points.ndim == 2:
-            points = points.expand(len(clouds), *points.shape)
         mapped = self._denormalise(self.icnn.gradient(self._normalise(points), params, base))
         return mapped * clouds.mask[..., None] if points is clouds.points else mapped
 
@@ -455,21 +453,17 @@ class HOTET(Model):
                 )
             if fixed.ndim == 3 and len(fixed) != len(clouds):
                 raise ValueError(f"`points` holds points for {len(fixed)} clouds, but there are {len(clouds)}.")
-        if fixed is None or fixed.ndim == 2:
-            return map_batches(
-                lambda batch: self._apply_map(batch, fixed, direction),
-                clouds,
-                batch_size=batch_size,
-                device=self.device,
-                progress=progress,
-                description=description,
-            )
-        out = []
-        with torch.no_grad():
-            for start in range(0, len(clouds), batch_size):
-                rows = slice(start, min(start + batch_size, len(clouds)))
-                out.append(self._apply_map(take(clouds, rows, self.device), fixed[rows], direction).cpu().numpy())
-        return np.concatenate(out)
+        if fixed is not None and fixed.ndim == 2:
+            fixed = fixed.expand(len(clouds), *fixed.shape)  # the same points for every cloud, as a view
+        return map_batches(
+            lambda batch, *points: self._apply_map(batch, points[0] if points else None, direction),
+            clouds,
+            *(() if fixed is None else (fixed,)),
+            batch_size=batch_size,
+            device=self.device,
+            progress=progress,
+            description=description,
+        )
 
     def transport(
         self, clouds: CloudFamily, points=None, *, batch_size: int = 256, progress: bool = False
