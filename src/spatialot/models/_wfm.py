@@ -155,6 +155,14 @@ def label_codes(labels: Sequence | np.ndarray | str | int | None, names: list[st
     return codes
 
 
+def drop_labels(codes: torch.Tensor, n_labels: int, p_uncond: float) -> torch.Tensor:
+    """Replace each code by the null code ``n_labels`` with probability ``p_uncond`` (classifier-free guidance)."""
+    if not n_labels or p_uncond <= 0:
+        return codes
+    dropped = torch.rand(len(codes), device=codes.device) < p_uncond
+    return torch.where(dropped, n_labels, codes)
+
+
 def zero_init(layer: nn.Linear, gain: float = 1e-3) -> nn.Linear:
     """Start an output layer near zero, so the initial flow barely moves (as the official code)."""
     with torch.no_grad():
@@ -414,17 +422,14 @@ class WassersteinFlowMatching(Model):
         codes = label_codes(labels, self.label_names, len(family))
         self.to(resolve_device(device))
         codes_tensor = torch.as_tensor(codes, device=self.device)
-        null = len(self.label_names)
         with seeded(random_state) as rng:
             if not self.history:
                 self._calibrate(family, codes, rng)
 
             def step_loss(step: int) -> torch.Tensor:
                 chosen = np.sort(rng.choice(len(family), min(batch_size, len(family)), replace=False))
-                batch_codes = codes_tensor[torch.as_tensor(chosen, device=self.device)]
-                if self.conditional and p_uncond > 0:
-                    dropped = torch.rand(len(chosen), device=self.device) < p_uncond
-                    batch_codes = torch.where(dropped, null, batch_codes)
+                chosen_codes = codes_tensor[torch.as_tensor(chosen, device=self.device)]
+                batch_codes = drop_labels(chosen_codes, len(self.label_names), p_uncond)
                 data = self._standardise(take(family, chosen, self.device))
                 return self.flow_matching_loss(data, batch_codes)
 

@@ -30,6 +30,7 @@ from ._wfm import (
     Integrator,
     _resolve_count,
     cholesky_statistics,
+    drop_labels,
     label_codes,
     random_cholesky,
     zero_init,
@@ -245,7 +246,6 @@ class GaussianFlowMatching(Model):
         self.to(resolve_device(device))
         means, covariances = means.to(self.device), covariances.to(self.device)
         codes_tensor = torch.as_tensor(codes, device=self.device)
-        null = len(self.label_names)
         if not self.history:
             self._calibrate(means, covariances, codes)
         data_means, data_covs = self._standardise(means, covariances)
@@ -254,10 +254,7 @@ class GaussianFlowMatching(Model):
             def step_loss(step: int) -> torch.Tensor:
                 chosen = torch.as_tensor(rng.choice(len(means), min(batch_size, len(means)), replace=False))
                 chosen = chosen.to(self.device)
-                batch_codes = codes_tensor[chosen]
-                if self.conditional and p_uncond > 0:
-                    dropped = torch.rand(len(chosen), device=self.device) < p_uncond
-                    batch_codes = torch.where(dropped, null, batch_codes)
+                batch_codes = drop_labels(codes_tensor[chosen], len(self.label_names), p_uncond)
                 return self.flow_matching_loss(data_means[chosen], data_covs[chosen], batch_codes)
 
             train(
