@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..ot import IndexedClouds, PointClouds
+from ..ot import IndexedClouds, PointClouds, gaussian_moments
 
 CloudFamily = PointClouds | IndexedClouds
 
@@ -68,3 +68,20 @@ def map_batches(
             output = function(take(family, rows, device), *(tensor[rows] for tensor in aligned))
             results.append(output.detach().to("cpu", torch.float32).numpy())
     return np.concatenate(results) if results else np.zeros((0,), dtype=np.float32)
+
+
+def family_moments(
+    family: CloudFamily, *, device: torch.device, batch_size: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted mean ``(n, dim)`` and covariance ``(n, dim, dim)`` of every cloud of ``family``.
+
+    :func:`~spatialot.ot.gaussian_moments` applied batch by batch, as float32 numpy arrays.
+    """
+    dim = family.dim
+
+    def stacked(batch: PointClouds) -> torch.Tensor:
+        means, covariances = gaussian_moments(batch)
+        return torch.cat([means, covariances.flatten(1)], dim=1)
+
+    moments = map_batches(stacked, family, batch_size=batch_size, device=device)
+    return moments[:, :dim], moments[:, dim:].reshape(-1, dim, dim)

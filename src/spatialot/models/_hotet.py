@@ -18,7 +18,7 @@ from torch import nn
 from ..ot import PointClouds
 from ..ot._gaussian import gaussian_map, sqrtm_psd
 from ._base import Model
-from ._batches import CloudFamily, map_batches, take
+from ._batches import CloudFamily, family_moments, map_batches, take
 from ._blocks import SetTransformer, mlp, weighted_mean
 from ._device import resolve_device, seeded
 from ._icnn import BatchedICNN
@@ -238,11 +238,10 @@ class HOTET(Model):
 
     def _set_reference(self, clouds: CloudFamily, reference: np.ndarray | torch.Tensor | None, generator) -> None:
         dim = self.config["dim"]
-        moments = map_batches(
-            lambda batch: _first_two_moments(batch), clouds, batch_size=512, device=self.device
-        ).astype(np.float64)
-        mean = moments[:, :dim].mean(0)
-        second = moments[:, dim:].reshape(-1, dim, dim).mean(0)
+        means, covariances = (m.astype(np.float64) for m in family_moments(clouds, device=self.device))
+        # pooled over all points: the mean of the clouds' second moments E[x xᵀ], less the outer mean
+        second = (covariances + means[:, :, None] * means[:, None, :]).mean(0)
+        mean = means.mean(0)
         cov = second - np.outer(mean, mean)
         cov = 0.5 * (cov + cov.T)
         # scalar normalisation: rms spread per coordinate, floored for degenerate data
@@ -535,11 +534,3 @@ class HOTET(Model):
     def params_summary(self) -> dict[str, Any]:
         """Configuration and reference type, as plain values (for ``.uns``)."""
         return {**self.config, "reference": "cloud" if self.reference_is_cloud else "gaussian"}
-
-
-def _first_two_moments(batch: PointClouds) -> torch.Tensor:
-    """Per cloud, the weighted mean and the flattened second moment ``E[x xᵀ]``."""
-    weights = batch.weights[..., None]
-    mean = (weights * batch.points).sum(1)
-    second = (weights * batch.points).transpose(1, 2) @ batch.points
-    return torch.cat([mean, second.flatten(1)], dim=1)

@@ -11,11 +11,11 @@ from anndata import AnnData
 from scanpy import logging as logg
 
 from ..get import niche_clouds
-from ..models._batches import map_batches
+from ..models._batches import family_moments
 from ..models._device import resolve_device, seeded
 from ..models._wfm import WassersteinFlowMatching
 from ..models._wfm_gaussian import GaussianFlowMatching
-from ..ot import IndexedClouds, gaussian_moments, sqrtm_psd
+from ..ot import sqrtm_psd
 from ._utils import write_result
 
 _MODES = ("pointcloud", "gaussian")
@@ -43,17 +43,6 @@ def _condition_labels(adata: AnnData, condition_key: str | None) -> tuple[np.nda
     names = list(column.cat.categories.astype(str)) if hasattr(column, "cat") else sorted(set(values))
     names = [name for name in names if name in set(values)]
     return values, names
-
-
-def _niche_moments(family: IndexedClouds, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    dim = family.dim
-
-    def moments(batch):
-        means, covariances = gaussian_moments(batch)
-        return torch.cat([means, covariances.reshape(len(batch), -1)], dim=1)
-
-    stacked = map_batches(moments, family, batch_size=1024, device=device)
-    return stacked[:, :dim], stacked[:, dim:].reshape(-1, dim, dim)
 
 
 def wfm(
@@ -185,7 +174,7 @@ def wfm(
         "progress": progress,
     }
     if gaussian:
-        means, covariances = _niche_moments(family, resolved)
+        means, covariances = family_moments(family, device=resolved)
         model.fit(means, covariances, values, **fit_kwargs)
     else:
         model.fit(family, values, **fit_kwargs)
