@@ -161,12 +161,7 @@ class ASOT(Model):
     # ------------------------------------------------------------------ fitting
 
     def _check_family(self, family: CloudFamily) -> None:
-        if not isinstance(family, PointClouds | IndexedClouds):
-            raise TypeError(f"Expected PointClouds or IndexedClouds, got {type(family).__name__}.")
-        if family.dim != self.config["dim"]:
-            raise ValueError(
-                f"The clouds have dimension {family.dim}, but the model was built for {self.config['dim']}."
-            )
+        super()._check_family(family)
         if len(family) < 2:
             raise ValueError("ASOT needs at least two clouds.")
 

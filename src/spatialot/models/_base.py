@@ -8,6 +8,7 @@ from typing import Any, Self
 import torch
 from torch import nn
 
+from ..ot import IndexedClouds, PointClouds
 from ._device import resolve_device
 
 
@@ -33,6 +34,15 @@ class Model(nn.Module):
         for tensor in self.buffers():
             return tensor.device
         return torch.device("cpu")
+
+    def _check_family(self, family: PointClouds | IndexedClouds) -> None:
+        """Refuse input that is not a family of clouds of the dimension the model was built for."""
+        if not isinstance(family, PointClouds | IndexedClouds):
+            raise TypeError(f"Expected PointClouds or IndexedClouds, got {type(family).__name__}.")
+        if family.dim != self.config["dim"]:
+            raise ValueError(
+                f"The clouds have dimension {family.dim}, but the model was built for {self.config['dim']}."
+            )
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the configuration, weights, buffers and loss history to ``path`` (a torch file).

@@ -228,11 +228,8 @@ class HOTET(Model):
         if not bool(self.fitted):
             raise RuntimeError("This HOTET model is not fitted yet: call `fit` first.")
 
-    def _check_clouds(self, clouds: CloudFamily) -> None:
-        if clouds.dim != self.config["dim"]:
-            raise ValueError(
-                f"The clouds have dimension {clouds.dim}, but the model was built for {self.config['dim']}."
-            )
+    def _check_family(self, clouds: CloudFamily) -> None:
+        super()._check_family(clouds)
         if len(clouds) == 0:
             raise ValueError("`clouds` holds no cloud.")
 
@@ -369,7 +366,7 @@ class HOTET(Model):
         -------
         The model itself, trained, in evaluation mode; ``history`` holds the loss of every step.
         """
-        self._check_clouds(clouds)
+        self._check_family(clouds)
         if reference is not None and bool(self.fitted):
             raise ValueError("The reference is fixed at the first `fit`; do not pass `reference` again.")
         if isinstance(reference, tuple):
@@ -441,7 +438,7 @@ class HOTET(Model):
         self, clouds: CloudFamily, points, direction: str, batch_size: int, progress: bool, description: str
     ) -> np.ndarray:
         self._check_fitted()
-        self._check_clouds(clouds)
+        self._check_family(clouds)
         fixed = None
         if points is not None:
             fixed = torch.as_tensor(np.asarray(points), dtype=torch.float32, device=self.device)

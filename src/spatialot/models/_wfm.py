@@ -329,10 +329,7 @@ class WassersteinFlowMatching(Model):
 
     # ------------------------------------------------------------------ training
     def _check_family(self, family: CloudFamily) -> None:
-        if family.dim != self.config["dim"]:
-            raise ValueError(
-                f"The clouds have dimension {family.dim}, but the model was built for {self.config['dim']}."
-            )
+        super()._check_family(family)
         if family.max_size > self.config["max_size"]:
             raise ValueError(
                 f"The clouds hold up to {family.max_size} points, but the model was built for `max_size`="

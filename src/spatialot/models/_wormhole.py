@@ -284,12 +284,6 @@ class Wormhole(Model):
         return self
 
     # ------------------------------------------------------------------ inference
-    def _check_family(self, family: CloudFamily) -> None:
-        if family.dim != self.config["dim"]:
-            raise ValueError(
-                f"The clouds have dimension {family.dim}, but the model was built for {self.config['dim']}."
-            )
-
     def encode(self, family: CloudFamily, *, batch_size: int = 1024, progress: bool = False) -> np.ndarray:
         r"""Embed clouds: :math:`\lVert z_i - z_j\rVert^2 \approx W_2^2(x_i, x_j)` in data units.
 
