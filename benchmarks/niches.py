@@ -72,11 +72,11 @@ def measure_size(n_cells: int, k: int, device: str, seed: int, squidpy: bool) ->
     row.update({f"niches_{key}": value for key, value in memory.items()})
 
     row["niches_s"], row["niches_times_s"] = median_time(lambda: sot.pp.niches(adata, k=k), repeats=repeats, warmup=0)
-    index = adata.obsm["niche_indices"]
-    row["index_shape"] = list(index.shape)
-    row["index_dtype"] = str(index.dtype)
-    row["index_bytes"] = int(index.nbytes)
-    row["index_bytes_per_cell"] = index.nbytes / n_cells
+    members = adata.obsp["niche_members"]  # sparse cell × cell ranks: data, indices and indptr
+    row["index_shape"] = [n_cells, int(adata.uns["niche"]["params"]["max_size"])]
+    row["index_dtype"] = str(members.indices.dtype)
+    row["index_bytes"] = int(members.data.nbytes + members.indices.nbytes + members.indptr.nbytes)
+    row["index_bytes_per_cell"] = row["index_bytes"] / n_cells
     row["niches_rss_extra_bytes_per_cell"] = row["niches_rss_peak_extra_bytes"] / n_cells
 
     # gathering batches of niche clouds on the latent representation
@@ -97,7 +97,7 @@ def measure_size(n_cells: int, k: int, device: str, seed: int, squidpy: bool) ->
     row["gather_niches_per_s"] = GATHER_BATCH / row["gather_batch_s"]
     row["gather_dim"] = int(adata.obsm["X_latent"].shape[1])
     row["gather_device"] = device
-    del adata.obsm["niche_indices"]
+    del adata.obsp["niche_members"]
 
     if squidpy:
         import squidpy as sq

@@ -33,15 +33,21 @@ def _position(side, x, y):
 
 
 def _snapshot(adata):
-    return (set(adata.obsm), set(adata.uns), set(adata.obsp), set(adata.layers))
+    return (set(adata.obs), set(adata.obsm), set(adata.uns), set(adata.obsp), set(adata.layers))
+
+
+def _rows(adata, niche_key="niche"):
+    """The niche index rows (padded with -1) and their mask, as every tool reads them."""
+    family = sot.get.niche_clouds(adata, niche_key=niche_key)
+    return np.where(family.mask, family.indices, -1), family.mask
 
 
 def test_knn_on_grid_contains_the_closest_cells():
     adata = _grid_adata()
     sot.pp.niches(adata, k=5)
-    indices = adata.obsm["niche_indices"]
+    indices, mask = _rows(adata)
     assert indices.shape == (9, 5)
-    assert "niche_mask" not in adata.obsm
+    assert mask.all()
     center = _position(3, 1, 1)
     assert indices[center, 0] == center
     expected = {center} | {_position(3, x, y) for x, y in [(0, 1), (2, 1), (1, 0), (1, 2)]}
@@ -52,13 +58,13 @@ def test_knn_on_grid_contains_the_closest_cells():
     sot.pp.niches(adata, k=4, key_added="small")
     corner = _position(3, 0, 0)
     expected = {corner, _position(3, 0, 1), _position(3, 1, 0), _position(3, 1, 1)}
-    assert set(adata.obsm["small_indices"][corner]) == expected
+    assert set(_rows(adata, "small")[0][corner]) == expected
 
 
 def test_knn_without_center_excludes_the_cell():
     adata = _random_adata()
     sot.pp.niches(adata, k=6, include_center=False)
-    indices = adata.obsm["niche_indices"]
+    indices, _ = _rows(adata)
     assert indices.shape == (200, 6)
     assert not (indices == np.arange(200)[:, None]).any()
     assert all(len(set(row)) == 6 for row in indices)
@@ -75,7 +81,7 @@ def test_knn_with_duplicated_coordinates_keeps_center_once():
     adata = _grid_adata()
     adata.obsm["spatial"][1] = adata.obsm["spatial"][0]
     sot.pp.niches(adata, k=4)
-    indices = adata.obsm["niche_indices"]
+    indices, _ = _rows(adata)
     np.testing.assert_array_equal(indices[:, 0], np.arange(9))
     assert all(len(set(row)) == 4 for row in indices)
 
@@ -86,14 +92,14 @@ def test_three_dimensional_coordinates():
     coords = adata.obsm["spatial"]
     distances = np.linalg.norm(coords[:, None] - coords[None], axis=-1)
     np.fill_diagonal(distances, np.inf)
-    assert set(adata.obsm["niche_indices"][7]) == set(np.argsort(distances[7])[:5])
+    assert set(_rows(adata)[0][7]) == set(np.argsort(distances[7])[:5])
 
 
 def test_libraries_never_mix():
     adata = ad.concat([_random_adata(seed=1), _random_adata(seed=1)], label="sample", index_unique="-")
     sot.pp.niches(adata, k=8, library_key="sample")
     library = adata.obs["sample"].to_numpy()
-    indices = adata.obsm["niche_indices"]
+    indices, _ = _rows(adata)
     assert (library[indices] == library[:, None]).all()
     # identical samples give the same niches, shifted by the sample offset
     np.testing.assert_array_equal(indices[200:] - 200, indices[:200])
@@ -102,7 +108,7 @@ def test_libraries_never_mix():
 def test_radius_niches_vary_in_size_and_are_masked():
     adata = _grid_adata()
     sot.pp.niches(adata, radius=1.01)
-    indices, mask = adata.obsm["niche_indices"], adata.obsm["niche_mask"]
+    indices, mask = _rows(adata)
     assert indices.shape == (9, 5)
     sizes = mask.sum(1)
     assert sizes[_position(3, 1, 1)] == 5 and sizes[_position(3, 0, 0)] == 3 and sizes[_position(3, 0, 1)] == 4
@@ -121,9 +127,9 @@ def test_squidpy_graph_is_reused():
     sq.gr.spatial_neighbors_knn(adata, n_neighs=4)
     sot.pp.niches(adata, connectivity_key="spatial_connectivities", key_added="graph")
     sot.pp.niches(adata, k=5, key_added="knn")
-    graph_rows = adata.obsm["graph_indices"]
+    graph_rows, _ = _rows(adata, "graph")
     assert graph_rows.shape == (200, 5)  # the centre and squidpy's 4 neighbours
-    for graph_row, knn_row in zip(graph_rows, adata.obsm["knn_indices"], strict=True):
+    for graph_row, knn_row in zip(graph_rows, _rows(adata, "knn")[0], strict=True):
         assert set(graph_row) == set(knn_row)
     assert adata.uns["graph"]["params"]["connectivity_key"] == "spatial_connectivities"
 
@@ -133,10 +139,9 @@ def test_graph_edges_across_libraries_are_dropped():
     adata.obs["sample"] = pd.Categorical(["a"] * 4 + ["b"] * 5)
     adata.obsp["full"] = sp.csr_matrix(np.ones((9, 9)))
     sot.pp.niches(adata, connectivity_key="full", library_key="sample")
-    mask = adata.obsm["niche_mask"]
+    indices, mask = _rows(adata)
     assert mask.sum(1).tolist() == [4] * 4 + [5] * 5
     library = adata.obs["sample"].to_numpy()
-    indices = adata.obsm["niche_indices"]
     for i, (row, keep) in enumerate(zip(indices, mask, strict=True)):
         assert (library[row[keep]] == library[i]).all()
 
@@ -149,7 +154,7 @@ def test_clouds_gather_the_chosen_features(source):
     assert len(family) == 200 and family.max_size == 4
     batch = family.gather([3, 10], dtype=torch.float64)
     features = adata.obsm["X_pca"] if "use_rep" in source else adata.X
-    np.testing.assert_allclose(batch.points.numpy(), features[adata.obsm["niche_indices"][[3, 10]]], rtol=1e-6)
+    np.testing.assert_allclose(batch.points.numpy(), features[_rows(adata)[0][[3, 10]]], rtol=1e-6)
     assert batch.points.dtype == torch.float64 and batch.mask.all()
 
 
@@ -159,8 +164,8 @@ def test_h5ad_round_trip(tmp_path):
     path = tmp_path / "niches.h5ad"
     adata.write_h5ad(path)
     back = ad.read_h5ad(path)
-    np.testing.assert_array_equal(back.obsm["niche_indices"], adata.obsm["niche_indices"])
-    np.testing.assert_array_equal(back.obsm["niche_mask"], adata.obsm["niche_mask"])
+    for stored, written in zip(_rows(back), _rows(adata), strict=True):
+        np.testing.assert_array_equal(stored, written)
     assert back.uns["niche"]["params"] == adata.uns["niche"]["params"]
     np.testing.assert_allclose(
         sot.get.niche_clouds(back)[:20].points.numpy(), sot.get.niche_clouds(adata)[:20].points.numpy()
@@ -172,16 +177,20 @@ def test_copy_returns_new_object_and_leaves_input():
     before = _snapshot(adata)
     result = sot.pp.niches(adata, k=3, copy=True)
     assert _snapshot(adata) == before
-    assert "niche_indices" in result.obsm
+    assert "niche_members" in result.obsp and "niche_size" in result.obs
     assert sot.pp.niches(adata, k=3) is None
 
 
-def test_rerun_without_mask_drops_stale_mask():
+def test_rerun_replaces_the_niches_and_drops_legacy_index():
     adata = _grid_adata()
     sot.pp.niches(adata, radius=1.01)
+    # what an earlier version wrote: row positions that no subset or reorder kept right
+    adata.obsm["niche_indices"] = np.zeros((9, 3), dtype=int)
+    adata.obsm["niche_mask"] = np.ones((9, 3), dtype=bool)
     sot.pp.niches(adata, k=3)
-    assert "niche_mask" not in adata.obsm
+    assert "niche_indices" not in adata.obsm and "niche_mask" not in adata.obsm
     assert sot.get.niche_clouds(adata)[:].mask.all()
+    assert (adata.obs["niche_size"] == 3).all()
 
 
 def _nan_coordinates(adata):
@@ -230,6 +239,5 @@ def test_niche_clouds_errors():
     adata = _random_adata()
     with pytest.raises(KeyError, match="niche_key"):
         sot.get.niche_clouds(adata)
-    sot.pp.niches(adata, k=4)
-    with pytest.raises(ValueError, match="200 cells"):
-        sot.get.niche_clouds(adata[:50].copy())
+    with pytest.raises(ValueError, match="`niche_key` must be a non-empty string"):
+        sot.get.niche_clouds(adata, niche_key="a/b")

@@ -127,6 +127,7 @@ def graph_niche_indices(graph: sp.spmatrix, *, include_center: bool = True) -> t
     mask of real entries.
     """
     graph = sp.csr_matrix(graph, copy=True)
+    graph.sum_duplicates()  # an edge stored twice is one member, not two
     graph.setdiag(0)
     graph.eliminate_zeros()
     n_obs = graph.shape[0]
@@ -143,3 +144,50 @@ def graph_niche_indices(graph: sp.spmatrix, *, include_center: bool = True) -> t
     # row-major boolean assignment fills each row's slots with that row's CSR columns, in order
     indices[neighbour_slots] = graph.indices
     return indices, mask
+
+
+def _rank_dtype(max_size: int) -> type:
+    return np.int16 if max_size < np.iinfo(np.int16).max else np.int32
+
+
+def member_matrix(indices: np.ndarray, mask: np.ndarray | None = None) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Padded niche index rows as a sparse cell × cell matrix of member ranks, and the niche sizes.
+
+    Entry ``(i, j)`` is ``r + 1`` when cell ``j`` is in slot ``r`` of cell ``i``'s row. Stored in
+    ``.obsp``, AnnData subsets, reorders and concatenates it along with the cells, and the order
+    of the members survives in the values. The sizes let a reader tell a niche that lost members
+    to a subset from a smaller one.
+
+    Parameters
+    ----------
+    indices
+        Integer array ``(n_obs, max_size)`` of cell positions.
+    mask
+        Boolean array of the real slots (a prefix of every row); all slots when ``None``.
+
+    Returns
+    -------
+    ``(matrix, sizes)``: the CSR matrix ``(n_obs, n_obs)``, whose row ``i`` lists the members
+    of niche ``i`` in slot order, and the integer size of every niche.
+
+    Examples
+    --------
+    >>> matrix, sizes = member_matrix(np.array([[0, 1], [1, 0]]))
+    >>> matrix.toarray()
+    array([[1, 2],
+           [2, 1]], dtype=int16)
+    """
+    n_obs, max_size = indices.shape
+    rank_dtype = _rank_dtype(max_size)
+    if mask is None:
+        sizes = np.full(n_obs, max_size, dtype=rank_dtype)
+        ranks = np.tile(np.arange(1, max_size + 1, dtype=rank_dtype), n_obs)
+        columns = indices.ravel()  # a view: the index is not copied
+    else:
+        sizes = mask.sum(axis=1).astype(rank_dtype)
+        ranks = np.broadcast_to(np.arange(1, max_size + 1, dtype=rank_dtype), indices.shape)[mask]
+        columns = indices[mask]
+    pointers = np.zeros(n_obs + 1, dtype=np.int64)
+    np.cumsum(sizes, out=pointers[1:])
+    matrix = sp.csr_matrix((ranks, columns, pointers), shape=(n_obs, n_obs))
+    return matrix, sizes

@@ -11,7 +11,8 @@ from scanpy import logging as logg
 
 from .._anndata import get_coordinates, get_features, get_library_codes, h5ad_params
 from .._keys import NicheKeys
-from ._build import graph_niche_indices, knn_niche_indices, radius_graph
+from .._validation import check_int
+from ._build import graph_niche_indices, knn_niche_indices, member_matrix, radius_graph
 
 
 def niches(
@@ -74,15 +75,17 @@ def niches(
     -------
     ``None``, or a copy of ``adata`` when ``copy=True``, with:
 
-    ``.obsm['{key_added}_indices']``
-        Integer array ``(n_obs, max_size)``: positions (row numbers) of the cells of each
-        niche, padded with ``-1``. Positions refer to ``adata`` as it is now; subsetting cells
-        afterwards invalidates them (rebuild the niches on the subset).
-    ``.obsm['{key_added}_mask']``
-        Boolean array ``(n_obs, max_size)``, ``True`` on real entries. Only written when niche
-        sizes vary (radius or graph niches).
+    ``.obsp['{key_added}_members']``
+        Sparse integer matrix ``(n_obs, n_obs)``: entry ``(i, j)`` is ``r + 1`` when cell ``j``
+        is the ``r``-th member of cell ``i``'s niche (``r = 0``, the diagonal, is the cell
+        itself when ``include_center``). Stored cell × cell, as squidpy stores graphs, so that
+        subsetting, reordering or concatenating cells (``anndata.concat(..., pairwise=True)``)
+        keeps every niche right; where a subset leaves out members of a niche,
+        :func:`spatialot.get.niche_clouds` and every tool refuse with an error that names a cell.
+    ``.obs['{key_added}_size']``
+        Number of members of every niche, with which lost members are told apart.
     ``.uns['{key_added}']['params']``
-        The parameters above, plus ``n_obs`` and ``max_size``.
+        The parameters above, plus ``max_size``.
 
     Raises
     ------
@@ -90,8 +93,10 @@ def niches(
         If ``spatial_key``, ``library_key``, ``use_rep``, ``layer`` or ``connectivity_key`` is
         missing.
     ValueError
-        On NaN coordinates or features, ``k`` larger than a sample, a non-positive ``radius``,
-        or an empty niche. ``adata`` is left untouched when an error is raised.
+        On an AnnData without cells, non-numeric or non-finite coordinates, NaN or infinite
+        features, a ``k`` that is not a positive integer or is larger than a sample, a
+        non-positive ``radius``, or an empty niche. ``adata`` is left untouched when an error
+        is raised.
 
     Examples
     --------
@@ -101,6 +106,9 @@ def niches(
     >>> clouds = sot.get.niche_clouds(adata)[:16]  # a padded batch of 16 niches
     """
     start = logg.info("computing niches")
+    keys = NicheKeys(key_added)
+    if adata.n_obs == 0:
+        raise ValueError("`adata` has no cells (n_obs=0): there are no niches to build.")
     coordinates = get_coordinates(adata, spatial_key)
     library_codes, library_names = get_library_codes(adata, library_key)
     get_features(adata, use_rep=use_rep, layer=layer)  # fail now, not when the clouds are gathered
@@ -119,23 +127,22 @@ def niches(
         indices, mask = graph_niche_indices(graph, include_center=include_center)
         mode: dict[str, Any] = {"connectivity_key": connectivity_key}
     elif radius is not None:
-        if not radius > 0:
-            raise ValueError(f"`radius` must be positive, got {radius}.")
+        if isinstance(radius, bool) or not isinstance(radius, int | float | np.number) or not radius > 0:
+            raise ValueError(f"`radius` must be a positive number, got {radius!r}.")
         graph = radius_graph(coordinates, radius, library_codes=library_codes)
         indices, mask = graph_niche_indices(graph, include_center=include_center)
         mode = {"radius": float(radius)}
     else:
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-            raise ValueError(f"`k` must be a positive integer, got {k!r}.")
+        k = check_int("k", k)
         indices = knn_niche_indices(
             coordinates,
-            int(k),
+            k,
             include_center=include_center,
             library_codes=library_codes,
             library_names=library_names,
         )
         mask = None
-        mode = {"k": int(k)}
+        mode = {"k": k}
 
     sizes = indices.shape[1] if mask is None else mask.sum(axis=1)
     if np.min(sizes, initial=indices.shape[1]) == 0:
@@ -145,13 +152,12 @@ def niches(
             "Increase `radius`, or set `include_center=True`."
         )
 
+    members, niche_sizes = member_matrix(indices, mask)
     adata = adata.copy() if copy else adata
-    keys = NicheKeys(key_added)
-    adata.obsm[keys.indices] = indices
-    if mask is not None and not mask.all():
-        adata.obsm[keys.mask] = mask
-    elif keys.mask in adata.obsm:
-        del adata.obsm[keys.mask]  # a stale mask from an earlier call would misread the new index
+    adata.obsp[keys.members] = members
+    adata.obs[keys.size] = niche_sizes
+    for legacy in keys.legacy:  # row positions left by an earlier version would no longer match
+        adata.obsm.pop(legacy, None)
     params = {
         **mode,
         "spatial_key": spatial_key,
@@ -159,14 +165,14 @@ def niches(
         "use_rep": use_rep,
         "layer": layer,
         "include_center": include_center,
-        "n_obs": adata.n_obs,
         "max_size": int(indices.shape[1]),
     }
     adata.uns[keys.uns] = {"params": h5ad_params(params)}
     logg.info(
         "    finished",
         time=start,
-        deep=f"added\n    '{keys.indices}', niche indices (adata.obsm)\n    '{keys.uns}', parameters (adata.uns)",
+        deep=f"added\n    '{keys.members}', niche members (adata.obsp)\n    '{keys.size}', niche sizes (adata.obs)"
+        f"\n    '{keys.uns}', parameters (adata.uns)",
     )
     return adata if copy else None
 
