@@ -6,61 +6,93 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
-
-def _has_nan(matrix) -> bool:
-    values = matrix.data if sp.issparse(matrix) else np.asarray(matrix)
-    return bool(np.issubdtype(values.dtype, np.floating) and np.isnan(values).any())
+from ._validation import check_finite, check_float32_range
 
 
-def get_features(adata: AnnData, *, use_rep: str | None = None, layer: str | None = None, check_nan: bool = True):
+def get_features(adata: AnnData, *, use_rep: str | None = None, layer: str | None = None, check_values: bool = True):
     """Per-cell features: ``.obsm[use_rep]``, ``.layers[layer]`` or ``.X`` (dense or sparse, not copied).
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix.
+    use_rep, layer
+        Where the features are; ``.X`` when both are ``None``.
+    check_values
+        Refuse NaN, infinite values and values that overflow the models' float32.
 
     Raises
     ------
     KeyError
         If ``use_rep`` or ``layer`` is not in the AnnData.
     ValueError
-        If both are given, the features are not a 2-D numeric matrix, or hold NaN.
+        If both are given, the features are not a 2-D numeric matrix in memory, or (with
+        ``check_values``) hold NaN, infinite or too large values.
+
+    Examples
+    --------
+    >>> import spatialot as sot
+    >>> adata = sot.datasets.bdtnp()
+    >>> get_features(adata).shape
+    (3039, 84)
     """
     if use_rep is not None and layer is not None:
         raise ValueError("Pass at most one of `use_rep` and `layer`.")
     if use_rep is not None:
         if use_rep not in adata.obsm:
             raise KeyError(f"`use_rep`={use_rep!r} is not in `adata.obsm` (keys: {list(adata.obsm)}).")
-        features, name = adata.obsm[use_rep], f"adata.obsm[{use_rep!r}]"
+        features, name = adata.obsm[use_rep], f"`use_rep`={use_rep!r} (adata.obsm[{use_rep!r}])"
     elif layer is not None:
         if layer not in adata.layers:
             raise KeyError(f"`layer`={layer!r} is not in `adata.layers` (keys: {list(adata.layers)}).")
-        features, name = adata.layers[layer], f"adata.layers[{layer!r}]"
+        features, name = adata.layers[layer], f"`layer`={layer!r} (adata.layers[{layer!r}])"
     else:
         if adata.X is None:
             raise ValueError("`adata.X` is empty: pass `use_rep` or `layer`.")
-        features, name = adata.X, "adata.X"
+        features, name = adata.X, "`adata.X` (the features when neither `use_rep` nor `layer` is given)"
     if hasattr(features, "to_numpy"):  # a DataFrame in .obsm
         features = features.to_numpy()
+    if not sp.issparse(features) and hasattr(features, "to_memory"):  # a sparse matrix on disk
+        raise ValueError(
+            f"{name} is a sparse matrix backed on disk, which niches cannot gather from: "
+            "load it with `adata = adata.to_memory()`, or pass `use_rep`."
+        )
     if not sp.issparse(features):
         features = np.asarray(features)
     if features.ndim != 2 or features.shape[1] == 0:
         raise ValueError(f"{name} must be a 2-D matrix with at least one column, got shape {features.shape}.")
     if not np.issubdtype(features.dtype, np.number):
         raise ValueError(f"{name} must be numeric, got dtype {features.dtype}.")
-    if check_nan and _has_nan(features):
-        raise ValueError(f"{name} contains NaN values; impute or drop them first.")
+    if check_values:
+        check_finite(features, name, "impute or drop them first")
+        check_float32_range(features, name)
     return features
 
 
 def get_coordinates(adata: AnnData, spatial_key: str) -> np.ndarray:
-    """Spatial coordinates ``.obsm[spatial_key]`` as a float array ``(n_obs, n_dims)``."""
+    """Spatial coordinates ``.obsm[spatial_key]`` as a float array ``(n_obs, n_dims)``.
+
+    Raises
+    ------
+    KeyError
+        If ``spatial_key`` is not in ``.obsm``.
+    ValueError
+        If the coordinates are not a numeric ``(n_obs, n_dims)`` matrix of finite values.
+    """
     if spatial_key not in adata.obsm:
         raise KeyError(
             f"`spatial_key`={spatial_key!r} is not in `adata.obsm` (keys: {list(adata.obsm)}). "
             "Spatial coordinates are expected there, as squidpy does."
         )
-    coordinates = np.asarray(adata.obsm[spatial_key], dtype=np.float64)
+    coordinates = adata.obsm[spatial_key]
+    coordinates = np.asarray(coordinates.to_numpy() if hasattr(coordinates, "to_numpy") else coordinates)
+    name = f"`spatial_key`={spatial_key!r} (adata.obsm[{spatial_key!r}])"
+    if not np.issubdtype(coordinates.dtype, np.number):
+        raise ValueError(f"{name} must hold numbers, got dtype {coordinates.dtype}: convert the coordinates to floats.")
+    coordinates = coordinates.astype(np.float64, copy=False)
     if coordinates.ndim != 2 or coordinates.shape[1] == 0:
-        raise ValueError(f"`adata.obsm[{spatial_key!r}]` must have shape (n_obs, n_dims), got {coordinates.shape}.")
-    if not np.isfinite(coordinates).all():
-        raise ValueError(f"`adata.obsm[{spatial_key!r}]` contains NaN or infinite coordinates.")
+        raise ValueError(f"{name} must have shape (n_obs, n_dims), got {coordinates.shape}.")
+    check_finite(coordinates, name, "drop the cells without a position first")
     return coordinates
 
 
@@ -90,7 +122,8 @@ def cell_positions(adata: AnnData, cells, argument: str = "cells") -> np.ndarray
     KeyError
         If a name is not in ``adata.obs_names``.
     ValueError
-        If a position is out of range, a mask has the wrong length, or nothing is selected.
+        If a position is out of range, a mask has the wrong length, a name is shared by several
+        cells, or nothing is selected.
     """
     values = np.asarray(cells)
     if values.ndim == 0:
@@ -112,6 +145,14 @@ def cell_positions(adata: AnnData, cells, argument: str = "cells") -> np.ndarray
         missing = names[~np.isin(names, adata.obs_names)]
         if len(missing):
             raise KeyError(f"`{argument}` names cells not in `adata.obs_names`, e.g. {str(missing[0])!r}.")
+        # a name that several cells share has no one position
+        shared = adata.obs_names[adata.obs_names.duplicated()]
+        ambiguous = names[np.isin(names, shared)]
+        if len(ambiguous):
+            raise ValueError(
+                f"`{argument}` names {str(ambiguous[0])!r}, which several cells of `adata.obs_names` share: "
+                "call `adata.obs_names_make_unique()`, or pass integer positions."
+            )
         positions = np.array(
             [adata.obs_names.get_loc(value) if isinstance(value, str) else int(value) for value in values],
             dtype=np.intp,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import operator
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +11,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
+
+from .._validation import check_int
 
 __all__ = ["simulated_tissue"]
 
@@ -25,18 +26,6 @@ _LIBRARY_MEDIAN = 300.0
 _LIBRARY_LOG_SD = 0.25  # 95 % of library sizes within about 180–490
 # Fixed so that the output does not depend on the machine's thread count.
 _CHUNK = 1 << 16
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.") from None
-    if value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}, got {value}.")
-    return value
 
 
 def _draw_separated(
@@ -199,14 +188,14 @@ def simulated_tissue(
     >>> adata.uns["simulated_tissue"]["composition"].shape
     (3, 8)
     """
-    n_cells = _check_int("n_cells", n_cells, 100)
-    n_niche_types = _check_int("n_niche_types", n_niche_types, 1)
-    n_cell_types = _check_int("n_cell_types", n_cell_types, 2)
-    n_genes = _check_int("n_genes", n_genes, 2)
-    n_latent = _check_int("n_latent", n_latent, 1)
-    regions_per_niche_type = _check_int("regions_per_niche_type", regions_per_niche_type, 1)
+    n_cells = check_int("n_cells", n_cells, minimum=100)
+    n_niche_types = check_int("n_niche_types", n_niche_types, minimum=1)
+    n_cell_types = check_int("n_cell_types", n_cell_types, minimum=2)
+    n_genes = check_int("n_genes", n_genes, minimum=2)
+    n_latent = check_int("n_latent", n_latent, minimum=1)
+    regions_per_niche_type = check_int("regions_per_niche_type", regions_per_niche_type, minimum=1)
     if random_state is not None:
-        random_state = _check_int("random_state", random_state, 0)
+        random_state = check_int("random_state", random_state, minimum=0)
 
     seed_seq = np.random.SeedSequence(random_state)
     main_seq, expr_seq = seed_seq.spawn(2)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .._validation import check_int
 from ..ot import IndexedClouds, PointClouds, gaussian_moments
 
 CloudFamily = PointClouds | IndexedClouds
@@ -56,8 +57,7 @@ def map_batches(
     -------
     The results of all batches as one float32 numpy array, in the order of ``family``.
     """
-    if batch_size < 1:
-        raise ValueError(f"`batch_size` must be at least 1, got {batch_size}.")
+    batch_size = check_int("batch_size", batch_size)
     if any(len(rows) != len(family) for rows in aligned):
         raise ValueError(f"Every aligned tensor must have one row per cloud ({len(family)}).")
     results = []

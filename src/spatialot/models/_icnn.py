@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._validation import check_int
+
 
 def default_hidden(dim: int) -> tuple[int, ...]:
     """Hidden sizes of the reference implementation: ``[max(2d, 64), max(2d, 64), max(d, 32)]``."""
@@ -62,9 +64,9 @@ class BatchedICNN(nn.Module):
         super().__init__()
         if quadratic not in ("full", "identity"):
             raise ValueError(f"`quadratic` must be 'full' or 'identity', got {quadratic!r}.")
-        hidden = tuple(int(h) for h in (default_hidden(dim) if hidden is None else hidden))
-        if not hidden or min(hidden) < 1:
-            raise ValueError(f"`hidden` must hold at least one positive layer size, got {hidden}.")
+        hidden = tuple(check_int("hidden", h) for h in (default_hidden(dim) if hidden is None else hidden))
+        if not hidden:
+            raise ValueError("`hidden` must hold at least one layer size, got none.")
         self.dim, self.hidden, self.quadratic, self.alpha = dim, hidden, quadratic, alpha
         shapes: dict[str, tuple[int, ...]] = {}
         for layer, size in enumerate(hidden):

@@ -17,6 +17,8 @@ import ot as pot
 import torch
 from tqdm.auto import tqdm
 
+from .._validation import check_int
+
 AnchorMethod = Literal["sinkhorn", "exact"]
 ANCHOR_METHODS: tuple[str, ...] = ("sinkhorn", "exact")
 CPU_BATCH_ENTRIES = 2**18
@@ -94,8 +96,7 @@ def anchor_sinkhorn(
     """
     if epsilon <= 0:
         raise ValueError(f"`epsilon` must be positive, got {epsilon}.")
-    if n_iter < 1:
-        raise ValueError(f"`n_iter` must be at least 1, got {n_iter}.")
+    n_iter = check_int("n_iter", n_iter)
     if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
         raise ValueError(
             f"`a` and `b` must be (batch, k) with the same batch, got {tuple(a.shape)} and {tuple(b.shape)}."
@@ -215,9 +216,7 @@ def _check_histograms(name: str, h) -> torch.Tensor:
 
 def _default_batch(batch_size: int | None, device: torch.device, n_anchors: int) -> int:
     if batch_size is not None:
-        if batch_size < 1:
-            raise ValueError(f"`batch_size` must be at least 1, got {batch_size}.")
-        return batch_size
+        return check_int("batch_size", batch_size)
     entries = GPU_BATCH_ENTRIES if device.type != "cpu" else CPU_BATCH_ENTRIES
     return max(1, entries // max(n_anchors, 1))
 
@@ -420,10 +419,7 @@ def anchor_kneighbors(
     """
     h, other, cost, device = _prepare(h, None, cost, method, epsilon, device)
     n = len(h)
-    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int | np.integer) or not 1 <= n_neighbors <= n:
-        raise ValueError(
-            f"`n_neighbors` must be an integer between 1 and the number of histograms {n}, got {n_neighbors!r}."
-        )
+    n_neighbors = check_int("n_neighbors", n_neighbors, maximum=n, why="the number of histograms")
     batch_size = _default_batch(batch_size, device, max(h.shape[1], other.shape[1]))
     indices = np.empty((n, n_neighbors), dtype=np.int64)
     distances = np.empty((n, n_neighbors), dtype=np.float64)

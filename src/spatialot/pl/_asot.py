@@ -57,7 +57,7 @@ def asot(
     -------
     The Axes, unless the figure was shown.
     """
-    keys = ResultKeys(key)
+    keys = ResultKeys(key, argument="key")
     if keys.uns not in adata.uns or keys.obsm not in adata.obsm or "anchors" not in adata.uns[keys.uns]:
         raise KeyError(f"No ASOT result under `key`={key!r}: run `sot.tl.asot(adata, key_added={key!r})` first.")
     anchors = np.asarray(adata.uns[keys.uns]["anchors"], dtype=np.float64)

@@ -13,12 +13,13 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 
 from .._keys import ResultKeys
+from .._validation import check_int
 from ..tl import ot_distances
 from ._utils import finish
 
 
 def _embedding(adata: AnnData, basis: str) -> np.ndarray:
-    key = ResultKeys(basis.removeprefix("X_")).obsm
+    key = ResultKeys(basis.removeprefix("X_"), argument="basis").obsm
     if key not in adata.obsm:
         tool = basis.removeprefix("X_")
         raise KeyError(f"`basis`={basis!r}: no `adata.obsm[{key!r}]`; run e.g. `sot.tl.{tool}` first.")
@@ -126,8 +127,7 @@ def distance_fidelity(
     coordinates = _embedding(adata, basis)
     if adata.n_obs < 2:
         raise ValueError("`adata` needs at least 2 cells to form pairs.")
-    if n_pairs < 2:
-        raise ValueError(f"`n_pairs` must be at least 2, got {n_pairs}.")
+    n_pairs = check_int("n_pairs", n_pairs, minimum=2)
     rng = np.random.default_rng(random_state)
     first = rng.integers(adata.n_obs, size=n_pairs)
     second = (first + rng.integers(1, adata.n_obs, size=n_pairs)) % adata.n_obs  # never the same cell

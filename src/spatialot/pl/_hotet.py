@@ -63,7 +63,7 @@ def hotet(
     -------
     The Axes, unless the figure was shown.
     """
-    keys = ResultKeys(key)
+    keys = ResultKeys(key, argument="key")
     if keys.uns not in adata.uns or keys.obsm not in adata.obsm:
         raise KeyError(f"No HOTET result under `key`={key!r}: run `sot.tl.hotet(adata, key_added={key!r})` first.")
     result = adata.uns[keys.uns]

@@ -9,6 +9,7 @@ import numpy as np
 from anndata import AnnData
 from matplotlib.axes import Axes
 
+from .._validation import check_int
 from ._utils import finish
 
 
@@ -46,8 +47,7 @@ def loss(
     history = np.asarray(adata.uns[key]["loss"], dtype=float)
     if history.size == 0:
         raise ValueError(f"`adata.uns[{key!r}]['loss']` is empty: the model was not trained.")
-    if window < 1:
-        raise ValueError(f"`window` must be at least 1, got {window}.")
+    window = check_int("window", window)
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.5))
     steps = np.arange(1, history.size + 1)

@@ -9,11 +9,12 @@ from anndata import AnnData
 from scanpy import logging as logg
 
 from .._anndata import h5ad_params
-from .._keys import ResultKeys
+from .._keys import GraphKeys, ResultKeys
+from .._validation import check_int
 from ..get import niche_clouds
 from ..models._asot import ASOT, ASOT_METHODS, ASOTMethod
 from ..ot._anchor import ANCHOR_METHODS, AnchorMethod, anchor_kneighbors
-from ._utils import write_result
+from ._utils import check_result, write_result
 
 
 def asot(
@@ -97,7 +98,7 @@ def asot(
     start = logg.info(f"computing ASOT ({method})")
     if method not in ASOT_METHODS:
         raise ValueError(f"`method` must be one of {ASOT_METHODS}, got {method!r}.")
-    _check_key("key_added", key_added)
+    keys = ResultKeys(key_added)
     family = niche_clouds(adata, niche_key=niche_key)
     model = ASOT(family.dim, n_anchors, method=method, epsilon=epsilon, n_iter=n_iter)
     model.fit(
@@ -130,9 +131,9 @@ def asot(
             "batch_size": batch_size,
             "learning_rate": learning_rate,
         }
-    keys = write_result(
+    write_result(
         adata,
-        key_added,
+        keys,
         params=params,
         embedding=weights,
         loss=np.asarray(model.history, dtype=np.float64),
@@ -210,18 +211,12 @@ def asot_neighbors(
         disconnected components of the graph, while the graph itself is by ASOT (``distance``).
     """
     start = logg.info("computing ASOT neighbours")
-    keys = ResultKeys(key)
+    keys, graph_keys = ResultKeys(key, argument="key"), GraphKeys(key_added)
     if keys.uns not in adata.uns or keys.obsm not in adata.obsm or "cost" not in adata.uns[keys.uns]:
         raise KeyError(f"No ASOT result under `key`={key!r}: run `sot.tl.asot(adata, key_added={key!r})` first.")
     if method not in ANCHOR_METHODS:
         raise ValueError(f"`method` must be one of {ANCHOR_METHODS}, got {method!r}.")
-    _check_key("key_added", key_added)
-    if (
-        isinstance(n_neighbors, bool)
-        or not isinstance(n_neighbors, int | np.integer)
-        or not 2 <= n_neighbors <= adata.n_obs
-    ):
-        raise ValueError(f"`n_neighbors` must be an integer between 2 and n_obs={adata.n_obs}, got {n_neighbors!r}.")
+    n_neighbors = check_int("n_neighbors", n_neighbors, minimum=2, maximum=adata.n_obs, why="the number of cells")
     weights = np.asarray(adata.obsm[keys.obsm], dtype=np.float32)
     result = adata.uns[keys.uns]
     from ..models._device import resolve_device
@@ -239,14 +234,15 @@ def asot_neighbors(
         device=resolve_device(device),
         progress=progress,
     )
-    distance_matrix, connectivities = _graph(indices, distances, adata.n_obs, int(n_neighbors))
+    distance_matrix, connectivities = _graph(indices, distances, adata.n_obs, n_neighbors)
+    check_result(graph_keys.distances, distance_matrix)
+    check_result(graph_keys.connectivities, connectivities)
 
     adata = adata.copy() if copy else adata
-    distances_key, connectivities_key = f"{key_added}_distances", f"{key_added}_connectivities"
-    adata.obsp[distances_key] = distance_matrix
-    adata.obsp[connectivities_key] = connectivities
+    adata.obsp[graph_keys.distances] = distance_matrix
+    adata.obsp[graph_keys.connectivities] = connectivities
     params = {
-        "n_neighbors": int(n_neighbors),
+        "n_neighbors": n_neighbors,
         "method": "umap",
         # what sc.tl.umap uses to place disconnected components on `use_rep`; the graph is by ASOT
         "metric": "euclidean",
@@ -256,15 +252,16 @@ def asot_neighbors(
         "solver": method,
         "random_state": 0,
     }
-    adata.uns[key_added] = {
-        "connectivities_key": connectivities_key,
-        "distances_key": distances_key,
+    adata.uns[graph_keys.uns] = {
+        "connectivities_key": graph_keys.connectivities,
+        "distances_key": graph_keys.distances,
         "params": h5ad_params(params),
     }
     logg.info(
         "    finished",
         time=start,
-        deep=f"added\n    '{distances_key}', '{connectivities_key}' (adata.obsp)\n    '{key_added}' (adata.uns)",
+        deep=f"added\n    '{graph_keys.distances}', '{graph_keys.connectivities}' (adata.obsp)"
+        f"\n    '{graph_keys.uns}' (adata.uns)",
     )
     return adata if copy else None
 
@@ -316,8 +313,3 @@ def _fuzzy_simplicial_set(indices: np.ndarray, distances: np.ndarray, *, n_iter:
     graph.eliminate_zeros()
     product = graph.multiply(graph.T)
     return sp.csr_matrix(graph + graph.T - product).astype(np.float32)
-
-
-def _check_key(name: str, value: str) -> None:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"`{name}` must be a non-empty string, got {value!r}.")

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from anndata import AnnData
 from scanpy import logging as logg
 
+from .._keys import ResultKeys
+from .._validation import check_int
 from ..get import niche_clouds
 from ..models._device import resolve_device
 from ..models._hotet import HOTET
 from ._utils import write_result
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-    return int(value)
 
 
 def hotet(
@@ -110,8 +104,10 @@ def hotet(
     KeyError
         If there are no niches under ``niche_key``.
     ValueError
-        On a bad ``reference``, a model of another dimension, or non-positive counts.
-        ``adata`` is left untouched when an error is raised.
+        On a bad ``reference`` or ``key_added``, a model of another dimension, counts that are
+        not positive integers, features too large for float32, or a non-finite result (e.g. a
+        diverged model). ``adata`` is left untouched when an error is raised, and a ``model``
+        whose training failed is left as it was.
 
     Examples
     --------
@@ -125,6 +121,7 @@ def hotet(
     (3039, 512)
     """
     start = logg.info("fitting HOTET maps to a reference")
+    keys = ResultKeys(key_added)
     family = niche_clouds(adata, niche_key=niche_key)
     for name, value in (
         ("n_steps", n_steps),
@@ -132,7 +129,7 @@ def hotet(
         ("n_reference_samples", n_reference_samples),
         ("n_anchors", n_anchors),
     ):
-        _positive_int(name, value)
+        check_int(name, value)
     target_device = resolve_device(device)
     if not learning_rate > 0:
         raise ValueError(f"`learning_rate` must be positive, got {learning_rate!r}.")
@@ -187,9 +184,9 @@ def hotet(
         "learning_rate": learning_rate if trained else None,
         "training_random_state": random_state if trained else None,
     }
-    keys = write_result(
+    write_result(
         adata,
-        key_added,
+        keys,
         params=params,
         embedding=embedding,
         loss=np.asarray(model.history[history_start:], dtype=np.float64),

@@ -10,6 +10,8 @@ import torch
 from anndata import AnnData
 from scanpy import logging as logg
 
+from .._keys import ResultKeys
+from .._validation import check_int
 from ..get import niche_clouds
 from ..models._batches import family_moments
 from ..models._device import resolve_device, seeded
@@ -20,12 +22,6 @@ from ._utils import write_result
 
 _MODES = ("pointcloud", "gaussian")
 WFMModel = WassersteinFlowMatching | GaussianFlowMatching
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-    return int(value)
 
 
 def _condition_labels(adata: AnnData, condition_key: str | None) -> tuple[np.ndarray | None, list[str] | None]:
@@ -135,15 +131,16 @@ def wfm(
     >>> sot.tl.generate_niches(adata, model, n=50, condition="type_0")  # doctest: +SKIP
     """
     start = logg.info("training Wasserstein flow matching")
+    keys = ResultKeys(key_added)
     if mode not in _MODES:
         raise ValueError(f"`mode` must be one of {_MODES}, got {mode!r}.")
     family = niche_clouds(adata, niche_key=niche_key)
     values, names = _condition_labels(adata, condition_key)
-    n_steps = _positive_int("n_steps", n_steps)
+    n_steps = check_int("n_steps", n_steps)
     gaussian = mode == "gaussian"
-    batch_size = _positive_int("batch_size", batch_size if batch_size is not None else (64 if gaussian else 16))
-    n_layers = _positive_int("n_layers", n_layers)
-    width = _positive_int("width", width if width is not None else (256 if gaussian else 128))
+    batch_size = check_int("batch_size", batch_size if batch_size is not None else (64 if gaussian else 16))
+    n_layers = check_int("n_layers", n_layers)
+    width = check_int("width", width if width is not None else (256 if gaussian else 128))
     learning_rate = float(learning_rate if learning_rate is not None else (1e-3 if gaussian else 3e-4))
     if not learning_rate > 0:
         raise ValueError(f"`learning_rate` must be positive, got {learning_rate}.")
@@ -198,7 +195,7 @@ def wfm(
         "n_niches": len(family),
         "dim": family.dim,
     }
-    keys = write_result(adata, key_added, params=params, loss=np.asarray(model.history, dtype=np.float64))
+    write_result(adata, keys, params=params, loss=np.asarray(model.history, dtype=np.float64))
     logg.info("    finished", time=start, deep=f"added\n    '{keys.uns}', parameters and loss (adata.uns)")
     return (adata, model) if copy else model
 
@@ -271,6 +268,7 @@ def generate_niches(
         The parameters above and the model's mode.
     """
     start = logg.info("generating niches")
+    keys = ResultKeys(key_added)
     if not isinstance(model, WassersteinFlowMatching | GaussianFlowMatching):
         raise ValueError(f"`model` must be returned by `sot.tl.wfm`, got a {type(model).__name__}.")
     family = niche_clouds(adata, niche_key=niche_key)
@@ -279,10 +277,10 @@ def generate_niches(
             f"The niches under `niche_key`={niche_key!r} have dimension {family.dim}, but `model` was trained on "
             f"{model.config['dim']}: pass the AnnData and niche key the model was trained on."
         )
-    n = _positive_int("n", n)
-    n_steps = _positive_int("n_steps", n_steps)
+    n = check_int("n", n)
+    n_steps = check_int("n_steps", n_steps)
     if size is not None:
-        size = _positive_int("size", size)
+        size = check_int("size", size)
     names = model.label_names
     if condition_key is not None:
         _, known = _condition_labels(adata, condition_key)
@@ -342,9 +340,7 @@ def generate_niches(
     }
     if conditions is not None:
         fields["conditions"] = conditions
-    keys = write_result(
-        adata, key_added, params=params, points=points.astype(np.float32), mask=mask.astype(bool), **fields
-    )
+    write_result(adata, keys, params=params, points=points.astype(np.float32), mask=mask.astype(bool), **fields)
     logg.info("    finished", time=start, deep=f"added\n    '{keys.uns}', generated niches (adata.uns)")
     return adata if copy else None
 

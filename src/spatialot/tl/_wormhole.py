@@ -6,6 +6,8 @@ import numpy as np
 from anndata import AnnData
 from scanpy import logging as logg
 
+from .._keys import ResultKeys
+from .._validation import check_int
 from ..get import niche_clouds
 from ..models import Wormhole
 from ..models._device import resolve_device, seeded
@@ -96,14 +98,13 @@ def wormhole(
     >>> model = sot.tl.wormhole(adata, n_steps=500)
     >>> sot.pl.embedding(adata, color="eve")
     """
+    keys = ResultKeys(key_added)
     family = niche_clouds(adata, niche_key=niche_key)
     if model is None:
         if ot_distance not in _OT_DISTANCES:
             raise ValueError(f"`ot_distance` must be one of {_OT_DISTANCES}, got {ot_distance!r}.")
-        if n_steps < 1:
-            raise ValueError(f"`n_steps` must be at least 1, got {n_steps}.")
-        if batch_size < 2:
-            raise ValueError(f"`batch_size` must be at least 2 (the loss compares pairs), got {batch_size}.")
+        n_steps = check_int("n_steps", n_steps)
+        batch_size = check_int("batch_size", batch_size, minimum=2, why="the loss compares pairs")
         if adata.n_obs < 2:
             raise ValueError(f"Training needs at least 2 niches, `adata` has {adata.n_obs}.")
     elif not isinstance(model, Wormhole):
@@ -143,7 +144,7 @@ def wormhole(
     params = {**model.config, "niche_key": niche_key, "trained": trained_here, "device": str(resolved)}
     if trained_here:
         params.update(n_steps=n_steps, batch_size=batch_size, learning_rate=learning_rate, random_state=random_state)
-    keys = write_result(adata, key_added, params=params, embedding=embedding, loss=np.asarray(model.history))
+    write_result(adata, keys, params=params, embedding=embedding, loss=np.asarray(model.history))
     logg.info(
         "    finished",
         time=start,
