@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._validation import check_int
 from ..ot import IndexedClouds, PointClouds, exact_w2_squared
 from ..ot._anchor import (
     AnchorMethod,
@@ -22,7 +23,7 @@ from ..ot._anchor import (
 from ._base import Model
 from ._batches import CloudFamily, take
 from ._device import resolve_device, seeded
-from ._training import train
+from ._training import restored_on_failure, train
 
 ASOTMethod = Literal["kmeans", "ml"]
 ASOT_METHODS: tuple[str, ...] = ("kmeans", "ml")
@@ -77,16 +78,12 @@ class ASOT(Model):
         epsilon: float = 0.04,
         n_iter: int = 10,
     ):
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"`dim` must be a positive integer, got {dim!r}.")
-        if isinstance(n_anchors, bool) or not isinstance(n_anchors, int) or n_anchors < 1:
-            raise ValueError(f"`n_anchors` must be a positive integer, got {n_anchors!r}.")
+        dim, n_anchors = check_int("dim", dim), check_int("n_anchors", n_anchors)
         if method not in ASOT_METHODS:
             raise ValueError(f"`method` must be one of {ASOT_METHODS}, got {method!r}.")
         if not (isinstance(epsilon, int | float) and epsilon > 0):
             raise ValueError(f"`epsilon` must be a positive number, got {epsilon!r}.")
-        if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
-            raise ValueError(f"`n_iter` must be a positive integer, got {n_iter!r}.")
+        n_iter = check_int("n_iter", n_iter)
         super().__init__(dim=dim, n_anchors=n_anchors, method=method, epsilon=float(epsilon), n_iter=n_iter)
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
@@ -211,14 +208,14 @@ class ASOT(Model):
         """
         self._check_family(family)
         if self.method == "ml":
-            for name, value in [("n_train_pairs", n_train_pairs), ("n_steps", n_steps), ("batch_size", batch_size)]:
-                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+            n_train_pairs, n_steps = check_int("n_train_pairs", n_train_pairs), check_int("n_steps", n_steps)
+            batch_size = check_int("batch_size", batch_size)
         points, weights = _weighted_points(family)
         if len(points) < self.n_anchors:
             raise ValueError(f"`n_anchors`={self.n_anchors} exceeds the {len(points)} distinct points of the clouds.")
         self.to(resolve_device(device))
-        with seeded(random_state) as rng:
+        # a failure anywhere below, k-means included, leaves the model as it was
+        with restored_on_failure(self), seeded(random_state) as rng:
             centers, labels = _kmeans(points, weights, self.n_anchors, random_state)
             residuals = ((points - centers[labels]) ** 2).sum(1)
             spread = np.sqrt(np.average(((points - np.average(points, 0, weights)) ** 2).sum(1), weights=weights))

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._validation import check_float32_range, check_int
 from ..ot import PointClouds
 from ..ot._gaussian import gaussian_map, sqrtm_psd
 from ._base import Model
@@ -22,7 +23,7 @@ from ._batches import CloudFamily, family_moments, map_batches, take
 from ._blocks import SetTransformer, mlp, weighted_mean
 from ._device import resolve_device, seeded
 from ._icnn import BatchedICNN
-from ._training import train
+from ._training import restored_on_failure, train
 
 
 def batch_dual_loss(
@@ -178,11 +179,9 @@ class HOTET(Model):
             raise ValueError(f"`base` must be 'identity' or 'gaussian', got {base!r}.")
         if not 0 <= shrinkage <= 1:
             raise ValueError(f"`shrinkage` must lie in [0, 1], got {shrinkage!r}.")
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"`dim` must be a positive integer, got {dim!r}.")
-        if isinstance(n_anchors, bool) or not isinstance(n_anchors, int) or n_anchors < 1:
-            raise ValueError(f"`n_anchors` must be a positive integer, got {n_anchors!r}.")
-        hidden = None if hidden is None else [int(h) for h in hidden]
+        dim = check_int("dim", dim)
+        n_anchors = check_int("n_anchors", n_anchors)
+        hidden = None if hidden is None else [check_int("hidden", h) for h in hidden]
         super().__init__(
             dim=dim,
             hidden=hidden,
@@ -236,11 +235,15 @@ class HOTET(Model):
     def _set_reference(self, clouds: CloudFamily, reference: np.ndarray | torch.Tensor | None, generator) -> None:
         dim = self.config["dim"]
         means, covariances = (m.astype(np.float64) for m in family_moments(clouds, device=self.device))
+        # the moments are float32, and the reference covariance is kept in float32 in data units:
+        # features beyond about 1e19 overflow them, and would reach eigvalsh as inf
+        check_float32_range(covariances, "The covariance of the niches (squared feature units)")
         # pooled over all points: the mean of the clouds' second moments E[x xᵀ], less the outer mean
         second = (covariances + means[:, :, None] * means[:, None, :]).mean(0)
         mean = means.mean(0)
         cov = second - np.outer(mean, mean)
         cov = 0.5 * (cov + cov.T)
+        check_float32_range(second, "The second moment of the niche points (squared feature units)")
         # scalar normalisation: rms spread per coordinate, floored for degenerate data
         spread = math.sqrt(max(float(np.trace(cov)) / dim, 1e-12))
         to = {"device": self.device, "dtype": torch.float32}
@@ -267,11 +270,14 @@ class HOTET(Model):
             n_anchors = self.config["n_anchors"]
             rows = generator.choice(len(points), size=n_anchors, replace=len(points) < n_anchors)
             self.anchors = points[torch.as_tensor(rows, device=self.device)]
-        self.fitted = torch.ones((), dtype=torch.bool, device=self.device)
 
     def sample_reference(self, n_clouds: int, n_points: int, generator: np.random.Generator) -> torch.Tensor:
         """Independent samples of the reference, shape ``(n_clouds, n_points, dim)``, in data coordinates."""
         self._check_fitted()
+        return self._draw_reference(n_clouds, n_points, generator)
+
+    def _draw_reference(self, n_clouds: int, n_points: int, generator: np.random.Generator) -> torch.Tensor:
+        # also used while training, before the model is marked fitted
         dim = self.config["dim"]
         if self.reference_is_cloud:
             rows = generator.integers(0, len(self.reference_points), size=(n_clouds, n_points))
@@ -381,21 +387,18 @@ class HOTET(Model):
                 raise ValueError(f"`reference` must have shape (n_points, {self.config['dim']}), got {shape}.")
             if not np.isfinite(np.asarray(reference, dtype=np.float64)).all():
                 raise ValueError("`reference` contains NaN or infinite values.")
-        for name, value in (
-            ("n_steps", n_steps),
-            ("batch_size", batch_size),
-            ("n_reference_samples", n_reference_samples),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-        with seeded(random_state) as rng:
+        n_steps = check_int("n_steps", n_steps)
+        batch_size = check_int("batch_size", batch_size)
+        n_reference_samples = check_int("n_reference_samples", n_reference_samples)
+        # a failure anywhere below, reference included, leaves the model as it was
+        with restored_on_failure(self), seeded(random_state) as rng:
             if not bool(self.fitted):
                 self._set_reference(clouds, reference, rng)
 
             def step_loss(step: int) -> torch.Tensor:
                 rows = rng.choice(len(clouds), size=batch_size, replace=len(clouds) < batch_size)
                 batch = take(clouds, np.sort(rows), self.device)
-                return self._step_loss(batch, self.sample_reference(batch_size, n_reference_samples, rng))
+                return self._step_loss(batch, self._draw_reference(batch_size, n_reference_samples, rng))
 
             train(
                 self,
@@ -408,6 +411,7 @@ class HOTET(Model):
                 progress=progress,
                 description="HOTET",
             )
+            self.fitted.fill_(True)  # only once training succeeded
         return self
 
     # ------------------------------------------------------------------ inference

@@ -1,14 +1,65 @@
-"""The one training loop every model uses: Adam, step decay, gradient clipping, progress bar."""
+"""The one training loop every model uses: Adam, step decay, gradient clipping, progress bar.
+
+It also holds the one rule every ``fit`` follows: a fit that fails leaves the model as it was.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from tqdm.auto import tqdm
 
+from .._validation import check_int
 from ._base import Model
+
+
+@contextmanager
+def restored_on_failure(model: Model) -> Iterator[None]:
+    """Run a block that changes ``model``; if it raises, put back the weights, buffers, history and mode.
+
+    Every ``fit`` runs its whole body, calibration included, in this block, so that a failed fit
+    (a non-finite loss, a bad batch, any exception) never leaves a half-trained or half-calibrated
+    model that later calls would use silently. A ``KeyboardInterrupt`` is not a failure: the
+    steps taken so far are kept, with their history, as before. Nested blocks on the same model
+    keep one snapshot, the outermost.
+
+    Parameters
+    ----------
+    model
+        The model the block changes.
+
+    Examples
+    --------
+    >>> from spatialot.models import Wormhole
+    >>> model = Wormhole(2, n_components=2)
+    >>> with restored_on_failure(model):  # doctest: +SKIP
+    ...     model.fit(clouds, learning_rate=1e9)  # raises: the model is as it was before
+    """
+    if getattr(model, "_snapshot_held", False):
+        yield
+        return
+    # on the CPU, so that the copy takes no accelerator memory; load_state_dict copies it back
+    # in place, into the same parameter and buffer objects the caller and optimiser hold
+    state = {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
+    history, training = list(model.history), model.training
+    model._snapshot_held = True
+    try:
+        yield
+    except Exception:
+        model.load_state_dict(state)
+        model.history = history
+        model.train(training)
+        raise
+    finally:
+        model._snapshot_held = False
+
+
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    # one device synchronisation for all tensors, not one per tensor
+    return not tensors or bool(torch.stack([torch.isfinite(tensor).all() for tensor in tensors]).all())
 
 
 def train(
@@ -47,35 +98,54 @@ def train(
     Returns
     -------
     The loss of every step of this call.
+
+    Raises
+    ------
+    RuntimeError
+        If the loss or the gradients become NaN or infinite. The check comes before the
+        optimiser step, and the model is then restored as it was before the call (see
+        :func:`restored_on_failure`).
     """
-    if n_steps < 1:
-        raise ValueError(f"`n_steps` must be at least 1, got {n_steps}.")
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-    schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=decay_every, gamma=decay_rate)
-    losses: list[float] = []
-    model.train()
-    bar = tqdm(range(n_steps), desc=description, disable=not progress)
-    try:
-        for step in bar:
-            optimizer.zero_grad(set_to_none=True)
-            loss = step_loss(step)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise RuntimeError(
-                    f"The training loss became {value} at step {step}: lower the learning rate, "
-                    "or check the input clouds for extreme values."
-                )
-            loss.backward()
-            if max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-            optimizer.step()
-            schedule.step()
-            losses.append(value)
-            if step % 10 == 0 or step == n_steps - 1:
-                recent = losses[-50:]
-                bar.set_postfix(loss=f"{sum(recent) / len(recent):.4g}")
-    finally:
-        bar.close()
-        model.history.extend(losses)
-        model.eval()
+    n_steps = check_int("n_steps", n_steps)
+    parameters = list(model.parameters())
+    with restored_on_failure(model):
+        optimizer = torch.optim.Adam(parameters, lr=learning_rate)
+        schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=decay_every, gamma=decay_rate)
+        losses: list[float] = []
+        model.train()
+        bar = tqdm(range(n_steps), desc=description, disable=not progress)
+        try:
+            for step in bar:
+                optimizer.zero_grad(set_to_none=True)
+                loss = step_loss(step)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    _diverged(f"The training loss became {value} at step {step}")
+                loss.backward()
+                # checked before the step: Adam would write a NaN gradient into every weight
+                gradients = [parameter.grad for parameter in parameters if parameter.grad is not None]
+                if not _all_finite(gradients):
+                    _diverged(f"The gradients became NaN or infinite at step {step}")
+                if max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+                optimizer.step()
+                schedule.step()
+                losses.append(value)
+                if step % 10 == 0 or step == n_steps - 1:
+                    recent = losses[-50:]
+                    bar.set_postfix(loss=f"{sum(recent) / len(recent):.4g}")
+            # a finite last gradient can still take a weight out of range
+            if not _all_finite(parameters):
+                _diverged(f"The weights became NaN or infinite at step {n_steps - 1}")
+        finally:
+            bar.close()
+            model.history.extend(losses)
+            model.eval()
     return losses
+
+
+def _diverged(what: str) -> None:
+    raise RuntimeError(
+        f"{what}: lower the learning rate, or check the input clouds for extreme values. "
+        "The model is left as it was before this call."
+    )

@@ -19,12 +19,13 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from .._validation import check_float32_range, check_int
 from ..ot import PointClouds, gaussian_moments, sinkhorn, squared_euclidean_cost
 from ._base import Model
 from ._batches import CloudFamily, take
 from ._blocks import SetTransformer, mlp
 from ._device import resolve_device, seeded
-from ._training import train
+from ._training import restored_on_failure, train
 
 Matching = Literal["auto", "exact", "entropic"]
 Noise = Literal["normal", "cholesky"]
@@ -251,9 +252,8 @@ class WassersteinFlowMatching(Model):
         matching: Matching = "auto",
         epsilon: float = 0.002,
     ):
-        for name, value in {"dim": dim, "max_size": max_size, "width": width, "n_layers": n_layers}.items():
-            if isinstance(value, bool) or int(value) != value or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        dim, max_size = check_int("dim", dim), check_int("max_size", max_size)
+        width, n_layers = check_int("width", width), check_int("n_layers", n_layers)
         if noise not in _NOISES:
             raise ValueError(f"`noise` must be one of {_NOISES}, got {noise!r}.")
         if matching not in _MATCHINGS:
@@ -338,11 +338,14 @@ class WassersteinFlowMatching(Model):
 
     def _calibrate(self, family: CloudFamily, codes: np.ndarray, rng: np.random.Generator) -> None:
         sample = take(family, np.sort(rng.choice(len(family), min(len(family), 4096), replace=False)), self.device)
-        weights = sample.weights[..., None] / len(sample)
-        center = (weights * sample.points).sum((0, 1))
-        variance = (weights * (sample.points - center) ** 2 * sample.mask[..., None]).sum() / self.config["dim"]
+        # in float64: squares of features beyond about 1e19 overflow float32 to inf
+        points, weights = sample.points.double(), sample.weights[..., None].double() / len(sample)
+        center = (weights * points).sum((0, 1))
+        variance = (weights * (points - center) ** 2 * sample.mask[..., None]).sum() / self.config["dim"]
+        scale = float(variance.clamp_min(1e-24).sqrt())
+        check_float32_range(np.array([scale]), "The spread of the points")
         self.center.copy_(center)
-        self.scale.fill_(float(variance.clamp_min(1e-24).sqrt()))
+        self.scale.fill_(scale)
         if self.config["noise"] == "cholesky":
             _, covariances = gaussian_moments(self._standardise(sample))
             mean, std = cholesky_statistics(covariances.double())
@@ -414,12 +417,12 @@ class WassersteinFlowMatching(Model):
             raise ValueError("This model was built without `labels`; build it with `labels=` to train on conditions.")
         if not 0 <= p_uncond <= 1:
             raise ValueError(f"`p_uncond` must lie in [0, 1], got {p_uncond}.")
-        if batch_size < 1:
-            raise ValueError(f"`batch_size` must be at least 1, got {batch_size}.")
+        batch_size = check_int("batch_size", batch_size)
         codes = label_codes(labels, self.label_names, len(family))
         self.to(resolve_device(device))
         codes_tensor = torch.as_tensor(codes, device=self.device)
-        with seeded(random_state) as rng:
+        # a failure anywhere below, calibration included, leaves the model as it was
+        with restored_on_failure(self), seeded(random_state) as rng:
             if not self.history:
                 self._calibrate(family, codes, rng)
 
@@ -510,10 +513,7 @@ class WassersteinFlowMatching(Model):
         n = _resolve_count(n, labels, sizes)
         if method not in _INTEGRATORS:
             raise ValueError(f"`method` must be one of {_INTEGRATORS}, got {method!r}.")
-        if n_steps < 1:
-            raise ValueError(f"`n_steps` must be at least 1, got {n_steps}.")
-        if batch_size < 1:
-            raise ValueError(f"`batch_size` must be at least 1, got {batch_size}.")
+        n_steps, batch_size = check_int("n_steps", n_steps), check_int("batch_size", batch_size)
         codes = label_codes(labels, self.label_names, n)
         max_size = self.config["max_size"]
         with seeded(random_state) as rng:
@@ -563,8 +563,7 @@ def _resolve_count(n, labels, sizes) -> int:
         if len(lengths) != 1:
             raise ValueError("Pass `n`, or `labels`/`sizes` as sequences of one common length.")
         return lengths.pop()
-    if isinstance(n, bool) or int(n) != n or n < 1:
-        raise ValueError(f"`n` must be a positive integer, got {n!r}.")
-    if lengths - {int(n)}:
+    n = check_int("n", n)
+    if lengths - {n}:
         raise ValueError(f"`labels` and `sizes` must have `n`={n} entries when given as sequences.")
     return int(n)

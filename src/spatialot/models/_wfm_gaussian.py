@@ -19,11 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._validation import check_float32_range, check_int
 from ..ot import gaussian_map
 from ._base import Model
 from ._blocks import mlp
 from ._device import resolve_device, seeded
-from ._training import train
+from ._training import restored_on_failure, train
 from ._wfm import (
     _INTEGRATORS,
     FlowConditioner,
@@ -107,9 +108,7 @@ class GaussianFlowMatching(Model):
         n_frequencies: int = 16,
         ridge: float = 1e-2,
     ):
-        for name, value in {"dim": dim, "width": width, "n_layers": n_layers}.items():
-            if isinstance(value, bool) or int(value) != value or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        dim, width, n_layers = check_int("dim", dim), check_int("width", width), check_int("n_layers", n_layers)
         if not ridge > 0:
             raise ValueError(f"`ridge` must be positive, got {ridge}.")
         names = None if labels is None else [str(label) for label in labels]
@@ -240,16 +239,16 @@ class GaussianFlowMatching(Model):
             raise ValueError("This model was built without `labels`; build it with `labels=` to train on conditions.")
         if not 0 <= p_uncond <= 1:
             raise ValueError(f"`p_uncond` must lie in [0, 1], got {p_uncond}.")
-        if batch_size < 1:
-            raise ValueError(f"`batch_size` must be at least 1, got {batch_size}.")
+        batch_size = check_int("batch_size", batch_size)
         codes = label_codes(labels, self.label_names, len(means))
         self.to(resolve_device(device))
         means, covariances = means.to(self.device), covariances.to(self.device)
         codes_tensor = torch.as_tensor(codes, device=self.device)
-        if not self.history:
-            self._calibrate(means, covariances, codes)
-        data_means, data_covs = self._standardise(means, covariances)
-        with seeded(random_state) as rng:
+        # a failure anywhere below, calibration included, leaves the model as it was
+        with restored_on_failure(self), seeded(random_state) as rng:
+            if not self.history:
+                self._calibrate(means, covariances, codes)
+            data_means, data_covs = self._standardise(means, covariances)
 
             def step_loss(step: int) -> torch.Tensor:
                 chosen = torch.as_tensor(rng.choice(len(means), min(batch_size, len(means)), replace=False))
@@ -273,6 +272,8 @@ class GaussianFlowMatching(Model):
     def _calibrate(self, means: torch.Tensor, covs: torch.Tensor, codes: np.ndarray) -> None:
         center = means.mean(0)
         total = ((means - center) ** 2).sum(1).mean() + torch.diagonal(covs, dim1=1, dim2=2).sum(1).mean()
+        # float32 moments of features beyond about 1e19 have overflowed to inf
+        check_float32_range(total.detach().cpu().numpy(), "The spread of the Gaussians (squared feature units)")
         self.center.copy_(center)
         self.scale.fill_(float((total / self.config["dim"]).clamp_min(1e-24).sqrt()))
         _, standardised = self._standardise(means, covs)
@@ -318,8 +319,7 @@ class GaussianFlowMatching(Model):
         n = _resolve_count(n, labels, None)
         if method not in _INTEGRATORS:
             raise ValueError(f"`method` must be one of {_INTEGRATORS}, got {method!r}.")
-        if n_steps < 1:
-            raise ValueError(f"`n_steps` must be at least 1, got {n_steps}.")
+        n_steps = check_int("n_steps", n_steps)
         codes = torch.as_tensor(label_codes(labels, self.label_names, n), device=self.device)
         was_training = self.training
         self.eval()

@@ -8,12 +8,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._validation import check_float32_range
 from ..ot import PointClouds, exact_w2_squared, sinkhorn
 from ._base import Model
 from ._batches import CloudFamily, map_batches, take
 from ._blocks import SetTransformer, mlp, weighted_mean
 from ._device import resolve_device, seeded
-from ._training import train
+from ._training import restored_on_failure, train
 
 OTDistance = Literal["sinkhorn_divergence", "entropic", "exact"]
 _OT_DISTANCES = ("sinkhorn_divergence", "entropic", "exact")
@@ -208,10 +209,14 @@ class Wormhole(Model):
         self.upper.copy_(real.max(0).values)
         first = torch.as_tensor(rng.integers(len(sample), size=n_pairs), device=device)
         second = torch.as_tensor(rng.integers(len(sample), size=n_pairs), device=device)
-        cost = torch.cdist(sample.points[first], sample.points[second]) ** 2
+        # in float64: squared distances of features beyond about 1e19 overflow float32 to inf
+        points = sample.points.double()
+        cost = torch.cdist(points[first], points[second]) ** 2
         valid = sample.mask[first][:, :, None] & sample.mask[second][:, None, :]
         largest = float(torch.where(valid, cost, 0).max())
-        self.scale.fill_(max(largest, 1e-12) ** 0.5)
+        scale = max(largest, 1e-12) ** 0.5
+        check_float32_range(np.array([scale]), "The cost scale (largest distance between points of two clouds)")
+        self.scale.fill_(scale)
 
     def fit(
         self,
@@ -263,7 +268,8 @@ class Wormhole(Model):
         batch_size = min(batch_size, len(family))
         self.to(resolve_device(device))
         first, second = torch.triu_indices(batch_size, batch_size, offset=1, device=self.device)
-        with seeded(random_state) as rng:
+        # a failure anywhere below, calibration included, leaves the model as it was
+        with restored_on_failure(self), seeded(random_state) as rng:
             if not self.history:
                 self.calibrate(family, rng)
 
