@@ -154,6 +154,14 @@ def test_concatenation_keeps_niches_with_pairwise(atlas):
         sot.get.niche_clouds(dropped)
 
 
+def test_concatenation_with_cells_without_niches_is_refused_naming_one(atlas):
+    adata = atlas[:200].copy()
+    sot.pp.niches(adata, k=8)
+    both = ad.concat([adata, atlas[200:].copy()], join="outer", pairwise=True, uns_merge="first", index_unique="-")
+    with pytest.raises(ValueError, match=r"100 cells have no niche under 'niche', e.g. 'cell200-1'"):
+        sot.get.niche_clouds(both)
+
+
 # ---------------------------------------------------------------------------------------- 2
 def _hotet_failing_at(model, step, failure):
     """Make the third loss of ``model`` NaN or an exception, after two real optimiser steps."""

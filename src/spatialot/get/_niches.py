@@ -7,6 +7,7 @@ niches through it.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
@@ -61,14 +62,15 @@ def niche_clouds(adata: AnnData, *, niche_key: str = "niche") -> IndexedClouds:
             "(after `anndata.concat`, pass `pairwise=True` to keep them)."
         )
     params = adata.uns[keys.uns]["params"]
-    sizes = adata.obs[keys.size]
-    if sizes.isna().any():  # cells concatenated from an AnnData without these niches
-        cells = np.flatnonzero(sizes.isna())
-        raise ValueError(
-            f"{len(cells)} cells have no niche under {niche_key!r}, e.g. {adata.obs_names[cells[0]]!r}: "
-            f"run `sot.pp.niches(adata, key_added={niche_key!r})` again on this AnnData."
-        )
-    sizes = sizes.to_numpy().astype(np.int64)
+    sizes = adata.obs[keys.size].to_numpy()
+    if not np.issubdtype(sizes.dtype, np.integer):  # NaN: cells concatenated from an AnnData without these niches
+        cells = np.flatnonzero(pd.isna(sizes))
+        if len(cells):
+            raise ValueError(
+                f"{len(cells)} cells have no niche under {niche_key!r}, e.g. {adata.obs_names[cells[0]]!r}: "
+                f"run `sot.pp.niches(adata, key_added={niche_key!r})` again on this AnnData."
+            )
+        sizes = sizes.astype(np.int64)
     indices, mask, complete = padded_members(adata.obsp[keys.members], sizes)
     if not complete.all():
         cell = np.flatnonzero(~complete)
@@ -107,8 +109,10 @@ def padded_members(matrix: sp.spmatrix, sizes: np.ndarray) -> tuple[np.ndarray, 
     # them and as row or column subsets keep them; the index is then a view of the matrix
     if n_obs and (counts == width).all() and (sizes == width).all():
         ranks = matrix.data.reshape(n_obs, width)
-        if (ranks == np.arange(1, width + 1)).all():
-            return matrix.indices.reshape(n_obs, width), None, np.ones(n_obs, dtype=bool)
+        if (ranks == np.arange(1, width + 1, dtype=ranks.dtype)).all():  # same dtype: no upcast copy
+            indices = matrix.indices.reshape(n_obs, width)
+            indices.flags.writeable = False  # a view of what AnnData stores: reading must not change it
+            return indices, None, np.ones(n_obs, dtype=bool)
     indices = np.full((n_obs, width), PAD, dtype=matrix.indices.dtype)
     for start in range(0, n_obs, _ROW_CHUNK):
         stop = min(start + _ROW_CHUNK, n_obs)
