@@ -302,3 +302,41 @@ def test_plots_name_missing_keys(trained):
         sot.pl.embedding(adata, basis="missing", show=False)
     with pytest.raises(KeyError, match="key"):
         sot.pl.loss(adata, "missing", show=False)
+
+
+def test_encode_is_the_trained_distance_in_data_units():
+    """Whatever the internal parametrisation, ||z_i - z_j||² is what the loss fits, times the cost scale."""
+    clouds = random_clouds(n=8, seed=5)
+    model = small_model().fit(clouds, n_steps=3, batch_size=4, progress=False)
+    first, second = torch.triu_indices(8, 8, offset=1)
+    with torch.no_grad():
+        fitted = model._embedding_distances(model._encode_scaled(clouds), first, second) * model.scale**2
+    embedding = model.encode(clouds)
+    public = ((embedding[first.numpy()] - embedding[second.numpy()]) ** 2).sum(1)
+    np.testing.assert_allclose(public, fitted.numpy(), rtol=1e-4)
+    with torch.no_grad():
+        reconstructed = model._decode_scaled(model._encode_scaled(clouds)) * model.scale
+    np.testing.assert_allclose(model.decode(embedding), reconstructed.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_decoder_size_defaults_to_the_mean_cloud_size(tmp_path):
+    rng = np.random.default_rng(0)
+    clouds = PointClouds.from_list([rng.normal(size=(n, 3)) for n in (3, 4, 6, 9, 9, 9)])  # mean 6.67
+    model = small_model(decoder_size=None)
+    with pytest.raises(RuntimeError, match="first `fit`"):
+        model.decode(np.zeros((1, SMALL["n_components"])))
+    model.fit(clouds, n_steps=2, batch_size=3, progress=False)
+    assert model.config["decoder_size"] == 7
+    assert model.decode(model.encode(clouds)).shape == (6, 7, 3)
+    model.save(tmp_path / "model.pt")
+    loaded = Wormhole.load(tmp_path / "model.pt", device="cpu")
+    np.testing.assert_array_equal(loaded.decode(loaded.encode(clouds)), model.decode(model.encode(clouds)))
+
+
+def test_tl_wormhole_decoder_size(tissue):
+    adata = tissue.copy()
+    model = sot.tl.wormhole(adata, n_steps=2, batch_size=4, n_components=8, progress=False)
+    assert adata.uns["wormhole"]["params"]["decoder_size"] == 6  # the niches hold k = 6 cells
+    model = sot.tl.wormhole(adata, n_steps=2, batch_size=4, n_components=8, decoder_size=3, progress=False)
+    assert model.decode(adata.obsm["X_wormhole"][:2]).shape == (2, 3, 4)
+    assert adata.uns["wormhole"]["params"]["decoder_size"] == 3

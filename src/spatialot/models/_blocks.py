@@ -114,6 +114,20 @@ class SetTransformer(nn.Module):
         return self.norm(tokens)
 
 
+def glorot_init(module: nn.Module) -> None:
+    """Glorot-uniform weights and zero biases for every dense layer of ``module``.
+
+    PyTorch's default draws biases at random and weights from a narrower range; the JAX
+    models that the methods come from (Flax's defaults in the authors' code) start this way,
+    and the training schedules they publish assume it.
+    """
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
 def weighted_mean(tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Pool tokens ``(batch, size, width)`` with weights ``(batch, size)`` summing to 1 per cloud."""
     return torch.einsum("bs,bsw->bw", weights.to(tokens.dtype), tokens)

@@ -26,6 +26,7 @@ def wormhole(
     ot_distance: OTDistance = "sinkhorn_divergence",
     epsilon: float = 0.01,
     decoder_weight: float = 1.0,
+    decoder_size: int | None = None,
     model: Wormhole | None = None,
     device: str = "auto",
     random_state: int | None = 0,
@@ -66,6 +67,9 @@ def wormhole(
         two niches (the paper's default 0.01).
     decoder_weight
         Weight of the decoder's reconstruction loss; 0 skips the decoder.
+    decoder_size
+        Number of cells in a decoded niche (:meth:`~spatialot.models.Wormhole.decode`,
+        barycentres, interpolation). Default: the mean niche size.
     model
         A trained model: skip training and embed with it.
     device
@@ -126,6 +130,7 @@ def wormhole(
                 ot_distance=ot_distance,
                 epsilon=epsilon,
                 decoder_weight=decoder_weight,
+                decoder_size=decoder_size,
             )
         model.fit(
             family,
