@@ -212,13 +212,15 @@ def test_non_finite_gradients_stop_training_before_the_step(atlas):
     adata = _small(atlas)
     family = sot.get.niche_clouds(adata)
     model = Wormhole(4, n_components=4, width=16, n_layers=1, mlp_width=16, decoder_weight=0.0)
-    weights = _weights(model)
+    weights, config = _weights(model), dict(model.config)
     # a finite loss whose gradient is NaN: only a check between backward and step catches it
     model.encoder_head[-1].weight.register_hook(lambda gradient: gradient * float("nan"))
     with pytest.raises(RuntimeError, match="gradients became NaN"):
         model.fit(family, n_steps=3, batch_size=4, progress=False)
     _assert_same_weights(model, weights)  # the cost scale of the failed calibration included
     assert model.history == []
+    # the decoder layer that the first fit sizes from the clouds is gone again, with its size
+    assert model.decoder_tokens is None and model.config == config
 
 
 def test_failed_wormhole_fit_then_tl_writes_a_finite_embedding(atlas):

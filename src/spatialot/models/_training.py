@@ -5,6 +5,7 @@ It also holds the one rule every ``fit`` follows: a fit that fails leaves the mo
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,13 +19,13 @@ from ._base import Model
 
 @contextmanager
 def restored_on_failure(model: Model) -> Iterator[None]:
-    """Run a block that changes ``model``; if it raises, put back the weights, buffers, history and mode.
+    """Run a block that changes ``model``; if it raises, put back its layers, weights, buffers, config and history.
 
     Every ``fit`` runs its whole body, calibration included, in this block, so that a failed fit
     (a non-finite loss, a bad batch, any exception) never leaves a half-trained or half-calibrated
     model that later calls would use silently. A ``KeyboardInterrupt`` is not a failure: the
-    steps taken so far are kept, with their history, as before. Nested blocks on the same model
-    keep one snapshot, the outermost.
+    steps taken so far are kept, with their history, as before. The training mode is put back
+    too. Nested blocks on the same model keep one snapshot, the outermost.
 
     Parameters
     ----------
@@ -41,16 +42,25 @@ def restored_on_failure(model: Model) -> Iterator[None]:
     if getattr(model, "_snapshot_held", False):
         yield
         return
-    # on the CPU, so that the copy takes no accelerator memory; load_state_dict copies it back
-    # in place, into the same parameter and buffer objects the caller and optimiser hold
+    # the values, on the CPU so that the copy takes no accelerator memory
     state = {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
-    history, training = list(model.history), model.training
+    # and the structure: a fit may build a layer sized from the data (where an attribute was
+    # None) or reassign a buffer. A shallow copy of the attributes, and of torch's registries of
+    # layers, weights and buffers among them, puts every object of before back in its place
+    attributes = dict(vars(model))
+    registries = {name: dict(attributes[name]) for name in ("_modules", "_parameters", "_buffers")}
+    config, history, training = copy.deepcopy(model.config), list(model.history), model.training
     model._snapshot_held = True
     try:
         yield
     except Exception:
-        model.load_state_dict(state)
-        model.history = history
+        vars(model).clear()
+        vars(model).update(attributes)
+        for name, before in registries.items():
+            attributes[name].clear()
+            attributes[name].update(before)
+        model.config, model.history = config, history
+        model.load_state_dict(state)  # copies the values back in place, into the objects of before
         model.train(training)
         raise
     finally:
