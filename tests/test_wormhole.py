@@ -340,3 +340,16 @@ def test_tl_wormhole_decoder_size(tissue):
     model = sot.tl.wormhole(adata, n_steps=2, batch_size=4, n_components=8, decoder_size=3, progress=False)
     assert model.decode(adata.obsm["X_wormhole"][:2]).shape == (2, 3, 4)
     assert adata.uns["wormhole"]["params"]["decoder_size"] == 3
+
+
+@pytest.mark.parametrize(
+    ("options", "fit_options", "name"),
+    [
+        ({"n_components": 2.5}, {}, "n_components"),
+        ({"decoder_size": 0}, {}, "decoder_size"),
+        ({}, {"batch_size": 2.5}, "batch_size"),
+    ],
+)
+def test_integer_arguments_are_checked_by_name(options, fit_options, name):
+    with pytest.raises(ValueError, match=f"`{name}` must be an integer"):
+        small_model(**options).fit(random_clouds(n=8), n_steps=1, progress=False, **fit_options)

@@ -74,7 +74,7 @@ def build_data(name: str, path: Path) -> dict[str, Any]:
     if name == "simulated":
         adata = sot.datasets.simulated_tissue(6000, n_cell_types=6, n_niche_types=5, random_state=SEED)
         sot.pp.niches(adata, radius=38, use_rep="X_latent")
-        sizes = (adata.obsm["niche_indices"] >= 0).sum(1)
+        sizes = np.asarray(sot.get.niche_clouds(adata).sizes)
         x = adata.obsm["spatial"][:, 0]
         usable = (sizes >= 30) & (sizes <= 64)
         left = np.flatnonzero(usable & (x < np.median(x)))

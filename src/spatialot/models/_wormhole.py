@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import check_float32_range
+from .._validation import check_float32_range, check_int
 from ..ot import PointClouds, exact_w2_squared, sinkhorn
 from ._base import Model
 from ._batches import CloudFamily, map_batches, take
@@ -112,12 +112,9 @@ class Wormhole(Model):
     ):
         if ot_distance not in _OT_DISTANCES:
             raise ValueError(f"`ot_distance` must be one of {_OT_DISTANCES}, got {ot_distance!r}.")
-        sizes = {"dim": dim, "n_components": n_components}
+        dim, n_components = check_int("dim", dim), check_int("n_components", n_components)
         if decoder_size is not None:
-            sizes["decoder_size"] = decoder_size
-        for name, value in sizes.items():
-            if int(value) < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {value}.")
+            decoder_size = check_int("decoder_size", decoder_size)
         if epsilon <= 0:
             raise ValueError(f"`epsilon` must be positive, got {epsilon}.")
         super().__init__(
@@ -301,9 +298,7 @@ class Wormhole(Model):
         self._check_family(family)
         if len(family) < 2:
             raise ValueError(f"Training needs at least 2 clouds, got {len(family)}.")
-        if batch_size < 2:
-            raise ValueError(f"`batch_size` must be at least 2 (distances need pairs), got {batch_size}.")
-        batch_size = min(batch_size, len(family))
+        batch_size = min(check_int("batch_size", batch_size, minimum=2, why="the loss compares pairs"), len(family))
         self.to(resolve_device(device))
         first, second = torch.triu_indices(batch_size, batch_size, offset=1, device=self.device)
         # a failure anywhere below, calibration included, leaves the model as it was
