@@ -353,3 +353,22 @@ def test_tl_wormhole_decoder_size(tissue):
 def test_integer_arguments_are_checked_by_name(options, fit_options, name):
     with pytest.raises(ValueError, match=f"`{name}` must be an integer"):
         small_model(**options).fit(random_clouds(n=8), n_steps=1, progress=False, **fit_options)
+
+
+def test_decoder_loss_does_not_reshape_the_embedding():
+    """The encoder's gradient is that of the distance loss alone; the decoder still gets its own."""
+    clouds = random_clouds(n=6, seed=7)
+    first, second = torch.triu_indices(6, 6, offset=1)
+    gradients = {}
+    for weight in (0.0, 1.0):
+        model = small_model(decoder_weight=weight)
+        model.calibrate(clouds, np.random.default_rng(0))
+        model._build_decoder_tokens(4)
+        model._loss(clouds, first, second).backward()
+        gradients[weight] = model
+    for (name, without), (_, with_decoder) in zip(
+        gradients[0.0].encoder.named_parameters(), gradients[1.0].encoder.named_parameters(), strict=True
+    ):
+        torch.testing.assert_close(with_decoder.grad, without.grad, msg=name)
+    assert all(p.grad is None for p in gradients[0.0].decoder.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in gradients[1.0].decoder.parameters())

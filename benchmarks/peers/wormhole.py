@@ -252,12 +252,18 @@ def _no_final_norm(model) -> None:
     model.encoder.norm = torch.nn.Identity()
 
 
+def _joint_decoder(model) -> None:
+    """The paper's joint training: the decoder's loss also shapes the embedding."""
+    model._decoder_reads_detached = False
+
+
 # internal choices that are no constructor argument, switched by --ablation (comma-separated)
 ABLATIONS = {
     "sum-distance": _sum_distance,
     "torch-init": _torch_init,
     "fixed-200-iterations": _fixed_iterations,
     "no-final-norm": _no_final_norm,
+    "joint-decoder": _joint_decoder,
 }
 
 

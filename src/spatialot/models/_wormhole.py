@@ -35,7 +35,8 @@ class Wormhole(Model):
 
     .. math:: \frac{1}{|\text{pairs}|}\sum_{i<j}\Big(D(x_i, x_j)
               - \tfrac1n\lVert h_i - h_j\rVert^2\Big)^2
-              \; + \; \lambda\, \frac1B \sum_i S_\varepsilon\big(x_i, \mathrm{dec}(h_i)\big),
+              \; + \; \lambda\, \frac1B \sum_i S_\varepsilon\big(x_i,
+              \mathrm{dec}(\mathrm{sg}(h_i))\big),
 
     where :math:`h_i \in \mathbb{R}^n` is the network's output for cloud :math:`x_i`,
     :math:`D` is the OT distance chosen by ``ot_distance`` and computed on the fly with
@@ -49,6 +50,13 @@ class Wormhole(Model):
     reads embeddings squeezed near zero. :meth:`encode` returns
     :math:`z = h \sqrt{s / n}`, so that :math:`\lVert z_i - z_j\rVert^2 \approx W_2^2(x_i, x_j)`
     in the units of the data, whatever the internal parametrisation.
+
+    Unlike the paper, the decoder's loss does not reach the encoder (:math:`\mathrm{sg}` stops
+    the gradient): the decoder learns to read the embedding that the distance loss alone
+    shapes. Trained jointly, the reconstruction pulls the embedding away from the distances;
+    side by side with the official code (``benchmarks/peers/wormhole.py``) the joint loss cost
+    fidelity, most of all on pairs of niches of the same type, while the detached decoder
+    reconstructs as well.
 
     Parameters
     ----------
@@ -93,6 +101,10 @@ class Wormhole(Model):
     another sample: out-of-sample embedding); reconstruct with :meth:`decode`; average niches
     with :meth:`barycenter` and :meth:`interpolate`.
     """
+
+    # the paper trains encoder and decoder jointly; detaching is what spatialot does (ablation:
+    # benchmarks/peers/wormhole.py --ablation joint-decoder)
+    _decoder_reads_detached = True
 
     def __init__(
         self,
@@ -216,7 +228,9 @@ class Wormhole(Model):
         predicted = self._embedding_distances(outputs, first, second)
         loss = ((predicted - self.pair_targets(clouds, first, second)) ** 2).mean()
         if self.config["decoder_weight"] > 0:
-            decoded = self._decode_scaled(outputs)
+            # the decoder learns to read the embedding without reshaping it: its gradient stops
+            # at the embedding, which the distance loss alone shapes (see the class notes)
+            decoded = self._decode_scaled(outputs.detach() if self._decoder_reads_detached else outputs)
             size = decoded.shape[1]
             uniform = torch.full(decoded.shape[:2], 1 / size, dtype=decoded.dtype, device=decoded.device)
             decoded_clouds = PointClouds(decoded, torch.ones_like(uniform, dtype=torch.bool), uniform)
