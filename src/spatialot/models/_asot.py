@@ -67,6 +67,19 @@ class ASOT(Model):
         kernel iterations).
     n_iter
         Sinkhorn iterations per anchor problem (fixed, so that training and use agree).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from spatialot.models import ASOT
+    >>> from spatialot.ot import PointClouds
+    >>> rng = np.random.default_rng(0)
+    >>> clouds = PointClouds.from_list([rng.normal(size=(8, 2)) for _ in range(20)])
+    >>> model = ASOT(2, n_anchors=6).fit(clouds, progress=False)
+    >>> model.transform(clouds).shape
+    (20, 6)
+    >>> model.pairwise_distances(clouds).shape  # doctest: +SKIP
+    (20, 20)
     """
 
     def __init__(

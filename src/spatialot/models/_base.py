@@ -19,6 +19,21 @@ class Model(nn.Module):
     ``super().__init__(**config)``, builds its layers, and keeps any fitted non-trainable state
     (scales, reference measures…) in buffers, so that :meth:`save` and :meth:`load` restore a
     model exactly. ``history`` holds the training loss of every step taken so far.
+
+    Examples
+    --------
+    A model holding one buffer, saved and read back:
+
+
+    >>> import torch
+    >>> class Scale(Model):
+    ...     def __init__(self, dim: int):
+    ...         super().__init__(dim=dim)
+    ...         self.register_buffer("scale", torch.ones(dim))
+    >>> model = Scale(3)
+    >>> model.save("scale.pt")  # doctest: +SKIP
+    >>> Scale.load("scale.pt").config  # doctest: +SKIP
+    {'dim': 3}
     """
 
     def __init__(self, **config: Any):

@@ -233,6 +233,17 @@ class WassersteinFlowMatching(Model):
     Points are standardised inside the model by the per-dimension mean and one global scale
     (so that the geometry, and with it :math:`W_2`, is preserved up to that scale); samples
     come back in the units of the data.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from spatialot.models import WassersteinFlowMatching
+    >>> from spatialot.ot import PointClouds
+    >>> rng = np.random.default_rng(0)
+    >>> clouds = PointClouds.from_list([rng.normal(size=(8, 2)) for _ in range(32)])
+    >>> model = WassersteinFlowMatching(2, max_size=8).fit(clouds, n_steps=50, progress=False)  # doctest: +SKIP
+    >>> model.sample(4).points.shape  # doctest: +SKIP
+    torch.Size([4, 8, 2])
     """
 
     def __init__(

@@ -96,6 +96,16 @@ class GaussianFlowMatching(Model):
     Noise Gaussians have standard normal means and covariances :math:`L L^\top` with a random
     Cholesky factor around the mean Cholesky factor of the data covariances (in the
     standardised space). Generated Gaussians come back in the units of the data.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from spatialot.models import GaussianFlowMatching
+    >>> rng = np.random.default_rng(0)
+    >>> means = rng.normal(size=(64, 2))
+    >>> covariances = np.tile(np.eye(2), (64, 1, 1))
+    >>> model = GaussianFlowMatching(2).fit(means, covariances, n_steps=50, progress=False)  # doctest: +SKIP
+    >>> new_means, new_covariances = model.sample(8)  # doctest: +SKIP
     """
 
     def __init__(

@@ -43,6 +43,13 @@ def anchor_cost(anchors: torch.Tensor | np.ndarray, other: torch.Tensor | np.nda
     Returns
     -------
     Tensor of shape ``(k, m)``, with an exactly zero diagonal when ``other`` is ``None``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> anchor_cost(torch.tensor([[0.0, 0.0], [3.0, 4.0]]))
+    tensor([[ 0., 25.],
+            [25.,  0.]])
     """
     x = torch.as_tensor(anchors)
     y = x if other is None else torch.as_tensor(other, dtype=x.dtype, device=x.device)
@@ -93,6 +100,14 @@ def anchor_sinkhorn(
     Returns
     -------
     Tensor of shape ``(batch,)``: :math:`\langle P, C\rangle`, in squared units.
+
+    Examples
+    --------
+    >>> import torch
+    >>> cost = anchor_cost(torch.tensor([[0.0], [1.0]]))
+    >>> a, b = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    >>> anchor_sinkhorn(a, b, cost, epsilon=0.01)
+    tensor([1.])
     """
     if epsilon <= 0:
         raise ValueError(f"`epsilon` must be positive, got {epsilon}.")
@@ -191,6 +206,13 @@ def anchor_exact(a: np.ndarray, b: np.ndarray, cost: np.ndarray, *, progress: bo
     Returns
     -------
     Float64 array of shape ``(batch,)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> cost = np.array([[0.0, 1.0], [1.0, 0.0]])
+    >>> anchor_exact(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]]), cost)
+    array([1.])
     """
     a, b, cost = (np.asarray(t, dtype=np.float64) for t in (a, b, cost))
     values = np.empty(len(a), dtype=np.float64)
@@ -281,6 +303,14 @@ def anchor_paired_distances(
     Returns
     -------
     Float64 array of shape ``(n,)`` in squared units.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> cost = anchor_cost(np.array([[0.0], [1.0], [2.0]]))
+    >>> h = np.array([[1.0, 0, 0], [0, 1.0, 0]])
+    >>> anchor_paired_distances(h, h[[1, 0]], cost, method="exact")
+    array([1., 1.])
     """
     h, other, cost, device = _prepare(h, other, cost, method, epsilon, device)
     if len(h) != len(other):
@@ -338,6 +368,14 @@ def anchor_pairwise_distances(
     Returns
     -------
     Float64 array of shape ``(n, m)`` in squared units (:math:`W_2^2` estimates).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> cost = anchor_cost(np.array([[0.0], [1.0], [2.0]]))
+    >>> h = np.eye(3)
+    >>> anchor_pairwise_distances(h, None, cost, method="exact")[0]
+    array([0., 1., 4.])
     """
     symmetric = other is None
     h, other, cost, device = _prepare(h, other, cost, method, epsilon, device)
@@ -416,6 +454,15 @@ def anchor_kneighbors(
     -------
     ``(indices, distances)``, both of shape ``(n, n_neighbors)``, sorted by distance, with
     distances in squared units (:math:`W_2^2` estimates).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> cost = anchor_cost(np.array([[0.0], [1.0], [2.0]]))
+    >>> h = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [0.9, 0.1, 0]])
+    >>> indices, distances = anchor_kneighbors(h, cost, 2, method="exact")
+    >>> indices[:, 1]
+    array([3, 3, 1, 0])
     """
     h, other, cost, device = _prepare(h, None, cost, method, epsilon, device)
     n = len(h)

@@ -34,6 +34,15 @@ def exact_w2_squared(
     Returns
     -------
     Array of shape ``(batch,)`` holding :math:`W_2^2` (the squared distance, not :math:`W_2`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from spatialot.ot import PointClouds
+    >>> x = PointClouds.from_list([np.zeros((3, 2))])
+    >>> y = PointClouds.from_list([np.ones((3, 2))])
+    >>> exact_w2_squared(x, y)
+    array([2.])
     """
     if len(x) != len(y):
         raise ValueError(f"`x` and `y` must hold the same number of clouds, got {len(x)} and {len(y)}.")

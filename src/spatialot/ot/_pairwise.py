@@ -59,6 +59,15 @@ def paired_distances(
     Returns
     -------
     Float64 array of shape ``(batch,)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from spatialot.ot import PointClouds
+    >>> x = PointClouds.from_list([np.zeros((3, 2)), np.zeros((4, 2))])
+    >>> y = PointClouds.from_list([np.ones((3, 2)), np.zeros((2, 2))])
+    >>> paired_distances(x, y)
+    array([2., 0.])
     """
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
@@ -111,6 +120,15 @@ def pairwise_distances(
     Returns
     -------
     Float64 array of shape ``(n, m)`` in squared units (:math:`W_2^2` or its estimate).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from spatialot.ot import PointClouds
+    >>> clouds = PointClouds.from_list([np.zeros((3, 2)), np.ones((4, 2))])
+    >>> pairwise_distances(clouds)
+    array([[0., 2.],
+           [2., 0.]])
     """
     symmetric = other is None
     other = clouds if symmetric else other

@@ -62,6 +62,14 @@ def embedding(
     Returns
     -------
     The Axes, unless the figure was shown.
+
+    Examples
+    --------
+    >>> import spatialot as sot
+    >>> adata = sot.datasets.bdtnp()
+    >>> sot.pp.niches(adata, k=8)
+    >>> sot.tl.wormhole(adata, n_steps=500)  # doctest: +SKIP
+    >>> sot.pl.embedding(adata, basis="wormhole", color=["eve", "ftz"])  # doctest: +SKIP
     """
     if projection not in ("pca", "none"):
         raise ValueError(f"`projection` must be 'pca' or 'none', got {projection!r}.")
@@ -123,6 +131,14 @@ def distance_fidelity(
     Returns
     -------
     The Axes, unless the figure was shown.
+
+    Examples
+    --------
+    >>> import spatialot as sot
+    >>> adata = sot.datasets.bdtnp()
+    >>> sot.pp.niches(adata, k=8)
+    >>> sot.tl.asot(adata, n_anchors=32)  # doctest: +SKIP
+    >>> sot.pl.distance_fidelity(adata, basis="asot", n_pairs=300)  # doctest: +SKIP
     """
     coordinates = _embedding(adata, basis)
     if adata.n_obs < 2:

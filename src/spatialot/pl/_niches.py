@@ -61,6 +61,13 @@ def niches(
     Returns
     -------
     The Axes, unless the figure was shown.
+
+    Examples
+    --------
+    >>> import spatialot as sot
+    >>> adata = sot.datasets.simulated_tissue()
+    >>> sot.pp.niches(adata, k=8)
+    >>> sot.pl.niches(adata, cells=[0, 10], color="cell_type")  # doctest: +SKIP
     """
     family = niche_clouds(adata, niche_key=niche_key)
     coordinates = get_coordinates(adata, adata.uns[niche_key]["params"]["spatial_key"])

@@ -61,6 +61,15 @@ def generated_niches(
     Returns
     -------
     Array of the Axes (rows: view, composition; columns: conditions), unless the figure was shown.
+
+    Examples
+    --------
+    >>> import spatialot as sot
+    >>> adata = sot.datasets.simulated_tissue()
+    >>> sot.pp.niches(adata, k=8)
+    >>> model = sot.tl.wfm(adata, condition_key="cell_type", n_steps=200)  # doctest: +SKIP
+    >>> sot.tl.generate_niches(adata, model, n=20)  # doctest: +SKIP
+    >>> sot.pl.generated_niches(adata, cell_type_key="cell_type")  # doctest: +SKIP
     """
     if key not in adata.uns or "points" not in adata.uns[key]:
         raise KeyError(f"No generated niches under `key`={key!r}: run `sot.tl.generate_niches(adata, model)` first.")
