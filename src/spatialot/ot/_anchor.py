@@ -15,8 +15,8 @@ from typing import Literal
 import numpy as np
 import ot as pot
 import torch
-from tqdm.auto import tqdm
 
+from .._settings import cpu_threads, progress_bar
 from .._validation import check_int
 
 AnchorMethod = Literal["sinkhorn", "exact"]
@@ -216,7 +216,7 @@ def anchor_exact(a: np.ndarray, b: np.ndarray, cost: np.ndarray, *, progress: bo
     """
     a, b, cost = (np.asarray(t, dtype=np.float64) for t in (a, b, cost))
     values = np.empty(len(a), dtype=np.float64)
-    for p in tqdm(range(len(a)), desc="exact anchor OT", disable=not progress):
+    for p in progress_bar(range(len(a)), description="exact anchor OT", requested=progress):
         rows, cols = np.flatnonzero(a[p] > 0), np.flatnonzero(b[p] > 0)
         x, y = a[p, rows], b[p, cols]
         values[p] = pot.emd2(x / x.sum(), y / y.sum(), cost[np.ix_(rows, cols)])
@@ -265,6 +265,7 @@ def _prepare(h, other, cost, method, epsilon, device):
     return h, other, cost.to(device=device, dtype=h.dtype), device
 
 
+@cpu_threads()
 def anchor_paired_distances(
     h: torch.Tensor | np.ndarray,
     other: torch.Tensor | np.ndarray,
@@ -317,7 +318,7 @@ def anchor_paired_distances(
         raise ValueError(f"`h` and `other` must have the same number of rows, got {len(h)} and {len(other)}.")
     batch_size = _default_batch(batch_size, device, max(h.shape[1], other.shape[1]))
     values = np.empty(len(h), dtype=np.float64)
-    for start in tqdm(range(0, len(h), batch_size), desc="anchor OT", disable=not progress):
+    for start in progress_bar(range(0, len(h), batch_size), description="anchor OT", requested=progress):
         chunk = slice(start, start + batch_size)
         values[chunk] = _solve(h[chunk], other[chunk], cost, method, epsilon, n_iter, tol, device)
     return values
@@ -336,6 +337,7 @@ def _block(h, other, cost, start, stop, col_start, method, epsilon, n_iter, tol,
     return _solve(a, b, cost, method, epsilon, n_iter, tol, device).reshape(len(rows), len(cols))
 
 
+@cpu_threads()
 def anchor_pairwise_distances(
     h: torch.Tensor | np.ndarray,
     other: torch.Tensor | np.ndarray | None,
@@ -390,7 +392,7 @@ def anchor_pairwise_distances(
             start = stop
     else:
         blocks = _row_blocks(len(h), len(other), batch_size)
-    for start, stop in tqdm(blocks, desc="anchor OT", disable=not progress):
+    for start, stop in progress_bar(blocks, description="anchor OT", requested=progress):
         col_start = start if symmetric else 0
         matrix[start:stop, col_start:] = _block(
             h, other, cost, start, stop, col_start, method, epsilon, n_iter, tol, device
@@ -412,6 +414,7 @@ def _mirror_upper(matrix: np.ndarray, block: int = 1024) -> None:
         matrix[start:stop, start:stop] = diagonal + diagonal.T
 
 
+@cpu_threads()
 def anchor_kneighbors(
     h: torch.Tensor | np.ndarray,
     cost: torch.Tensor | np.ndarray,
@@ -472,7 +475,9 @@ def anchor_kneighbors(
     distances = np.empty((n, n_neighbors), dtype=np.float64)
     solve = (method, epsilon, n_iter, tol, device)
     if anchor_points is None:
-        for start, stop in tqdm(_row_blocks(n, n, batch_size), desc="anchor OT neighbours", disable=not progress):
+        for start, stop in progress_bar(
+            _row_blocks(n, n, batch_size), description="anchor OT neighbours", requested=progress
+        ):
             block = _block(h, other, cost, start, stop, 0, *solve)
             block[np.arange(stop - start), np.arange(start, stop)] = -np.inf  # the row itself comes first
             _keep_nearest(block, np.broadcast_to(np.arange(n), block.shape), indices, distances, start, stop)
@@ -480,7 +485,7 @@ def anchor_kneighbors(
         bound = _MeanBound(h, anchor_points, anchor_offsets)
         rows_per_block = max(1, min(n, batch_size // (4 * n_neighbors), 2**22 // n))
         blocks = range(0, n, rows_per_block)
-        for start in tqdm(blocks, desc="anchor OT neighbours", disable=not progress):
+        for start in progress_bar(blocks, description="anchor OT neighbours", requested=progress):
             stop = min(n, start + rows_per_block)
             _pruned_block(h, cost, bound, start, stop, n_neighbors, batch_size, solve, indices, distances)
     distances[:, 0] = 0.0
