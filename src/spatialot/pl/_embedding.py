@@ -1,4 +1,4 @@
-"""``sot.pl.embedding`` and ``sot.pl.distance_fidelity``: a niche embedding and how faithful it is to OT."""
+"""``sot.pl.embedding``: a niche embedding in two dimensions, coloured like scanpy."""
 
 from __future__ import annotations
 
@@ -8,13 +8,10 @@ from typing import Literal
 import matplotlib.pyplot as plt
 import numpy as np
 import scanpy as sc
-import scipy.stats
 from anndata import AnnData
 from matplotlib.axes import Axes
 
 from .._keys import ResultKeys
-from .._validation import check_int
-from ..tl import ot_distances
 from ._utils import finish
 
 
@@ -90,73 +87,4 @@ def embedding(
     label = f"{basis} PC" if projection == "pca" else f"{basis} "
     ax.set_xlabel(f"{label}1")
     ax.set_ylabel(f"{label}2")
-    return finish(ax, show=show, save=save)
-
-
-def distance_fidelity(
-    adata: AnnData,
-    *,
-    basis: str = "wormhole",
-    niche_key: str = "niche",
-    n_pairs: int = 500,
-    method: Literal["exact", "sinkhorn", "sinkhorn_divergence"] = "exact",
-    random_state: int = 0,
-    ax: Axes | None = None,
-    show: bool | None = None,
-    save: str | Path | None = None,
-) -> Axes | None:
-    r"""Scatter squared embedding distance against the true :math:`W_2^2` on random niche pairs.
-
-    A faithful embedding puts the points on the diagonal; the title gives the Pearson and
-    Spearman correlations. The true distances are computed with
-    :func:`spatialot.tl.ot_distances`.
-
-    Parameters
-    ----------
-    adata
-        Annotated data matrix with ``.obsm['X_<basis>']`` and the niches under ``niche_key``.
-    basis
-        Embedding to check, e.g. ``'wormhole'``.
-    niche_key
-        The ``key_added`` of :func:`spatialot.pp.niches`.
-    n_pairs
-        Number of random pairs of distinct cells.
-    method
-        How the true distances are computed (see :func:`spatialot.tl.ot_distances`).
-    random_state
-        Seed of the choice of pairs.
-    ax, show, save
-        As in :func:`embedding`.
-
-    Returns
-    -------
-    The Axes, unless the figure was shown.
-
-    Examples
-    --------
-    >>> import spatialot as sot
-    >>> adata = sot.datasets.bdtnp()
-    >>> sot.pp.niches(adata, k=8)
-    >>> sot.tl.asot(adata, n_anchors=32)  # doctest: +SKIP
-    >>> sot.pl.distance_fidelity(adata, basis="asot", n_pairs=300)  # doctest: +SKIP
-    """
-    coordinates = _embedding(adata, basis)
-    if adata.n_obs < 2:
-        raise ValueError("`adata` needs at least 2 cells to form pairs.")
-    n_pairs = check_int("n_pairs", n_pairs, minimum=2)
-    rng = np.random.default_rng(random_state)
-    first = rng.integers(adata.n_obs, size=n_pairs)
-    second = (first + rng.integers(1, adata.n_obs, size=n_pairs)) % adata.n_obs  # never the same cell
-    true = ot_distances(adata, first, second, niche_key=niche_key, paired=True, method=method, progress=False)
-    predicted = ((coordinates[first] - coordinates[second]) ** 2).sum(1)
-    pearson = scipy.stats.pearsonr(predicted, true)[0]
-    spearman = scipy.stats.spearmanr(predicted, true)[0]
-    if ax is None:
-        _, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.scatter(true, predicted, s=6, alpha=0.5, color="tab:blue", linewidths=0)
-    limit = max(true.max(), predicted.max())
-    ax.plot([0, limit], [0, limit], color="grey", lw=1, ls="--")
-    ax.set_xlabel(f"{method} $W_2^2$ between niches")
-    ax.set_ylabel(f"squared distance in X_{basis.removeprefix('X_')}")
-    ax.set_title(f"Pearson {pearson:.3f}, Spearman {spearman:.3f} ({n_pairs} pairs)")
     return finish(ax, show=show, save=save)
