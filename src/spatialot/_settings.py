@@ -17,18 +17,7 @@ from tqdm.auto import tqdm
 class Settings:
     """Package-wide settings of spatialot, as ``sot.settings``.
 
-    Attributes
-    ----------
-    progress
-        Progress bars: ``None`` (default) follows scanpy, showing them unless
-        ``sc.settings.verbosity`` is ``0`` (``'error'``); ``False`` hides every bar; ``True``
-        shows them whatever scanpy's verbosity. A call's ``progress=False`` always hides its
-        own bars.
-    n_threads
-        CPU threads torch uses while spatialot trains, encodes or solves OT: ``None`` (default)
-        leaves torch's setting as it is (by default one per core); a positive number sets it
-        for the duration of each call and puts the previous value back afterwards. On a machine
-        shared with other work, ``1`` is often many times faster than torch's default.
+    :attr:`progress` decides the progress bars, :attr:`n_threads` the CPU threads of torch.
 
     Examples
     --------
@@ -44,7 +33,11 @@ class Settings:
 
     @property
     def progress(self) -> bool | None:
-        """Progress bars: ``None`` follows ``sc.settings.verbosity``, ``True`` / ``False`` force them."""
+        """Progress bars: ``None`` (default) follows scanpy, ``False`` hides them all, ``True`` shows them.
+
+        With ``None``, bars are shown unless ``sc.settings.verbosity`` is ``0`` (``'error'``).
+        A call's ``progress=False`` always hides its own bars.
+        """
         return self._progress
 
     @progress.setter
@@ -55,7 +48,13 @@ class Settings:
 
     @property
     def n_threads(self) -> int | None:
-        """CPU threads of torch during spatialot's work; ``None`` leaves torch's setting alone."""
+        """CPU threads torch uses while spatialot trains, encodes or solves OT.
+
+        ``None`` (default) leaves torch's setting as it is (by default one per core); a positive
+        number sets it for the duration of each call and puts the previous value back
+        afterwards. On a machine shared with other work, ``1`` is often many times faster than
+        torch's default.
+        """
         return self._n_threads
 
     @n_threads.setter
