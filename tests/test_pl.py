@@ -86,4 +86,7 @@ def test_embedding_refuses_a_list_of_colours_on_one_ax(banded):
     with pytest.raises(ValueError, match="leave `ax` out to get a grid"):
         sot.pl.embedding(banded, color=["band", "eve"], ax=ax, show=False)
     assert sot.pl.embedding(banded, color="band", ax=ax, show=False) is ax
+    assert sot.pl.embedding(banded, ax=ax, show=False) is ax  # no colour at all
+    with pytest.raises(ValueError, match="list of keys, got"):
+        sot.pl.embedding(banded, color=["band", 3], show=False)
     plt.close("all")

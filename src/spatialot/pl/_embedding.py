@@ -78,7 +78,7 @@ def embedding(
     if projection not in ("pca", "none"):
         raise ValueError(f"`projection` must be 'pca' or 'none', got {projection!r}.")
     colors = [color] if color is None or isinstance(color, str) else list(color)
-    if not colors or not all(isinstance(key, str) for key in colors):
+    if not colors or not all(key is None or isinstance(key, str) for key in colors):
         raise ValueError(f"`color` must be a key (a column of `.obs` or a gene) or a list of keys, got {color!r}.")
     if ax is not None and len(colors) > 1:
         raise ValueError(f"`ax` holds one panel, but `color` asks for {len(colors)}: leave `ax` out to get a grid.")
