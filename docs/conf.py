@@ -30,7 +30,9 @@ napoleon_use_rtype = False
 # hold a literal: the terms came out with their double backticks and smart-quoted quotes.
 napoleon_custom_sections = ["Returns"]
 autodoc_typehints = "description"
-autodoc_typehints_description_target = "documented_params"
+# the return annotation stays in the signature; a "Return type" field would land above the
+# Returns section, which napoleon renders as written (see napoleon_custom_sections)
+autodoc_typehints_description_target = "documented"
 myst_enable_extensions = ["dollarmath"]
 
 nitpicky = False
