@@ -100,3 +100,29 @@ def test_settings_refuse_bad_values():
     with pytest.raises(ValueError, match="progress.*True, False or None"):
         sot.settings.progress = "yes"
     assert repr(sot.settings) == "spatialot settings: progress=None, n_threads=None"
+
+
+def test_encoding_and_sampling_of_every_model_run_on_the_set_number_of_threads(family, monkeypatch):
+    from spatialot.models import ASOT, GaussianFlowMatching, WassersteinFlowMatching
+
+    torch.set_num_threads(2)
+    sot.settings.n_threads = 1
+    seen = {}
+
+    def recording(cls, name):
+        original = getattr(cls, name)
+
+        def wrapper(self, *args, **kwargs):
+            seen[f"{cls.__name__}.{name}"] = torch.get_num_threads()
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, name, wrapper)
+
+    recording(ASOT, "_histograms")
+    recording(WassersteinFlowMatching, "_integrate")
+    recording(GaussianFlowMatching, "_guided")
+    ASOT(2, 3).fit(family, device="cpu", progress=False).transform(family)
+    WassersteinFlowMatching(2, max_size=3, width=8, n_layers=1, n_heads=2, mlp_width=8).sample(2, sizes=3, n_steps=1)
+    GaussianFlowMatching(2, width=8, n_layers=1).sample(2, n_steps=1)
+    assert seen == {"ASOT._histograms": 1, "WassersteinFlowMatching._integrate": 1, "GaussianFlowMatching._guided": 1}
+    assert torch.get_num_threads() == 2

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._settings import cpu_threads
 from .._validation import check_int
 from ..ot import IndexedClouds, PointClouds, exact_w2_squared
 from ..ot._anchor import (
@@ -353,7 +354,7 @@ class ASOT(Model):
         self._check_fitted()
         self._check_family(family)
         device = self.device
-        with torch.no_grad():
+        with torch.no_grad(), cpu_threads():
             if isinstance(family, IndexedClouds):
                 codes = []
                 for start in range(0, family.features.shape[0], batch_size):

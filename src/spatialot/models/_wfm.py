@@ -19,6 +19,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from .._settings import cpu_threads
 from .._validation import check_float32_range, check_int
 from ..ot import PointClouds, gaussian_moments, sinkhorn, squared_euclidean_cost
 from ._base import Model
@@ -539,7 +540,7 @@ class WassersteinFlowMatching(Model):
             was_training = self.training
             self.eval()
             try:
-                with torch.no_grad():
+                with torch.no_grad(), cpu_threads():
                     for start in range(0, n, batch_size):
                         chunk = slice(start, min(start + batch_size, n))
                         noise = self.draw_noise(mask[chunk].to(self.device))

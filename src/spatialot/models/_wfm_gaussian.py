@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._settings import cpu_threads
 from .._validation import check_float32_range, check_int
 from ..ot import gaussian_map
 from ._base import Model
@@ -334,7 +335,7 @@ class GaussianFlowMatching(Model):
         was_training = self.training
         self.eval()
         try:
-            with seeded(random_state), torch.no_grad():
+            with seeded(random_state), torch.no_grad(), cpu_threads():
                 mean, cov = self.draw_noise(n)
                 dt = 1.0 / n_steps
                 for step in range(n_steps):
