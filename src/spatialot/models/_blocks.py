@@ -92,8 +92,8 @@ class SetTransformer(nn.Module):
     >>> import torch
     >>> from spatialot.models import SetTransformer
     >>> encoder = SetTransformer(2, width=16, n_layers=1, n_heads=2, mlp_width=32)
-    >>> points, mask = torch.randn(4, 5, 2), torch.ones(4, 5, dtype=torch.bool)
-    >>> encoder(points, mask).shape  # doctest: +SKIP
+    >>> points, weights = torch.randn(4, 5, 2), torch.full((4, 5), 0.2)  # 4 clouds of 5 points
+    >>> encoder(points, weights).shape
     torch.Size([4, 5, 16])
     """
 
