@@ -24,9 +24,15 @@ autodoc_default_options = {"members": True, "show-inheritance": False}
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True
 napoleon_use_rtype = False
-napoleon_custom_sections = [("Returns", "params_style")]
+# A Returns section is written as reStructuredText (prose, then a definition list of the fields
+# a call writes, each term a literal such as ``.obsm['X_wormhole']``) and rendered as it stands.
+# napoleon's "params_style" would turn every line into a bold parameter name, and bold cannot
+# hold a literal: the terms came out with their double backticks and smart-quoted quotes.
+napoleon_custom_sections = ["Returns"]
 autodoc_typehints = "description"
-autodoc_typehints_description_target = "documented_params"
+# the return annotation stays in the signature; a "Return type" field would land above the
+# Returns section, which napoleon renders as written (see napoleon_custom_sections)
+autodoc_typehints_description_target = "documented"
 myst_enable_extensions = ["dollarmath"]
 
 nitpicky = False

@@ -330,4 +330,8 @@ def test_generated_niches_plot(tissue, tmp_path):
         sot.pl.generated_niches(adata, conditions=["type_9"], show=False)
     with pytest.raises(KeyError, match="generate_niches"):
         sot.pl.generated_niches(adata, key="nope", show=False)
+    _, ax = plt.subplots()
+    with pytest.raises(ValueError, match="`ax` holds one view"):
+        sot.pl.generated_niches(adata, cell_type_key="cell_type", ax=ax, show=False)
+    assert sot.pl.generated_niches(adata, conditions=[shown[0]], ax=ax, show=False) is ax
     plt.close("all")

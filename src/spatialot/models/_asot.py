@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._settings import cpu_threads
 from .._validation import check_int
 from ..ot import IndexedClouds, PointClouds, exact_w2_squared
 from ..ot._anchor import (
@@ -67,6 +68,19 @@ class ASOT(Model):
         kernel iterations).
     n_iter
         Sinkhorn iterations per anchor problem (fixed, so that training and use agree).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from spatialot.models import ASOT
+    >>> from spatialot.ot import PointClouds
+    >>> rng = np.random.default_rng(0)
+    >>> clouds = PointClouds.from_list([rng.normal(size=(8, 2)) for _ in range(20)])
+    >>> model = ASOT(2, n_anchors=6).fit(clouds, progress=False)
+    >>> model.transform(clouds).shape
+    (20, 6)
+    >>> model.pairwise_distances(clouds).shape  # doctest: +SKIP
+    (20, 20)
     """
 
     def __init__(
@@ -340,7 +354,7 @@ class ASOT(Model):
         self._check_fitted()
         self._check_family(family)
         device = self.device
-        with torch.no_grad():
+        with torch.no_grad(), cpu_threads():
             if isinstance(family, IndexedClouds):
                 codes = []
                 for start in range(0, family.features.shape[0], batch_size):

@@ -1,8 +1,11 @@
-"""What every model shares: its configuration, loss history, device, and ``save``/``load``."""
+"""What every model shares: its configuration, loss history, device, one-line repr, and ``save``/``load``."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
+from collections.abc import Callable
 from typing import Any, Self
 
 import torch
@@ -11,6 +14,24 @@ from torch import nn
 from ..ot import IndexedClouds, PointClouds
 from ._device import resolve_device
 
+# The configuration entries that say what a model is, shown by its repr when it has them (a
+# list-valued entry such as ``labels`` is shown by its length); the rest (dropout, tolerances,
+# seeds) is in ``model.config``
+ARCHITECTURE_KEYS = (
+    "dim",
+    "max_size",
+    "n_components",
+    "n_anchors",
+    "method",
+    "width",
+    "n_layers",
+    "n_heads",
+    "base",
+    "ot_distance",
+    "noise",
+    "labels",
+)
+
 
 class Model(nn.Module):
     """Base class of the models in :mod:`spatialot.models`.
@@ -18,13 +39,57 @@ class Model(nn.Module):
     A subclass passes its constructor arguments (plain Python values only) to
     ``super().__init__(**config)``, builds its layers, and keeps any fitted non-trainable state
     (scales, reference measures…) in buffers, so that :meth:`save` and :meth:`load` restore a
-    model exactly. ``history`` holds the training loss of every step taken so far.
+    model exactly. ``history`` holds the training loss of every step taken so far, and
+    ``n_fit_clouds`` the number of clouds (or Gaussians) of the last successful ``fit``.
+
+    A model prints as one line: what it is, its architecture, and what it was trained on
+    (``torch.nn.Module.__repr__(model)`` lists its layers).
+
+    Examples
+    --------
+    A model holding one buffer, saved and read back:
+
+    >>> import torch
+    >>> class Scale(Model):
+    ...     def __init__(self, dim: int):
+    ...         super().__init__(dim=dim)
+    ...         self.register_buffer("scale", torch.ones(dim))
+    >>> model = Scale(3)
+    >>> model.save("scale.pt")  # doctest: +SKIP
+    >>> Scale.load("scale.pt").config  # doctest: +SKIP
+    {'dim': 3}
+    >>> model
+    Scale(dim=3), not trained
     """
+
+    n_fit_clouds: int | None = None
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        # every model's `fit` takes the training family (or the means) first: recorded here, once
+        # for all, for the repr and the checkpoint
+        if "fit" in vars(cls):
+            cls.fit = _recording_fit(vars(cls)["fit"])
 
     def __init__(self, **config: Any):
         super().__init__()
         self.config = config
         self.history: list[float] = []
+
+    def __repr__(self) -> str:
+        architecture = ", ".join(
+            f"n_{key}={len(value)}" if isinstance(value, list | tuple) else f"{key}={value!r}"
+            for key in ARCHITECTURE_KEYS
+            if (value := self.config.get(key)) is not None
+        )
+        steps = len(self.history)
+        if self.n_fit_clouds is not None:
+            trained = f"trained on {self.n_fit_clouds:,} clouds for {steps:,} steps"
+        elif steps:
+            trained = f"trained for {steps:,} steps"
+        else:
+            trained = "not trained"
+        return f"{type(self).__name__}({architecture}), {trained}"
 
     @property
     def device(self) -> torch.device:
@@ -57,6 +122,7 @@ class Model(nn.Module):
             "config": self.config,
             "state": {name: tensor.detach().cpu() for name, tensor in self.state_dict().items()},
             "history": list(self.history),
+            "n_fit_clouds": self.n_fit_clouds,
         }
         torch.save(checkpoint, path)
 
@@ -81,4 +147,19 @@ class Model(nn.Module):
         model = cls(**checkpoint["config"])
         model.load_state_dict(checkpoint["state"])
         model.history = list(checkpoint["history"])
+        model.n_fit_clouds = checkpoint.get("n_fit_clouds")  # absent from checkpoints of before
         return model.to(resolve_device(device)).eval()
+
+
+def _recording_fit(fit: Callable) -> Callable:
+    """``fit`` that also records the number of clouds it was given, once it has succeeded."""
+    data_argument = list(inspect.signature(fit).parameters)[1]
+
+    @functools.wraps(fit)
+    def recording(self: Model, *args: Any, **kwargs: Any):
+        result = fit(self, *args, **kwargs)
+        data = args[0] if args else kwargs[data_argument]
+        self.n_fit_clouds = len(data)
+        return result
+
+    return recording

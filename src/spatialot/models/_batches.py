@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from .._settings import cpu_threads, progress_bar
 from .._validation import check_int
 from ..ot import IndexedClouds, PointClouds, gaussian_moments
 
@@ -49,7 +49,7 @@ def map_batches(
     device
         Device the batches are gathered onto.
     progress
-        Show a progress bar.
+        Show a progress bar (when the settings allow it, see :class:`spatialot.settings`).
     description
         Label of the progress bar.
 
@@ -62,8 +62,8 @@ def map_batches(
         raise ValueError(f"Every aligned tensor must have one row per cloud ({len(family)}).")
     results = []
     starts = range(0, len(family), batch_size)
-    with torch.no_grad():
-        for start in tqdm(starts, desc=description, disable=not progress):
+    with torch.no_grad(), cpu_threads():
+        for start in progress_bar(starts, description=description, requested=progress):
             rows = slice(start, min(start + batch_size, len(family)))
             output = function(take(family, rows, device), *(tensor[rows] for tensor in aligned))
             results.append(output.detach().to("cpu", torch.float32).numpy())

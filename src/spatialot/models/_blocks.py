@@ -86,6 +86,15 @@ class SetTransformer(nn.Module):
     ``(batch, size, width)``; padded points (weight 0) get tokens too but never influence the
     real ones. ``condition`` (shape ``(batch, width)``), when given, is added to the stream
     before every block: the way a time or label enters a conditioned model.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from spatialot.models import SetTransformer
+    >>> encoder = SetTransformer(2, width=16, n_layers=1, n_heads=2, mlp_width=32)
+    >>> points, weights = torch.randn(4, 5, 2), torch.full((4, 5), 0.2)  # 4 clouds of 5 points
+    >>> encoder(points, weights).shape
+    torch.Size([4, 5, 16])
     """
 
     def __init__(
@@ -129,5 +138,13 @@ def glorot_init(module: nn.Module) -> None:
 
 
 def weighted_mean(tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Pool tokens ``(batch, size, width)`` with weights ``(batch, size)`` summing to 1 per cloud."""
+    """Pool tokens ``(batch, size, width)`` with weights ``(batch, size)`` summing to 1 per cloud.
+
+    Examples
+    --------
+    >>> import torch
+    >>> tokens = torch.arange(6.0).reshape(1, 3, 2)
+    >>> weighted_mean(tokens, torch.tensor([[0.5, 0.5, 0.0]]))
+    tensor([[1., 2.]])
+    """
     return torch.einsum("bs,bsw->bw", weights.to(tokens.dtype), tokens)

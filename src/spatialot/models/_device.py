@@ -20,6 +20,13 @@ def resolve_device(device: torch.device | str = "auto") -> torch.device:
     Returns
     -------
     The device to use.
+
+    Examples
+    --------
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    >>> resolve_device("auto")  # CUDA when present  # doctest: +SKIP
+    device(type='cuda')
     """
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

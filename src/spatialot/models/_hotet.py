@@ -113,7 +113,7 @@ class HOTET(Model):
         in the paper. ``'gaussian'`` (default, 4–5× lower map error on ``benchmarks/hotet.py``):
         the quadratic and linear terms start at the closed-form Bures–Wasserstein map between the
         Gaussian with the cloud's mean and (shrunk) covariance and the Gaussian with the
-        reference's moments ("Gaussian initialisation" of ICNNs, Bunne et al. 2022), so the
+        reference's moments (the *Gaussian initialisation* of ICNNs, Bunne et al. 2022), so the
         network learns only the non-Gaussian correction.
     shrinkage
         With ``base='gaussian'``, weight of the identity (scaled to the mean variance) mixed into
@@ -125,7 +125,7 @@ class HOTET(Model):
 
     Notes
     -----
-    **Objective.** The dual W2 loss of Korotin et al. (2021), "MM-B" variant, as in the paper: for
+    **Objective.** The dual W2 loss of Korotin et al. (2021), *MM-B* variant, as in the paper: for
     a source sample :math:`x_{1..n}` (weights :math:`a`) and a target sample :math:`y_{1..m}`,
 
     .. math::
@@ -156,6 +156,17 @@ class HOTET(Model):
     the linearised-OT distance (Wang et al. 2013). It is an upper bound of :math:`W_2^2(\mu_b,
     \mu_c)` (the pair of maps is a coupling) and equals it when the maps are compatible (e.g.
     1-D, or Gaussians with commuting covariances).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from spatialot.models import HOTET
+    >>> from spatialot.ot import PointClouds
+    >>> rng = np.random.default_rng(0)
+    >>> clouds = PointClouds.from_list([rng.normal(size=(16, 2)) for _ in range(32)])
+    >>> model = HOTET(2, n_anchors=16).fit(clouds, n_steps=50, progress=False)  # doctest: +SKIP
+    >>> model.embed(clouds).shape  # doctest: +SKIP
+    (32, 32)
     """
 
     def __init__(

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
-from tqdm.auto import tqdm
 
+from .._settings import cpu_threads, progress_bar
 from .._validation import check_int
 from ._base import Model
 
@@ -101,7 +101,8 @@ def train(
     max_grad_norm
         Clip the global gradient norm to this value when given.
     progress
-        Show a progress bar with the running loss.
+        Show a progress bar with the running loss (when ``sot.settings`` and scanpy's verbosity
+        allow it, see :class:`spatialot.settings`).
     description
         Label of the progress bar.
 
@@ -118,12 +119,12 @@ def train(
     """
     n_steps = check_int("n_steps", n_steps)
     parameters = list(model.parameters())
-    with restored_on_failure(model):
+    with restored_on_failure(model), cpu_threads():
         optimizer = torch.optim.Adam(parameters, lr=learning_rate)
         schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=decay_every, gamma=decay_rate)
         losses: list[float] = []
         model.train()
-        bar = tqdm(range(n_steps), desc=description, disable=not progress)
+        bar = progress_bar(range(n_steps), description=description, requested=progress)
         try:
             for step in bar:
                 optimizer.zero_grad(set_to_none=True)

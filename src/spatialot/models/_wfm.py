@@ -19,6 +19,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from .._settings import cpu_threads
 from .._validation import check_float32_range, check_int
 from ..ot import PointClouds, gaussian_moments, sinkhorn, squared_euclidean_cost
 from ._base import Model
@@ -233,6 +234,17 @@ class WassersteinFlowMatching(Model):
     Points are standardised inside the model by the per-dimension mean and one global scale
     (so that the geometry, and with it :math:`W_2`, is preserved up to that scale); samples
     come back in the units of the data.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from spatialot.models import WassersteinFlowMatching
+    >>> from spatialot.ot import PointClouds
+    >>> rng = np.random.default_rng(0)
+    >>> clouds = PointClouds.from_list([rng.normal(size=(8, 2)) for _ in range(32)])
+    >>> model = WassersteinFlowMatching(2, max_size=8).fit(clouds, n_steps=50, progress=False)  # doctest: +SKIP
+    >>> model.sample(4).points.shape  # doctest: +SKIP
+    torch.Size([4, 8, 2])
     """
 
     def __init__(
@@ -528,7 +540,7 @@ class WassersteinFlowMatching(Model):
             was_training = self.training
             self.eval()
             try:
-                with torch.no_grad():
+                with torch.no_grad(), cpu_threads():
                     for start in range(0, n, batch_size):
                         chunk = slice(start, min(start + batch_size, n))
                         noise = self.draw_noise(mask[chunk].to(self.device))

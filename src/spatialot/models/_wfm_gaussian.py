@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._settings import cpu_threads
 from .._validation import check_float32_range, check_int
 from ..ot import gaussian_map
 from ._base import Model
@@ -96,6 +97,16 @@ class GaussianFlowMatching(Model):
     Noise Gaussians have standard normal means and covariances :math:`L L^\top` with a random
     Cholesky factor around the mean Cholesky factor of the data covariances (in the
     standardised space). Generated Gaussians come back in the units of the data.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from spatialot.models import GaussianFlowMatching
+    >>> rng = np.random.default_rng(0)
+    >>> means = rng.normal(size=(64, 2))
+    >>> covariances = np.tile(np.eye(2), (64, 1, 1))
+    >>> model = GaussianFlowMatching(2).fit(means, covariances, n_steps=50, progress=False)  # doctest: +SKIP
+    >>> new_means, new_covariances = model.sample(8)  # doctest: +SKIP
     """
 
     def __init__(
@@ -324,7 +335,7 @@ class GaussianFlowMatching(Model):
         was_training = self.training
         self.eval()
         try:
-            with seeded(random_state), torch.no_grad():
+            with seeded(random_state), torch.no_grad(), cpu_threads():
                 mean, cov = self.draw_noise(n)
                 dt = 1.0 / n_steps
                 for step in range(n_steps):

@@ -15,8 +15,8 @@ from typing import Literal
 import numpy as np
 import ot as pot
 import torch
-from tqdm.auto import tqdm
 
+from .._settings import cpu_threads, progress_bar
 from .._validation import check_int
 
 AnchorMethod = Literal["sinkhorn", "exact"]
@@ -43,6 +43,13 @@ def anchor_cost(anchors: torch.Tensor | np.ndarray, other: torch.Tensor | np.nda
     Returns
     -------
     Tensor of shape ``(k, m)``, with an exactly zero diagonal when ``other`` is ``None``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> anchor_cost(torch.tensor([[0.0, 0.0], [3.0, 4.0]]))
+    tensor([[ 0., 25.],
+            [25.,  0.]])
     """
     x = torch.as_tensor(anchors)
     y = x if other is None else torch.as_tensor(other, dtype=x.dtype, device=x.device)
@@ -93,6 +100,14 @@ def anchor_sinkhorn(
     Returns
     -------
     Tensor of shape ``(batch,)``: :math:`\langle P, C\rangle`, in squared units.
+
+    Examples
+    --------
+    >>> import torch
+    >>> cost = anchor_cost(torch.tensor([[0.0], [1.0]]))
+    >>> a, b = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    >>> anchor_sinkhorn(a, b, cost, epsilon=0.01)
+    tensor([1.])
     """
     if epsilon <= 0:
         raise ValueError(f"`epsilon` must be positive, got {epsilon}.")
@@ -191,10 +206,17 @@ def anchor_exact(a: np.ndarray, b: np.ndarray, cost: np.ndarray, *, progress: bo
     Returns
     -------
     Float64 array of shape ``(batch,)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> cost = np.array([[0.0, 1.0], [1.0, 0.0]])
+    >>> anchor_exact(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]]), cost)
+    array([1.])
     """
     a, b, cost = (np.asarray(t, dtype=np.float64) for t in (a, b, cost))
     values = np.empty(len(a), dtype=np.float64)
-    for p in tqdm(range(len(a)), desc="exact anchor OT", disable=not progress):
+    for p in progress_bar(range(len(a)), description="exact anchor OT", requested=progress):
         rows, cols = np.flatnonzero(a[p] > 0), np.flatnonzero(b[p] > 0)
         x, y = a[p, rows], b[p, cols]
         values[p] = pot.emd2(x / x.sum(), y / y.sum(), cost[np.ix_(rows, cols)])
@@ -243,6 +265,7 @@ def _prepare(h, other, cost, method, epsilon, device):
     return h, other, cost.to(device=device, dtype=h.dtype), device
 
 
+@cpu_threads()
 def anchor_paired_distances(
     h: torch.Tensor | np.ndarray,
     other: torch.Tensor | np.ndarray,
@@ -281,13 +304,21 @@ def anchor_paired_distances(
     Returns
     -------
     Float64 array of shape ``(n,)`` in squared units.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> cost = anchor_cost(np.array([[0.0], [1.0], [2.0]]))
+    >>> h = np.array([[1.0, 0, 0], [0, 1.0, 0]])
+    >>> anchor_paired_distances(h, h[[1, 0]], cost, method="exact")
+    array([1., 1.])
     """
     h, other, cost, device = _prepare(h, other, cost, method, epsilon, device)
     if len(h) != len(other):
         raise ValueError(f"`h` and `other` must have the same number of rows, got {len(h)} and {len(other)}.")
     batch_size = _default_batch(batch_size, device, max(h.shape[1], other.shape[1]))
     values = np.empty(len(h), dtype=np.float64)
-    for start in tqdm(range(0, len(h), batch_size), desc="anchor OT", disable=not progress):
+    for start in progress_bar(range(0, len(h), batch_size), description="anchor OT", requested=progress):
         chunk = slice(start, start + batch_size)
         values[chunk] = _solve(h[chunk], other[chunk], cost, method, epsilon, n_iter, tol, device)
     return values
@@ -306,6 +337,7 @@ def _block(h, other, cost, start, stop, col_start, method, epsilon, n_iter, tol,
     return _solve(a, b, cost, method, epsilon, n_iter, tol, device).reshape(len(rows), len(cols))
 
 
+@cpu_threads()
 def anchor_pairwise_distances(
     h: torch.Tensor | np.ndarray,
     other: torch.Tensor | np.ndarray | None,
@@ -338,6 +370,14 @@ def anchor_pairwise_distances(
     Returns
     -------
     Float64 array of shape ``(n, m)`` in squared units (:math:`W_2^2` estimates).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> cost = anchor_cost(np.array([[0.0], [1.0], [2.0]]))
+    >>> h = np.eye(3)
+    >>> anchor_pairwise_distances(h, None, cost, method="exact")[0]
+    array([0., 1., 4.])
     """
     symmetric = other is None
     h, other, cost, device = _prepare(h, other, cost, method, epsilon, device)
@@ -352,7 +392,7 @@ def anchor_pairwise_distances(
             start = stop
     else:
         blocks = _row_blocks(len(h), len(other), batch_size)
-    for start, stop in tqdm(blocks, desc="anchor OT", disable=not progress):
+    for start, stop in progress_bar(blocks, description="anchor OT", requested=progress):
         col_start = start if symmetric else 0
         matrix[start:stop, col_start:] = _block(
             h, other, cost, start, stop, col_start, method, epsilon, n_iter, tol, device
@@ -374,6 +414,7 @@ def _mirror_upper(matrix: np.ndarray, block: int = 1024) -> None:
         matrix[start:stop, start:stop] = diagonal + diagonal.T
 
 
+@cpu_threads()
 def anchor_kneighbors(
     h: torch.Tensor | np.ndarray,
     cost: torch.Tensor | np.ndarray,
@@ -416,6 +457,15 @@ def anchor_kneighbors(
     -------
     ``(indices, distances)``, both of shape ``(n, n_neighbors)``, sorted by distance, with
     distances in squared units (:math:`W_2^2` estimates).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> cost = anchor_cost(np.array([[0.0], [1.0], [2.0]]))
+    >>> h = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [0.9, 0.1, 0]])
+    >>> indices, distances = anchor_kneighbors(h, cost, 2, method="exact")
+    >>> indices[:, 1]
+    array([3, 3, 1, 0])
     """
     h, other, cost, device = _prepare(h, None, cost, method, epsilon, device)
     n = len(h)
@@ -425,7 +475,9 @@ def anchor_kneighbors(
     distances = np.empty((n, n_neighbors), dtype=np.float64)
     solve = (method, epsilon, n_iter, tol, device)
     if anchor_points is None:
-        for start, stop in tqdm(_row_blocks(n, n, batch_size), desc="anchor OT neighbours", disable=not progress):
+        for start, stop in progress_bar(
+            _row_blocks(n, n, batch_size), description="anchor OT neighbours", requested=progress
+        ):
             block = _block(h, other, cost, start, stop, 0, *solve)
             block[np.arange(stop - start), np.arange(start, stop)] = -np.inf  # the row itself comes first
             _keep_nearest(block, np.broadcast_to(np.arange(n), block.shape), indices, distances, start, stop)
@@ -433,7 +485,7 @@ def anchor_kneighbors(
         bound = _MeanBound(h, anchor_points, anchor_offsets)
         rows_per_block = max(1, min(n, batch_size // (4 * n_neighbors), 2**22 // n))
         blocks = range(0, n, rows_per_block)
-        for start in tqdm(blocks, desc="anchor OT neighbours", disable=not progress):
+        for start in progress_bar(blocks, description="anchor OT neighbours", requested=progress):
             stop = min(n, start + rows_per_block)
             _pruned_block(h, cost, bound, start, stop, n_neighbors, batch_size, solve, indices, distances)
     distances[:, 0] = 0.0

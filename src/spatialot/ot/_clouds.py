@@ -32,6 +32,13 @@ class PointClouds:
     -----
     Build instances with :meth:`from_padded` or :meth:`from_list`, which validate, zero the
     padding and normalise the weights; the plain constructor trusts its input.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> clouds = PointClouds.from_list([np.zeros((3, 2)), np.ones((5, 2))])
+    >>> len(clouds), clouds.dim, clouds.max_size, clouds.sizes.tolist()
+    (2, 2, 5, [3, 5])
     """
 
     points: torch.Tensor
@@ -206,6 +213,16 @@ class IndexedClouds:
     mask
         Boolean array of shape ``(n_clouds, max_size)``, ``True`` for real points; every slot
         is real when ``None``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> features = np.arange(10.0).reshape(5, 2)
+    >>> family = IndexedClouds(features, np.array([[0, 1, 2], [3, 4, 0]]), np.array([[1, 1, 1], [1, 1, 0]], bool))
+    >>> len(family), family.dim, family.sizes.tolist()
+    (2, 2, [3, 2])
+    >>> family[[1]].points.shape
+    torch.Size([1, 3, 2])
     """
 
     def __init__(self, features, indices: np.ndarray, mask: np.ndarray | None = None):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import ot as pot
-from tqdm.auto import tqdm
 
+from .._settings import progress_bar
 from ._clouds import PointClouds
 
 
@@ -34,13 +34,22 @@ def exact_w2_squared(
     Returns
     -------
     Array of shape ``(batch,)`` holding :math:`W_2^2` (the squared distance, not :math:`W_2`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from spatialot.ot import PointClouds
+    >>> x = PointClouds.from_list([np.zeros((3, 2))])
+    >>> y = PointClouds.from_list([np.ones((3, 2))])
+    >>> exact_w2_squared(x, y)
+    array([2.])
     """
     if len(x) != len(y):
         raise ValueError(f"`x` and `y` must hold the same number of clouds, got {len(x)} and {len(y)}.")
     if x.dim != y.dim:
         raise ValueError(f"`x` and `y` must have the same point dimension, got {x.dim} and {y.dim}.")
     values = np.empty(len(x), dtype=np.float64)
-    for b in tqdm(range(len(x)), desc="exact OT", disable=not progress):
+    for b in progress_bar(range(len(x)), description="exact OT", requested=progress):
         x_points, x_weights = (arr.astype(np.float64) for arr in x.cloud(b))
         y_points, y_weights = (arr.astype(np.float64) for arr in y.cloud(b))
         cost = pot.dist(x_points, y_points, metric="sqeuclidean")

@@ -25,7 +25,15 @@ def _psd_power(matrices: torch.Tensor, power: float, floor: float = 0.0) -> torc
 
 
 def sqrtm_psd(matrices: torch.Tensor) -> torch.Tensor:
-    """Principal square root of symmetric positive semi-definite matrices, shape ``(..., d, d)``."""
+    """Principal square root of symmetric positive semi-definite matrices, shape ``(..., d, d)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> sqrtm_psd(torch.tensor([[4.0, 0.0], [0.0, 9.0]]))
+    tensor([[2., 0.],
+            [0., 3.]])
+    """
     return _psd_power(matrices, 0.5)
 
 
@@ -41,6 +49,14 @@ def gaussian_moments(clouds: PointClouds) -> tuple[torch.Tensor, torch.Tensor]:
     -------
     Means of shape ``(batch, dim)`` and covariances of shape ``(batch, dim, dim)`` (the weighted
     second central moment, without a small-sample correction).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from spatialot.ot import PointClouds
+    >>> means, covariances = gaussian_moments(PointClouds.from_list([np.array([[0.0, 0.0], [2.0, 0.0]])]))
+    >>> means, covariances[0, 0]
+    (tensor([[1., 0.]]), tensor([1., 0.]))
     """
     weights = clouds.weights[..., None]
     means = (weights * clouds.points).sum(1)
@@ -64,6 +80,12 @@ def bures_wasserstein_squared(
     Returns
     -------
     Tensor of shape ``(...)``: the squared distance (take the square root for :math:`W_2`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> bures_wasserstein_squared(torch.zeros(2), torch.eye(2), torch.ones(2), 4 * torch.eye(2))
+    tensor(4.)
     """
     root_1 = sqrtm_psd(cov_1)
     cross = sqrtm_psd(root_1 @ cov_2 @ root_1)
@@ -90,6 +112,14 @@ def gaussian_map(
     -------
     ``(matrix, shift)`` such that :math:`T(x) = A x + s` is ``x @ matrix.T + shift``; the matrix
     is symmetric positive semi-definite (T is the gradient of a convex function).
+
+    Examples
+    --------
+    >>> import torch
+    >>> matrix, shift = gaussian_map(torch.zeros(2), torch.eye(2), torch.ones(2), 4 * torch.eye(2))
+    >>> matrix, shift
+    (tensor([[2., 0.],
+            [0., 2.]]), tensor([1., 1.]))
     """
     root_1 = _psd_power(cov_1, 0.5, floor)
     inverse_root_1 = _psd_power(cov_1, -0.5, floor)
@@ -124,6 +154,13 @@ def bures_geodesic(
     Returns
     -------
     Mean and covariance at time ``t``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> mean, cov = bures_geodesic(torch.zeros(2), torch.eye(2), torch.ones(2), 4 * torch.eye(2), 0.5)
+    >>> mean, torch.diagonal(cov)
+    (tensor([0.5000, 0.5000]), tensor([2.2500, 2.2500]))
     """
     matrix, _ = gaussian_map(mean_1, cov_1, mean_2, cov_2)
     t = torch.as_tensor(t, dtype=mean_1.dtype, device=mean_1.device)

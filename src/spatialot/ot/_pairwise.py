@@ -6,8 +6,8 @@ from typing import Literal
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from .._settings import cpu_threads, progress_bar
 from ._clouds import PointClouds
 from ._exact import exact_w2_squared
 from ._sinkhorn import sinkhorn, sinkhorn_divergence
@@ -20,6 +20,7 @@ GPU_BATCH_ENTRIES = 2**26
 """Entries of the cost tensor of one Sinkhorn batch on a GPU when ``batch_size`` is not given."""
 
 
+@cpu_threads()
 def paired_distances(
     x: PointClouds,
     y: PointClouds,
@@ -59,6 +60,15 @@ def paired_distances(
     Returns
     -------
     Float64 array of shape ``(batch,)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from spatialot.ot import PointClouds
+    >>> x = PointClouds.from_list([np.zeros((3, 2)), np.zeros((4, 2))])
+    >>> y = PointClouds.from_list([np.ones((3, 2)), np.zeros((2, 2))])
+    >>> paired_distances(x, y)
+    array([2., 0.])
     """
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
@@ -72,7 +82,7 @@ def paired_distances(
         entries = GPU_BATCH_ENTRIES if on_gpu else CPU_BATCH_ENTRIES
         batch_size = max(1, entries // (x.max_size * y.max_size))
     starts = range(0, len(x), batch_size)
-    for start in tqdm(starts, desc=f"{method} OT", disable=not progress):
+    for start in progress_bar(starts, description=f"{method} OT", requested=progress):
         chunk = slice(start, start + batch_size)
         x_chunk, y_chunk = x[chunk].to(device), y[chunk].to(device)
         with torch.no_grad():
@@ -84,6 +94,7 @@ def paired_distances(
     return values
 
 
+@cpu_threads()
 def pairwise_distances(
     clouds: PointClouds,
     other: PointClouds | None = None,
@@ -111,6 +122,15 @@ def pairwise_distances(
     Returns
     -------
     Float64 array of shape ``(n, m)`` in squared units (:math:`W_2^2` or its estimate).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from spatialot.ot import PointClouds
+    >>> clouds = PointClouds.from_list([np.zeros((3, 2)), np.ones((4, 2))])
+    >>> pairwise_distances(clouds)
+    array([[0., 2.],
+           [2., 0.]])
     """
     symmetric = other is None
     other = clouds if symmetric else other

@@ -10,7 +10,14 @@ from ._clouds import PointClouds
 
 
 def squared_euclidean_cost(x_points: torch.Tensor, y_points: torch.Tensor) -> torch.Tensor:
-    """Batched cost matrices ``C[b, i, j] = ||x[b, i] - y[b, j]||^2``, shape ``(batch, n, m)``."""
+    """Batched cost matrices ``C[b, i, j] = ||x[b, i] - y[b, j]||^2``, shape ``(batch, n, m)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> squared_euclidean_cost(torch.tensor([[[0.0, 0.0]]]), torch.tensor([[[3.0, 4.0], [1.0, 0.0]]]))
+    tensor([[[25.,  1.]]])
+    """
     x_norm = (x_points**2).sum(-1)
     y_norm = (y_points**2).sum(-1)
     cross = torch.bmm(x_points, y_points.transpose(1, 2))
@@ -42,6 +49,16 @@ class SinkhornOutput:
         Number of Sinkhorn iterations run at the target ``epsilon`` by the slowest problem.
     converged
         Whether every problem met the tolerance before ``max_iter``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from spatialot.ot import PointClouds, sinkhorn
+    >>> x = PointClouds.from_list([np.zeros((4, 2))])
+    >>> y = PointClouds.from_list([np.ones((4, 2))])
+    >>> output = sinkhorn(x, y, epsilon=0.01)
+    >>> output.cost, output.converged
+    (tensor([2.]), True)
     """
 
     objective: torch.Tensor
@@ -119,6 +136,15 @@ def sinkhorn(
     -------
     :class:`SinkhornOutput` with the regularised objective, the transport cost
     :math:`\langle P, C\rangle` (the :math:`W_2^2` estimate) and the potentials.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from spatialot.ot import PointClouds
+    >>> x = PointClouds.from_list([np.zeros((4, 2))])
+    >>> y = PointClouds.from_list([np.ones((4, 2))])
+    >>> sinkhorn(x, y, epsilon=0.01).cost
+    tensor([2.])
     """
     if len(x) != len(y):
         raise ValueError(f"`x` and `y` must hold the same number of clouds, got {len(x)} and {len(y)}.")
@@ -229,6 +255,15 @@ def sinkhorn_divergence(x: PointClouds, y: PointClouds, *, epsilon: float = 1e-2
     Returns
     -------
     Tensor of shape ``(batch,)``, differentiable in the points and weights of both clouds.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from spatialot.ot import PointClouds
+    >>> x = PointClouds.from_list([np.zeros((4, 2))])
+    >>> y = PointClouds.from_list([np.ones((4, 2))])
+    >>> sinkhorn_divergence(x, y, epsilon=0.01)
+    tensor([2.])
     """
     cross = sinkhorn(x, y, epsilon=epsilon, **kwargs).objective
     self_x = sinkhorn(x, x, epsilon=epsilon, **kwargs).objective

@@ -1,7 +1,8 @@
 """Plots that read what :mod:`spatialot.pp` and :mod:`spatialot.tl` wrote."""
 
 from ._asot import asot
-from ._embedding import distance_fidelity, embedding
+from ._embedding import embedding
+from ._fidelity import distance_fidelity
 from ._hotet import hotet
 from ._loss import loss
 from ._niches import niches

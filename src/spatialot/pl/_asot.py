@@ -56,6 +56,14 @@ def asot(
     Returns
     -------
     The Axes, unless the figure was shown.
+
+    Examples
+    --------
+    >>> import spatialot as sot
+    >>> adata = sot.datasets.bdtnp()
+    >>> sot.pp.niches(adata, k=8)
+    >>> sot.tl.asot(adata, n_anchors=32)  # doctest: +SKIP
+    >>> sot.pl.asot(adata, cells=["cell10", "cell200"])  # doctest: +SKIP
     """
     keys = ResultKeys(key, argument="key")
     if keys.uns not in adata.uns or keys.obsm not in adata.obsm or "anchors" not in adata.uns[keys.uns]:

@@ -1,21 +1,19 @@
-"""``sot.pl.embedding`` and ``sot.pl.distance_fidelity``: a niche embedding and how faithful it is to OT."""
+"""``sot.pl.embedding``: a niche embedding in two dimensions, coloured like scanpy."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import matplotlib.pyplot as plt
 import numpy as np
 import scanpy as sc
-import scipy.stats
 from anndata import AnnData
 from matplotlib.axes import Axes
 
 from .._keys import ResultKeys
-from .._validation import check_int
-from ..tl import ot_distances
-from ._utils import finish
+from ._utils import finish, label_colorbars, panel_grid
 
 
 def _embedding(adata: AnnData, basis: str) -> np.ndarray:
@@ -30,13 +28,14 @@ def embedding(
     adata: AnnData,
     *,
     basis: str = "wormhole",
-    color: str | None = None,
+    color: str | Sequence[str] | None = None,
     projection: Literal["pca", "none"] = "pca",
+    ncols: int = 4,
     ax: Axes | None = None,
     show: bool | None = None,
     save: str | Path | None = None,
     **kwargs,
-) -> Axes | None:
+) -> Axes | list[Axes] | None:
     """Plot a niche embedding in two dimensions, coloured like :func:`scanpy.pl.embedding`.
 
     Parameters
@@ -46,12 +45,16 @@ def embedding(
     basis
         Embedding to show, e.g. ``'wormhole'`` (from :func:`spatialot.tl.wormhole`).
     color
-        A column of ``.obs`` or a gene, as in scanpy.
+        A column of ``.obs`` or a gene, or a list of them: one panel each, in a grid, as in
+        scanpy. Categories take scanpy's colours (``.uns[f'{color}_colors']``); colour bars are
+        labelled with their key.
     projection
         ``'pca'``: the first two principal components of the embedding, the linear view that
         keeps its Euclidean (≈ Wasserstein) geometry best; ``'none'``: its first two coordinates.
+    ncols
+        Panels per row of the grid when ``color`` is a list.
     ax
-        Axes to draw into; a new figure when ``None``.
+        Axes to draw into (one colour only); a new figure when ``None``.
     show
         Show the figure; by default follows ``scanpy.settings.autoshow``.
     save
@@ -61,12 +64,24 @@ def embedding(
 
     Returns
     -------
-    The Axes, unless the figure was shown.
+    The Axes (a list of them, one per colour, when ``color`` is a list), unless the figure was
+    shown.
+
+    Examples
+    --------
+    >>> import spatialot as sot
+    >>> adata = sot.datasets.bdtnp()
+    >>> sot.pp.niches(adata, k=8)
+    >>> sot.tl.wormhole(adata, n_steps=500)  # doctest: +SKIP
+    >>> sot.pl.embedding(adata, basis="wormhole", color=["eve", "ftz"])  # doctest: +SKIP
     """
     if projection not in ("pca", "none"):
         raise ValueError(f"`projection` must be 'pca' or 'none', got {projection!r}.")
-    if color is not None and not isinstance(color, str):
-        raise ValueError("`color` must be one key (a column of `.obs` or a gene).")
+    colors = [color] if color is None or isinstance(color, str) else list(color)
+    if not colors or not all(key is None or isinstance(key, str) for key in colors):
+        raise ValueError(f"`color` must be a key (a column of `.obs` or a gene) or a list of keys, got {color!r}.")
+    if ax is not None and len(colors) > 1:
+        raise ValueError(f"`ax` holds one panel, but `color` asks for {len(colors)}: leave `ax` out to get a grid.")
     coordinates = _embedding(adata, basis)
     if coordinates.shape[1] < 2:
         raise ValueError(f"`basis`={basis!r} has {coordinates.shape[1]} dimension; a plot needs 2.")
@@ -76,71 +91,20 @@ def embedding(
         coordinates = centred @ components[:2].T
     # a light AnnData sharing the user's arrays lets scanpy do the colouring without touching `adata`
     view = AnnData(X=adata.X, obs=adata.obs, var=adata.var, uns=dict(adata.uns), obsm={"X_view": coordinates[:, :2]})
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5, 5))
-    sc.pl.embedding(view, basis="X_view", color=color, ax=ax, show=False, **kwargs)
+    if ax is not None:
+        panels = [ax]
+    elif len(colors) == 1:
+        panels = [plt.subplots(figsize=(5, 5), layout="constrained")[1]]
+    else:
+        panels = list(panel_grid(len(colors), ncols=ncols, panel_size=(4.5, 4.0))[0])
     label = f"{basis} PC" if projection == "pca" else f"{basis} "
-    ax.set_xlabel(f"{label}1")
-    ax.set_ylabel(f"{label}2")
-    return finish(ax, show=show, save=save)
-
-
-def distance_fidelity(
-    adata: AnnData,
-    *,
-    basis: str = "wormhole",
-    niche_key: str = "niche",
-    n_pairs: int = 500,
-    method: Literal["exact", "sinkhorn", "sinkhorn_divergence"] = "exact",
-    random_state: int = 0,
-    ax: Axes | None = None,
-    show: bool | None = None,
-    save: str | Path | None = None,
-) -> Axes | None:
-    r"""Scatter squared embedding distance against the true :math:`W_2^2` on random niche pairs.
-
-    A faithful embedding puts the points on the diagonal; the title gives the Pearson and
-    Spearman correlations. The true distances are computed with
-    :func:`spatialot.tl.ot_distances`.
-
-    Parameters
-    ----------
-    adata
-        Annotated data matrix with ``.obsm['X_<basis>']`` and the niches under ``niche_key``.
-    basis
-        Embedding to check, e.g. ``'wormhole'``.
-    niche_key
-        The ``key_added`` of :func:`spatialot.pp.niches`.
-    n_pairs
-        Number of random pairs of distinct cells.
-    method
-        How the true distances are computed (see :func:`spatialot.tl.ot_distances`).
-    random_state
-        Seed of the choice of pairs.
-    ax, show, save
-        As in :func:`embedding`.
-
-    Returns
-    -------
-    The Axes, unless the figure was shown.
-    """
-    coordinates = _embedding(adata, basis)
-    if adata.n_obs < 2:
-        raise ValueError("`adata` needs at least 2 cells to form pairs.")
-    n_pairs = check_int("n_pairs", n_pairs, minimum=2)
-    rng = np.random.default_rng(random_state)
-    first = rng.integers(adata.n_obs, size=n_pairs)
-    second = (first + rng.integers(1, adata.n_obs, size=n_pairs)) % adata.n_obs  # never the same cell
-    true = ot_distances(adata, first, second, niche_key=niche_key, paired=True, method=method, progress=False)
-    predicted = ((coordinates[first] - coordinates[second]) ** 2).sum(1)
-    pearson = scipy.stats.pearsonr(predicted, true)[0]
-    spearman = scipy.stats.spearmanr(predicted, true)[0]
-    if ax is None:
-        _, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.scatter(true, predicted, s=6, alpha=0.5, color="tab:blue", linewidths=0)
-    limit = max(true.max(), predicted.max())
-    ax.plot([0, limit], [0, limit], color="grey", lw=1, ls="--")
-    ax.set_xlabel(f"{method} $W_2^2$ between niches")
-    ax.set_ylabel(f"squared distance in X_{basis.removeprefix('X_')}")
-    ax.set_title(f"Pearson {pearson:.3f}, Spearman {spearman:.3f} ({n_pairs} pairs)")
-    return finish(ax, show=show, save=save)
+    for panel, key in zip(panels, colors, strict=True):
+        sc.pl.embedding(view, basis="X_view", color=key, ax=panel, show=False, **kwargs)
+        panel.set_xlabel(f"{label}1")
+        panel.set_ylabel(f"{label}2")
+        if key is not None:
+            label_colorbars(panel, key)
+    shown = finish(panels[0], show=show, save=save)
+    if shown is None:
+        return None
+    return panels[0] if len(panels) == 1 else panels

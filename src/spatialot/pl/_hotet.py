@@ -62,6 +62,16 @@ def hotet(
     Returns
     -------
     The Axes, unless the figure was shown.
+
+    Examples
+    --------
+    >>> import scanpy as sc
+    >>> import spatialot as sot
+    >>> adata = sot.datasets.bdtnp()
+    >>> sc.pp.pca(adata, n_comps=8)
+    >>> sot.pp.niches(adata, k=8, use_rep="X_pca")
+    >>> sot.tl.hotet(adata, n_steps=200)  # doctest: +SKIP
+    >>> sot.pl.hotet(adata, cells=["cell10"])  # doctest: +SKIP
     """
     keys = ResultKeys(key, argument="key")
     if keys.uns not in adata.uns or keys.obsm not in adata.obsm:

@@ -41,6 +41,14 @@ def loss(
     Returns
     -------
     The Axes, unless the figure was shown.
+
+    Examples
+    --------
+    >>> import spatialot as sot
+    >>> adata = sot.datasets.bdtnp()
+    >>> sot.pp.niches(adata, k=8)
+    >>> sot.tl.wormhole(adata, n_steps=500)  # doctest: +SKIP
+    >>> sot.pl.loss(adata, "wormhole", window=25)  # doctest: +SKIP
     """
     if key not in adata.uns or "loss" not in adata.uns[key]:
         raise KeyError(f"`key`={key!r}: no training loss in `adata.uns[{key!r}]['loss']`; train a model first.")

@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 from matplotlib.axes import Axes
+from matplotlib.patches import Patch
 from scipy.spatial import cKDTree
 
 from ..get import niche_clouds
-from ._utils import finish
+from ._utils import category_colors, finish, panel_grid
 
 
 def generated_niches(
@@ -24,17 +24,20 @@ def generated_niches(
     cell_type_key: str | None = None,
     n_real: int | None = None,
     point_size: float = 6.0,
+    ncols: int = 4,
     random_state: int = 0,
+    ax: Axes | None = None,
     show: bool | None = None,
     save: str | Path | None = None,
-) -> np.ndarray | None:
+) -> Axes | np.ndarray | None:
     """Show generated niches beside real ones in one view, per condition, and their composition.
 
-    Top row: the points of real niches and of generated niches in the plane of the first two
-    principal components of all cells' features (the space the niches live in), one panel per
-    condition. Bottom row (with ``cell_type_key``): the cell-type composition of real niches
-    against that of generated niches, each generated point being given the type of its nearest
-    real cell.
+    One panel per condition, in a grid of ``ncols`` columns: the points of real niches and of
+    generated niches in the plane of the first two principal components of all cells' features
+    (the space the niches live in) and, under it (with ``cell_type_key``), the cell-type
+    composition of real niches against that of generated niches, each generated point being
+    given the type of its nearest real cell. The cell types take scanpy's colours
+    (``.uns[f'{cell_type_key}_colors']``), in one legend for the figure.
 
     Parameters
     ----------
@@ -51,8 +54,13 @@ def generated_niches(
         Real niches drawn per condition; as many as generated ones by default.
     point_size
         Marker size of the points.
+    ncols
+        Panels per row of the grid.
     random_state
         Seed of the choice of real niches.
+    ax
+        Axes to draw the view of one condition into (``conditions`` of length one, or an
+        unconditional model, and no ``cell_type_key``); a new figure when ``None``.
     show
         Show the figure; by default as :data:`scanpy.settings.autoshow`, unless saving.
     save
@@ -60,7 +68,17 @@ def generated_niches(
 
     Returns
     -------
-    Array of the Axes (rows: view, composition; columns: conditions), unless the figure was shown.
+    ``ax`` when given; else an array of the Axes of shape ``(rows, n_conditions)``, row 0 the
+    views and row 1 (with ``cell_type_key``) the compositions. ``None`` if the figure was shown.
+
+    Examples
+    --------
+    >>> import spatialot as sot
+    >>> adata = sot.datasets.simulated_tissue()
+    >>> sot.pp.niches(adata, k=8)
+    >>> model = sot.tl.wfm(adata, condition_key="cell_type", n_steps=200)  # doctest: +SKIP
+    >>> sot.tl.generate_niches(adata, model, n=20)  # doctest: +SKIP
+    >>> sot.pl.generated_niches(adata, cell_type_key="cell_type")  # doctest: +SKIP
     """
     if key not in adata.uns or "points" not in adata.uns[key]:
         raise KeyError(f"No generated niches under `key`={key!r}: run `sot.tl.generate_niches(adata, model)` first.")
@@ -97,9 +115,20 @@ def generated_niches(
         flat = (values - center) @ projection
         return flat if flat.shape[1] == 2 else np.column_stack([flat, np.zeros(len(flat))])
 
+    if ax is not None and (len(panels) != 1 or cell_type_key is not None):
+        raise ValueError(
+            f"`ax` holds one view, but {len(panels)} condition(s)"
+            + (" and their composition" if cell_type_key is not None else "")
+            + " were asked for: pass one of `conditions` without `cell_type_key`, or leave `ax` out to get a grid."
+        )
     rng = np.random.default_rng(random_state)
-    n_rows = 2 if cell_type_key is not None else 1
-    fig, axes = plt.subplots(n_rows, len(panels), figsize=(4 * len(panels), 4 * n_rows), squeeze=False)
+    if ax is not None:
+        axes = np.array([[ax]], dtype=object)
+    else:
+        ratios = (1.0, 0.3) if cell_type_key is not None else (1.0,)
+        axes = panel_grid(len(panels), ncols=ncols, panel_size=(3.6, 3.4), height_ratios=ratios)
+    types = adata.obs[cell_type_key].astype("category") if cell_type_key is not None else None
+    palette = category_colors(adata, cell_type_key) if cell_type_key is not None else []
     tree = cKDTree(features) if cell_type_key is not None else None
     for column, condition in enumerate(panels):
         chosen = np.ones(len(points), dtype=bool) if condition is None else generated_conditions == condition
@@ -112,37 +141,37 @@ def generated_niches(
         count = min(len(pool), n_real if n_real is not None else int(chosen.sum()))
         real_cells = rng.choice(pool, size=count, replace=False) if count else np.zeros(0, dtype=int)
         members = family.indices[real_cells][family.mask[real_cells]]
-        ax = axes[0, column]
-        ax.scatter(*project(features[members]).T, s=point_size, alpha=0.5, label="real", color="0.25")
-        ax.scatter(*project(fake).T, s=point_size, alpha=0.5, label="generated", color="tab:red")
-        ax.set_title("all niches" if condition is None else str(condition))
-        ax.set_xlabel("PC1")
-        ax.set_ylabel("PC2" if column == 0 else "")
+        view = axes[0, column]
+        view.scatter(*project(features[members]).T, s=point_size, alpha=0.5, label="real", color="0.25")
+        view.scatter(*project(fake).T, s=point_size, alpha=0.5, label="generated", color="tab:red")
+        view.set_title("all niches" if condition is None else str(condition))
+        view.set_xlabel("PC1")
+        view.set_ylabel("PC2")
         if column == 0:
-            ax.legend(loc="best", fontsize="small")
+            view.legend(loc="best", fontsize="small")
         if tree is not None:
-            types = adata.obs[cell_type_key].astype(str).to_numpy()
+            codes = types.cat.codes.to_numpy()
             _, nearest = tree.query(fake)
-            _composition_bars(axes[1, column], types, types[members], types[nearest], legend=column == 0)
-    fig.tight_layout()
+            _composition_bars(axes[1, column], len(types.cat.categories), codes[members], codes[nearest], palette)
+    if types is not None:
+        palette_handles = [
+            Patch(color=tint, label=name) for name, tint in zip(types.cat.categories, palette, strict=True)
+        ]
+        axes[0, 0].get_figure().legend(
+            handles=palette_handles, title=cell_type_key, loc="outside right center", fontsize="small", frameon=False
+        )
     shown = finish(axes[0, 0], show=show, save=save)
-    return None if shown is None else axes
+    if shown is None:
+        return None
+    return ax if ax is not None else axes
 
 
-def _composition_bars(
-    ax: Axes, all_types: np.ndarray, real: np.ndarray, generated: np.ndarray, *, legend: bool
-) -> None:
-    """Stacked bars of the type fractions of real and generated points."""
-    names = sorted(set(all_types))
-    palette = plt.get_cmap("tab20")
-    for row, values in enumerate([real, generated]):
-        left = 0.0
-        for number, name in enumerate(names):
-            fraction = float(np.mean(values == name)) if len(values) else 0.0
-            ax.barh(row, fraction, left=left, color=palette(number % 20), label=name if row == 0 else None)
-            left += fraction
+def _composition_bars(ax: Axes, n_types: int, real: np.ndarray, generated: np.ndarray, palette: Sequence[str]) -> None:
+    """Stacked bars of the type fractions (codes ``0 … n_types - 1``) of real and generated points."""
+    for row, codes in enumerate([real, generated]):
+        fractions = np.bincount(codes, minlength=n_types) / max(len(codes), 1)
+        lefts = np.concatenate([[0.0], np.cumsum(fractions)[:-1]])
+        ax.barh(np.full(n_types, row), fractions, left=lefts, color=palette, height=0.8)
     ax.set_yticks([0, 1], ["real", "generated"])
     ax.set_xlim(0, 1)
     ax.set_xlabel("fraction of points")
-    if legend:
-        ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.25), ncol=min(6, len(names)), fontsize="x-small")

@@ -209,6 +209,16 @@ def asot_neighbors(
         ``method='umap'``, ``use_rep``, the ASOT ``key`` and solver), as scanpy writes; ``metric`` is
         ``'euclidean'``, the metric :func:`scanpy.tl.umap` uses on ``use_rep`` to place
         disconnected components of the graph, while the graph itself is by ASOT (``distance``).
+
+    Examples
+    --------
+    >>> import scanpy as sc
+    >>> import spatialot as sot
+    >>> adata = sot.datasets.bdtnp()
+    >>> sot.pp.niches(adata, k=8)
+    >>> sot.tl.asot(adata, n_anchors=32)  # doctest: +SKIP
+    >>> sot.tl.asot_neighbors(adata, n_neighbors=15)  # doctest: +SKIP
+    >>> sc.tl.leiden(adata, neighbors_key="asot_neighbors", key_added="asot_leiden")  # doctest: +SKIP
     """
     start = logg.info("computing ASOT neighbours")
     keys, graph_keys = ResultKeys(key, argument="key"), GraphKeys(key_added)

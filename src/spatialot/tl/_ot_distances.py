@@ -62,6 +62,16 @@ def ot_distances(
     -------
     :math:`W_2^2` (or its entropic estimate) as a float64 array: of shape ``(len(cells),)``
     when ``paired``, else ``(len(cells), len(other))`` (``other = cells`` when ``None``).
+
+    Examples
+    --------
+    >>> import spatialot as sot
+    >>> adata = sot.datasets.bdtnp()
+    >>> sot.pp.niches(adata, k=8)
+    >>> sot.tl.ot_distances(adata, [0, 1, 2]).shape
+    (3, 3)
+    >>> sot.tl.ot_distances(adata, [0, 1], [2, 3], paired=True).shape
+    (2,)
     """
     if method not in _METHODS:
         raise ValueError(f"`method` must be one of {_METHODS}, got {method!r}.")

@@ -266,6 +266,15 @@ def generate_niches(
         The generated Gaussians (Gaussian mode only); their ``'points'`` are samples of them.
     ``'params'``
         The parameters above and the model's mode.
+
+    Examples
+    --------
+    >>> import spatialot as sot
+    >>> adata = sot.datasets.simulated_tissue()
+    >>> sot.pp.niches(adata, k=8)
+    >>> model = sot.tl.wfm(adata, condition_key="cell_type", n_steps=200)  # doctest: +SKIP
+    >>> sot.tl.generate_niches(adata, model, n=50)  # doctest: +SKIP
+    >>> adata.uns["wfm_generated"]["points"].shape  # doctest: +SKIP
     """
     start = logg.info("generating niches")
     keys = ResultKeys(key_added)

@@ -1,0 +1,73 @@
+"""What every model shares, from ``models/_base.py``: the one-line repr and what ``fit`` records."""
+
+import numpy as np
+import pytest
+import torch
+
+from spatialot.models import ASOT, HOTET, GaussianFlowMatching, WassersteinFlowMatching, Wormhole
+from spatialot.ot import PointClouds
+
+
+@pytest.fixture
+def clouds():
+    rng = np.random.default_rng(0)
+    return PointClouds.from_list([rng.normal(size=(int(rng.integers(4, 7)), 2)) for _ in range(12)])
+
+
+def test_an_untrained_model_prints_its_architecture_on_one_line():
+    model = Wormhole(3, n_components=8, width=16, n_layers=1, n_heads=2, mlp_width=16)
+    assert repr(model) == (
+        "Wormhole(dim=3, n_components=8, width=16, n_layers=1, n_heads=2, ot_distance='sinkhorn_divergence'), "
+        "not trained"
+    )
+    # the layers stay one call away
+    assert len(torch.nn.Module.__repr__(model).splitlines()) > 10
+
+
+def test_a_trained_model_says_on_how_many_clouds_and_for_how_many_steps(clouds, tmp_path):
+    torch.manual_seed(0)
+    model = Wormhole(2, n_components=4, width=16, n_layers=1, n_heads=2, mlp_width=16, decoder_weight=0.0)
+    model.fit(clouds, n_steps=3, batch_size=4, device="cpu", progress=False)
+    expected = (
+        "Wormhole(dim=2, n_components=4, width=16, n_layers=1, n_heads=2, ot_distance='sinkhorn_divergence'), "
+        "trained on 12 clouds for 3 steps"
+    )
+    assert repr(model) == expected
+    # a second fit on fewer clouds continues the history and records its own family
+    model.fit(clouds[:5], n_steps=2, batch_size=4, device="cpu", progress=False)
+    assert repr(model).endswith("trained on 5 clouds for 5 steps")
+    # and the checkpoint keeps both
+    model.save(tmp_path / "wormhole.pt")
+    assert repr(Wormhole.load(tmp_path / "wormhole.pt", device="cpu")) == repr(model)
+
+
+def test_a_failed_fit_records_nothing(clouds):
+    model = ASOT(2, 4)
+    with pytest.raises(ValueError, match="dimension"):
+        model.fit(PointClouds.from_list([np.zeros((3, 3))]), progress=False)
+    assert repr(model) == "ASOT(dim=2, n_anchors=4, method='kmeans'), not trained"
+
+
+def test_every_model_has_a_one_line_repr(clouds):
+    kmeans = ASOT(2, 4).fit(clouds, device="cpu", progress=False)
+    assert repr(kmeans) == "ASOT(dim=2, n_anchors=4, method='kmeans'), trained on 12 clouds for 0 steps"
+    # keyword data argument, and Gaussians (means) counted as the family
+    gaussian = GaussianFlowMatching(2, labels=["a", "b"], width=16, n_layers=1)
+    gaussian.fit(
+        means=np.zeros((6, 2)),
+        covariances=np.tile(np.eye(2), (6, 1, 1)),
+        labels=["a", "b"] * 3,
+        n_steps=2,
+        device="cpu",
+        progress=False,
+    )
+    assert (
+        repr(gaussian)
+        == "GaussianFlowMatching(dim=2, width=16, n_layers=1, n_labels=2), trained on 6 clouds for 2 steps"
+    )
+    flow = WassersteinFlowMatching(2, max_size=6, width=16, n_layers=1, n_heads=2, mlp_width=16)
+    assert repr(flow) == (
+        "WassersteinFlowMatching(dim=2, max_size=6, width=16, n_layers=1, n_heads=2, noise='normal'), not trained"
+    )
+    hotet = HOTET(2, width=16, n_layers=1, n_heads=2, mlp_width=16, hyper_width=16, n_anchors=8)
+    assert repr(hotet) == "HOTET(dim=2, n_anchors=8, width=16, n_layers=1, n_heads=2, base='gaussian'), not trained"
