@@ -161,10 +161,24 @@ def worker(args: argparse.Namespace) -> None:
     run = {"official": run_official, "spatialot": run_spatialot}[args.worker]
     result = run(args, checkpoints, train_points, train_mask, test_points, test_mask)
     result["peak_rss_bytes"] = peak_rss_bytes()
+    result["code"] = code_version()
     np.savez(args.result, **{k: v for k, v in result.items() if isinstance(v, np.ndarray)})
     Path(args.result).with_suffix(".json").write_text(
         json.dumps({k: v for k, v in result.items() if not isinstance(v, np.ndarray)})
     )
+
+
+def code_version() -> str:
+    """The commit of spatialot this worker imported, ``+dirty`` when the work tree had changes."""
+    import spatialot
+
+    root = Path(spatialot.__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=root, capture_output=True, text=True)
+    except OSError:
+        return "unknown"
+    return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def step_rate(stamps: list[float]) -> float:
@@ -254,7 +268,7 @@ def _no_final_norm(model) -> None:
 
 def _joint_decoder(model) -> None:
     """The paper's joint training: the decoder's loss also shapes the embedding."""
-    model._decoder_reads_detached = False
+    model._decoder_gradient_to_embedding = 1.0
 
 
 # internal choices that are no constructor argument, switched by --ablation (comma-separated)
@@ -283,7 +297,10 @@ def run_spatialot(args, checkpoints, train_points, train_mask, test_points, test
     torch.manual_seed(SEED)
     model = Wormhole(train.dim, **config)
     for name in filter(None, args.ablation.split(",")):
-        ABLATIONS[name](model)
+        if name.startswith("decoder-coupling="):  # a share of the decoder's gradient reaches the embedding
+            model._decoder_gradient_to_embedding = float(name.split("=")[1])
+        else:
+            ABLATIONS[name](model)
     snapshots, stamps = {}, []
     loss = model._loss
 
@@ -407,7 +424,8 @@ def main() -> None:
     for name in datasets:
         data_paths[name] = workdir / f"{name}.npz"
         data_info[name] = build_data(name, data_paths[name])
-    jobs = [(p, d) for d in datasets for p in packages]
+    # the longest jobs (the official code's) first, so that two workers finish close together
+    jobs = [(p, d) for p in packages for d in datasets]
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = {
             job: pool.submit(launch, args, *job, data_paths[job[1]], workdir, args.steps, args.threads, "fidelity")

@@ -100,11 +100,24 @@ class Wormhole(Model):
     Train with :meth:`fit`; embed with :meth:`encode` (any clouds of the same dimension, e.g.
     another sample: out-of-sample embedding); reconstruct with :meth:`decode`; average niches
     with :meth:`barycenter` and :meth:`interpolate`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from spatialot.models import Wormhole
+    >>> from spatialot.ot import PointClouds
+    >>> rng = np.random.default_rng(0)
+    >>> sizes = rng.integers(5, 12, 64)
+    >>> clouds = PointClouds.from_list([rng.normal(size=(n, 3)) + rng.normal(size=3) for n in sizes])
+    >>> model = Wormhole(3).fit(clouds, n_steps=1000, progress=False)  # doctest: +SKIP
+    >>> embedding = model.encode(clouds)  # doctest: +SKIP
+    >>> model.decode(embedding[:2]).shape  # doctest: +SKIP
+    (2, 8, 3)
     """
 
     # the paper trains encoder and decoder jointly; detaching is what spatialot does (ablation:
     # benchmarks/peers/wormhole.py --ablation joint-decoder)
-    _decoder_reads_detached = True
+    _decoder_gradient_to_embedding = 0.0
 
     def __init__(
         self,
@@ -230,7 +243,9 @@ class Wormhole(Model):
         if self.config["decoder_weight"] > 0:
             # the decoder learns to read the embedding without reshaping it: its gradient stops
             # at the embedding, which the distance loss alone shapes (see the class notes)
-            decoded = self._decode_scaled(outputs.detach() if self._decoder_reads_detached else outputs)
+            coupling = self._decoder_gradient_to_embedding
+            read = outputs.detach() if coupling == 0 else coupling * outputs + (1 - coupling) * outputs.detach()
+            decoded = self._decode_scaled(read)
             size = decoded.shape[1]
             uniform = torch.full(decoded.shape[:2], 1 / size, dtype=decoded.dtype, device=decoded.device)
             decoded_clouds = PointClouds(decoded, torch.ones_like(uniform, dtype=torch.bool), uniform)
