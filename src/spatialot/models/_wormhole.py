@@ -36,7 +36,7 @@ class Wormhole(Model):
     .. math:: \frac{1}{|\text{pairs}|}\sum_{i<j}\Big(D(x_i, x_j)
               - \tfrac1n\lVert h_i - h_j\rVert^2\Big)^2
               \; + \; \lambda\, \frac1B \sum_i S_\varepsilon\big(x_i,
-              \mathrm{dec}(\mathrm{sg}(h_i))\big),
+              \mathrm{dec}(\mathrm{sg}_{0.1}(h_i))\big),
 
     where :math:`h_i \in \mathbb{R}^n` is the network's output for cloud :math:`x_i`,
     :math:`D` is the OT distance chosen by ``ot_distance`` and computed on the fly with
@@ -51,12 +51,14 @@ class Wormhole(Model):
     :math:`z = h \sqrt{s / n}`, so that :math:`\lVert z_i - z_j\rVert^2 \approx W_2^2(x_i, x_j)`
     in the units of the data, whatever the internal parametrisation.
 
-    Unlike the paper, the decoder's loss does not reach the encoder (:math:`\mathrm{sg}` stops
-    the gradient): the decoder learns to read the embedding that the distance loss alone
-    shapes. Trained jointly, the reconstruction pulls the embedding away from the distances;
-    side by side with the official code (``benchmarks/peers/wormhole.py``) the joint loss cost
-    fidelity, most of all on pairs of niches of the same type, while the detached decoder
-    reconstructs as well.
+    Unlike the paper, only a tenth of the decoder's gradient reaches the encoder
+    (:math:`\mathrm{sg}_{0.1}(h) = 0.1\,h + 0.9\,\mathrm{sg}(h)`, with :math:`\mathrm{sg}` the
+    stop-gradient): the distance loss shapes the embedding, and the decoder learns to read it.
+    Trained jointly, the reconstruction pulls the embedding away from the distances; fully
+    detached, the decoder reconstructs less well. Side by side with the official code
+    (``benchmarks/peers/wormhole.py``, simulated niches, 1,000 steps), joint training gave
+    held-out / same-type Pearson 0.987 / 0.943 and decoder W2² 0.66, a detached decoder
+    0.992 / 0.952 and 0.80, a tenth 0.992 / 0.954 and 0.69 (official code: 0.984 / 0.931, 0.72).
 
     Parameters
     ----------
@@ -89,7 +91,7 @@ class Wormhole(Model):
     epsilon
         Entropic regularisation relative to the cost scale (the paper's default 0.01).
     decoder_weight
-        Weight :math:`\lambda` of the decoder loss; 0 trains the encoder alone.
+        Weight :math:`\lambda` of the decoder loss; 0 trains the encoder alone (no decoder).
     sinkhorn_tol
         Marginal tolerance (L1) of the Sinkhorn solves in training. Targets only need to rank
         and scale pairs correctly: at ``1e-2`` they correlate with converged values to better
@@ -115,9 +117,9 @@ class Wormhole(Model):
     (2, 8, 3)
     """
 
-    # the paper trains encoder and decoder jointly; detaching is what spatialot does (ablation:
-    # benchmarks/peers/wormhole.py --ablation joint-decoder)
-    _decoder_gradient_to_embedding = 0.0
+    # the share of the decoder's gradient that reaches the embedding: 1 in the paper (ablations:
+    # benchmarks/peers/wormhole.py --ablation joint-decoder, decoder-coupling=0)
+    _decoder_gradient_to_embedding = 0.1
 
     def __init__(
         self,
@@ -241,8 +243,8 @@ class Wormhole(Model):
         predicted = self._embedding_distances(outputs, first, second)
         loss = ((predicted - self.pair_targets(clouds, first, second)) ** 2).mean()
         if self.config["decoder_weight"] > 0:
-            # the decoder learns to read the embedding without reshaping it: its gradient stops
-            # at the embedding, which the distance loss alone shapes (see the class notes)
+            # the decoder learns to read the embedding and reshapes it only a little: a share of
+            # its gradient reaches the encoder (see the class notes)
             coupling = self._decoder_gradient_to_embedding
             read = outputs.detach() if coupling == 0 else coupling * outputs + (1 - coupling) * outputs.detach()
             decoded = self._decode_scaled(read)
