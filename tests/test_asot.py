@@ -119,6 +119,13 @@ def test_kneighbors_pruned_by_the_lower_bound_match_all_pairs():
     cost = anchor_cost(points)
     kwargs = {"epsilon": 0.05 * float(cost.max()), "n_iter": 30}
     matrix = anchor_pairwise_distances(h, h, cost, **kwargs)
+    # identical histograms (rows with all their mass on anchor 0) count once: the first copy of
+    # each histogram is the only candidate, and never for a copy of itself
+    _, first, inverse = np.unique(h, axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    assert len(first) < len(h)
+    matrix[:, ~np.isin(np.arange(len(h)), first)] = np.inf
+    matrix[inverse[:, None] == inverse[None, :]] = np.inf
     np.fill_diagonal(matrix, -1)
     expected = np.sort(matrix, axis=1)[:, :5]
     expected[:, 0] = 0
@@ -126,6 +133,22 @@ def test_kneighbors_pruned_by_the_lower_bound_match_all_pairs():
         indices, distances = anchor_kneighbors(h, cost, 5, batch_size=97, **kwargs, **extra)
         np.testing.assert_allclose(distances, expected, rtol=1e-4, atol=1e-6)
         np.testing.assert_array_equal(indices[:, 0], np.arange(60))
+
+
+def test_kneighbors_count_identical_histograms_once():
+    # anchors on a line, so exact W2^2 between these histograms is known: delta_0 to delta_1 is 1,
+    # delta_0 to 0.75 delta_0 + 0.25 delta_1 is 0.25, delta_1 to it 0.75, delta_3 to it 7.75
+    cost = anchor_cost(np.array([[0.0], [1.0], [2.0], [3.0]]))
+    delta = np.eye(4)
+    h = np.stack([delta[0], delta[0], delta[0], delta[1], delta[3], 0.75 * delta[0] + 0.25 * delta[1]])
+    indices, distances = anchor_kneighbors(h, cost, 3, method="exact")
+    # the copies of delta_0 (rows 0-2) are not each other's neighbours: all share row 0's list
+    np.testing.assert_array_equal(indices, [[0, 5, 3], [1, 5, 3], [2, 5, 3], [3, 5, 0], [4, 3, 5], [5, 0, 3]])
+    expected = [[0, 0.25, 1], [0, 0.25, 1], [0, 0.25, 1], [0, 0.75, 1], [0, 4, 7.75], [0, 0.25, 0.75]]
+    np.testing.assert_allclose(distances, expected, atol=1e-6)
+    # fewer distinct histograms than neighbours: the rows are used as they are
+    indices, distances = anchor_kneighbors(h[:4], cost, 3, method="exact")
+    np.testing.assert_allclose(distances[0], [0, 0, 0], atol=1e-9)
 
 
 def test_solver_errors():

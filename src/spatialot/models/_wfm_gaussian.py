@@ -90,7 +90,8 @@ class GaussianFlowMatching(Model):
         Number of Fourier frequencies of the time features.
     ridge
         Added to the diagonal of the standardised data covariances, so that every covariance
-        is non-singular (niches with fewer points than dimensions have singular ones).
+        is non-singular (niches with fewer points than dimensions have singular ones); taken
+        off the generated covariances again, so that they are unbiased.
 
     Notes
     -----
@@ -325,7 +326,8 @@ class GaussianFlowMatching(Model):
 
         Returns
         -------
-        Means ``(n, dim)`` and covariances ``(n, dim, dim)`` in data units, as float32 arrays.
+        Means ``(n, dim)`` and covariances ``(n, dim, dim)`` in data units, as float32 arrays;
+        the training ridge is removed from the covariances (eigenvalues below it clip to zero).
         """
         n = _resolve_count(n, labels, None)
         if method not in _INTEGRATORS:
@@ -348,8 +350,20 @@ class GaussianFlowMatching(Model):
         finally:
             self.train(was_training)
         mean = mean * self.scale + self.center
-        cov = cov * self.scale**2
+        cov = self._unstandardise_covariances(cov)
         return mean.cpu().numpy(), cov.cpu().numpy()
+
+    def _unstandardise_covariances(self, covs: torch.Tensor) -> torch.Tensor:
+        """Inverse of the covariance part of :meth:`_standardise`, projected onto the PSD cone.
+
+        The flow learns the data covariances *plus* the ridge, so the ridge comes off before
+        rescaling; a generated eigenvalue below the ridge (the model undershooting a singular
+        direction) would turn negative, and is clipped to zero: the nearest PSD matrix.
+        """
+        eye = torch.eye(self.config["dim"], dtype=covs.dtype, device=covs.device)
+        values, vectors = torch.linalg.eigh(covs.double() - self.config["ridge"] * eye.double())
+        unridged = (vectors * values.clamp_min(0)[..., None, :]) @ vectors.transpose(-1, -2)
+        return (unridged * self.scale.double() ** 2).to(covs.dtype)
 
     def _guided(self, mean, cov, t, codes, guidance: float):
         mean_v, matrix_v = self.velocity(mean, cov, t, codes)

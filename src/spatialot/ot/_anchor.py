@@ -441,6 +441,11 @@ def anchor_kneighbors(
     that bound, until the bound exceeds its ``n_neighbors``-th distance: the result is that of
     all pairs (up to the marginal error of the Sinkhorn plans) at a fraction of the cost.
 
+    Identical histograms count once: neighbours are chosen among the distinct histograms (each
+    represented by its first row), and every copy gets the neighbours of its histogram, so copies
+    never fill each other's neighbour lists (when there are fewer distinct histograms than
+    ``n_neighbors``, all rows are used as they are).
+
     Parameters
     ----------
     h
@@ -468,8 +473,34 @@ def anchor_kneighbors(
     array([3, 3, 1, 0])
     """
     h, other, cost, device = _prepare(h, None, cost, method, epsilon, device)
+    n_neighbors = check_int("n_neighbors", n_neighbors, maximum=len(h), why="the number of histograms")
+    distinct, first, inverse = np.unique(h.cpu().numpy(), axis=0, return_index=True, return_inverse=True)
+    if n_neighbors <= len(distinct) < len(h):
+        # copies of one histogram (frequent with hard codes on small niches) would fill each
+        # other's neighbour lists at the entropic self-cost, leaving each copy a clique of copies
+        # for Leiden to split off: every distinct histogram counts once, its copies share its list
+        order = np.sort(first)  # distinct histograms in the order of their first occurrence
+        rank = np.empty(len(distinct), dtype=np.int64)
+        rank[np.argsort(first)] = np.arange(len(distinct))
+        indices, distances = anchor_kneighbors(
+            h[torch.as_tensor(order)],
+            cost,
+            n_neighbors,
+            method=method,
+            epsilon=epsilon,
+            n_iter=n_iter,
+            tol=tol,
+            anchor_points=anchor_points,
+            anchor_offsets=anchor_offsets,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+        )
+        classes = rank[inverse.reshape(-1)]
+        indices, distances = order[indices[classes]], distances[classes]
+        indices[:, 0] = np.arange(len(h))
+        return indices, distances
     n = len(h)
-    n_neighbors = check_int("n_neighbors", n_neighbors, maximum=n, why="the number of histograms")
     batch_size = _default_batch(batch_size, device, max(h.shape[1], other.shape[1]))
     indices = np.empty((n, n_neighbors), dtype=np.int64)
     distances = np.empty((n, n_neighbors), dtype=np.float64)

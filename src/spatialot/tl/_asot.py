@@ -171,6 +171,13 @@ def asot_neighbors(
     :func:`~spatialot.ot.anchor_kneighbors`). ``sc.tl.leiden(adata, neighbors_key=key_added)`` and
     ``sc.tl.umap(adata, neighbors_key=key_added)`` then cluster and embed niches by OT geometry.
 
+    The graph is not the plain kNN graph of the ASOT distances (the ASOT paper works with the
+    distances themselves): niches with identical anchor weights, frequent with ASOT-k's hard
+    codes on small niches, count once when neighbours are chosen, and share their
+    representative's neighbours. Otherwise the copies of a histogram fill each other's
+    neighbour lists and Leiden splits them off as small cliques (on a simulated tissue of 1,500
+    cells, niches of 8, 32 anchors, 3 seeds: 23–31 clusters at resolution 1 before, 18–27 after).
+
     Parameters
     ----------
     adata
