@@ -154,6 +154,7 @@ def worker(args: argparse.Namespace) -> None:
     """Train one package on one dataset, write embeddings at each checkpoint and timings to ``--result``."""
     import numpy as np
 
+    code = code_version()  # before the run: what was imported, whatever is committed meanwhile
     data = np.load(args.data)
     checkpoints = sorted(int(s) for s in args.steps.split(","))
     train_points, train_mask = data["train_points"], data["train_mask"]
@@ -161,7 +162,7 @@ def worker(args: argparse.Namespace) -> None:
     run = {"official": run_official, "spatialot": run_spatialot}[args.worker]
     result = run(args, checkpoints, train_points, train_mask, test_points, test_mask)
     result["peak_rss_bytes"] = peak_rss_bytes()
-    result["code"] = code_version()
+    result["code"] = code
     np.savez(args.result, **{k: v for k, v in result.items() if isinstance(v, np.ndarray)})
     Path(args.result).with_suffix(".json").write_text(
         json.dumps({k: v for k, v in result.items() if not isinstance(v, np.ndarray)})

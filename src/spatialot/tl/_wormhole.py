@@ -52,8 +52,12 @@ def wormhole(
     n_components
         Dimension of the embedding.
     n_steps
-        Training steps (minibatches). The official implementation trains for 10,000; a few
-        thousand reach most of the fidelity on niches.
+        Training steps (minibatches of ``batch_size`` niches). Side by side with the authors'
+        code on the same niches (``benchmarks/peers/wormhole.py``, 2 CPU cores), 1,000 steps
+        give held-out Pearson 0.992 against exact W2² on simulated niches of 30–64 cells (the
+        official code: 0.984) and 0.992 on BDTNP (0.990); the default 3,000 give 0.994 and 0.995
+        and sharpen the pairs of niches of the same type (0.954 → 0.972). The official
+        implementation trains for 10,000.
     batch_size
         Niches per minibatch; each step solves ``batch_size * (batch_size - 1) / 2`` OT problems.
     learning_rate
