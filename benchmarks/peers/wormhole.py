@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import RESULTS, machine_info, print_table, write_json  # noqa: E402
+from _common import RESULTS, machine_info, peak_rss_bytes, print_table, write_json  # noqa: E402
 
 SEED = 0
 N_PAIRS = 2000
@@ -142,12 +142,6 @@ def clouds_as_lists(points, mask):
 
 
 # --------------------------------------------------------------------------- workers
-
-
-def peak_rss_bytes() -> int:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def worker(args: argparse.Namespace) -> None:

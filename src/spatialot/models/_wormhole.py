@@ -224,24 +224,34 @@ class Wormhole(Model):
         -------
         Tensor of the target distances divided by :attr:`scale` squared.
         """
-        scaled = PointClouds(clouds.points / self.scale, clouds.mask, clouds.weights)
+        return self._pair_targets(self._scaled(clouds), first, second)[0]
+
+    def _scaled(self, clouds: PointClouds) -> PointClouds:
+        return PointClouds(clouds.points / self.scale, clouds.mask, clouds.weights)
+
+    def _pair_targets(
+        self, scaled: PointClouds, first: torch.Tensor, second: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The targets of :meth:`pair_targets` on scaled clouds, and the clouds' self terms when solved."""
         distance = self.config["ot_distance"]
         with torch.no_grad():
             if distance == "exact":
                 values = exact_w2_squared(scaled[first.cpu().numpy()], scaled[second.cpu().numpy()])
-                return torch.as_tensor(values, dtype=clouds.points.dtype, device=clouds.device)
+                return torch.as_tensor(values, dtype=scaled.points.dtype, device=scaled.device), None
             kwargs = self._sinkhorn_kwargs()
             cross = sinkhorn(scaled[first], scaled[second], **kwargs)
             if distance == "entropic":
-                return cross.cost
+                return cross.cost, None
             # the self terms are shared by every pair a cloud is in: solve them once per cloud
             self_terms = sinkhorn(scaled, scaled, **kwargs).objective
-            return (cross.objective - 0.5 * (self_terms[first] + self_terms[second])).clamp_min(0)
+            return (cross.objective - 0.5 * (self_terms[first] + self_terms[second])).clamp_min(0), self_terms
 
     def _loss(self, clouds: PointClouds, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         outputs = self._encode_scaled(clouds)
         predicted = self._embedding_distances(outputs, first, second)
-        loss = ((predicted - self.pair_targets(clouds, first, second)) ** 2).mean()
+        scaled = self._scaled(clouds)
+        targets, self_data = self._pair_targets(scaled, first, second)
+        loss = ((predicted - targets) ** 2).mean()
         if self.config["decoder_weight"] > 0:
             # the decoder learns to read the embedding and reshapes it only a little: a share of
             # its gradient reaches the encoder (see the class notes)
@@ -251,11 +261,11 @@ class Wormhole(Model):
             size = decoded.shape[1]
             uniform = torch.full(decoded.shape[:2], 1 / size, dtype=decoded.dtype, device=decoded.device)
             decoded_clouds = PointClouds(decoded, torch.ones_like(uniform, dtype=torch.bool), uniform)
-            scaled = PointClouds(clouds.points / self.scale, clouds.mask, clouds.weights)
             kwargs = self._sinkhorn_kwargs()
             cross = sinkhorn(scaled, decoded_clouds, **kwargs).objective
-            with torch.no_grad():
-                self_data = sinkhorn(scaled, scaled, **kwargs).objective
+            if self_data is None:  # the targets did not need them (exact or entropic distance)
+                with torch.no_grad():
+                    self_data = sinkhorn(scaled, scaled, **kwargs).objective
             self_decoded = sinkhorn(decoded_clouds, decoded_clouds, **kwargs).objective
             reconstruction = (cross - 0.5 * (self_data + self_decoded)).mean()
             loss = loss + self.config["decoder_weight"] * reconstruction
