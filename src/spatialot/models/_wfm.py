@@ -21,7 +21,7 @@ from torch import nn
 
 from .._settings import cpu_threads
 from .._validation import check_float32_range, check_int
-from ..ot import PointClouds, gaussian_moments, sinkhorn, squared_euclidean_cost
+from ..ot import IndexedClouds, PointClouds, gaussian_moments, sinkhorn, squared_euclidean_cost
 from ._base import Model
 from ._batches import CloudFamily, take
 from ._blocks import SetTransformer, mlp
@@ -112,25 +112,137 @@ def _entropic_map(source: PointClouds, target: PointClouds, epsilon: float) -> t
     return (plan @ target.points) / mass * source.mask[..., None]
 
 
+# ---------------------------------------------------------------------------- pairing clouds in a minibatch
+
+
+def chamfer_costs(
+    source: torch.Tensor, source_mask: torch.Tensor, target: torch.Tensor, target_mask: torch.Tensor
+) -> torch.Tensor:
+    r"""Squared-Euclidean Chamfer cost between every source and every target cloud.
+
+    :math:`C_{ji} = \operatorname{mean}_{x \in X_j} \min_{y \in Y_i} \lVert x - y \rVert^2 +
+    \operatorname{mean}_{y \in Y_i} \min_{x \in X_j} \lVert x - y \rVert^2`, the cloud cost of the
+    official minibatch pairing (there with the clouds' weights; here uniform over real points).
+
+    Parameters
+    ----------
+    source
+        Points ``(n_source, size, dim)``.
+    source_mask
+        ``(n_source, size)``, or ``(n_source, n_target, size)`` when the real points of a source
+        cloud depend on the target it is compared with (i.i.d. noise clouds take the mask of the
+        target cloud).
+    target, target_mask
+        Points ``(n_target, size', dim)`` and their mask ``(n_target, size')``.
+
+    Returns
+    -------
+    Tensor ``(n_source, n_target)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.zeros(1, 2, 1)
+    >>> y = torch.tensor([[[1.0], [3.0]]])
+    >>> mask = torch.ones(1, 2, dtype=torch.bool)
+    >>> chamfer_costs(x, mask, y, mask)  # 1 from x's side, (1 + 9) / 2 from y's side
+    tensor([[6.]])
+    """
+    with torch.no_grad():
+        squared = ((source[:, None, :, None, :] - target[None, :, None, :, :]) ** 2).sum(-1)  # (j, i, p, q)
+        if source_mask.dim() == 2:
+            source_mask = source_mask[:, None, :].expand(-1, len(target), -1)
+        valid_source, valid_target = source_mask[..., None], target_mask[None, :, None, :]
+        huge = torch.finfo(squared.dtype).max
+        to_target = torch.where(valid_target, squared, huge).amin(3)  # nearest target point of each source point
+        to_source = torch.where(valid_source, squared, huge).amin(2)  # nearest source point of each target point
+        source_count = source_mask.sum(-1).clamp_min(1)
+        target_count = target_mask.sum(-1).clamp_min(1)[None, :]
+        return (to_target * source_mask).sum(-1) / source_count + (to_source * target_mask[None]).sum(-1) / target_count
+
+
+def minibatch_pairing(cost: torch.Tensor | np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+    """The pairing of source clouds with target clouds that minimises the total cost: an exact assignment.
+
+    Parameters
+    ----------
+    cost
+        Square matrix, ``cost[j, i]`` the cost of moving source cloud ``j`` to target cloud ``i``.
+    groups
+        Optional group of every target cloud (e.g. its label code): source clouds are re-paired
+        only among the slots of one group, so that each source cloud stays with the group it was
+        drawn for (conditional training keeps every cloud with its label).
+
+    Returns
+    -------
+    ``order`` with ``source[order[i]]`` the partner of target ``i``: a permutation minimising
+    ``cost[order, arange(n)].sum()`` (within each group).
+
+    Notes
+    -----
+    The official code solves this with Sinkhorn (ε = 0.002 on the cost divided by its maximum)
+    and rounds the plan greedily to a permutation; at minibatch sizes (16) the exact assignment
+    (:func:`scipy.optimize.linear_sum_assignment`) is cheaper and exact.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> minibatch_pairing(np.array([[5.0, 0.0], [0.0, 5.0]]))
+    array([1, 0])
+    """
+    cost = cost.detach().cpu().double().numpy() if isinstance(cost, torch.Tensor) else np.asarray(cost, float)
+    if cost.ndim != 2 or cost.shape[0] != cost.shape[1]:
+        raise ValueError(f"`cost` must be a square matrix, got shape {cost.shape}.")
+    n = len(cost)
+    groups = np.zeros(n, dtype=np.int64) if groups is None else np.asarray(groups)
+    if groups.shape != (n,):
+        raise ValueError(f"`groups` must hold one entry per target cloud ({n}), got shape {groups.shape}.")
+    order = np.arange(n)
+    for group in np.unique(groups):
+        slots = np.flatnonzero(groups == group)
+        if len(slots) > 1:
+            sources, targets = linear_sum_assignment(cost[np.ix_(slots, slots)])
+            order[slots[targets]] = slots[sources]
+    return order
+
+
 # ---------------------------------------------------------------------------- shared pieces
 
 
 class FlowConditioner(nn.Module):
-    """Time (Fourier features → MLP) plus an optional label embedding, as one vector of ``width``.
+    """Time (Fourier features → MLP), an optional label embedding and an optional condition vector, as one vector.
 
     The last label row is the *null* label of classifier-free guidance: the label of an
-    unconditional model, and the dropped label during conditional training.
+    unconditional model, and the dropped label during conditional training. Continuous
+    condition vectors (``condition_dim > 0``) pass through a linear layer, as in the official
+    code; a dropped vector is replaced by a learned null embedding (the official code feeds a
+    zero vector, which is also a valid condition).
     """
 
-    def __init__(self, width: int, n_labels: int, n_frequencies: int = 16):
+    def __init__(self, width: int, n_labels: int, n_frequencies: int = 16, condition_dim: int = 0):
         super().__init__()
         self.register_buffer("frequencies", math.pi * 2.0 ** torch.arange(n_frequencies, dtype=torch.float32) / 8)
         self.time = mlp([2 * n_frequencies, width, width])
         self.labels = nn.Embedding(n_labels + 1, width)
+        if condition_dim:
+            self.vectors = nn.Linear(condition_dim, width)
+            self.null_vector = nn.Parameter(torch.zeros(width))
 
-    def forward(self, t: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        t: torch.Tensor,
+        codes: torch.Tensor,
+        vectors: torch.Tensor | None = None,
+        null: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         angles = t[:, None] * self.frequencies
-        return self.time(torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)) + self.labels(codes)
+        out = self.time(torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)) + self.labels(codes)
+        if vectors is not None:
+            embedded = self.vectors(vectors)
+            if null is not None:
+                embedded = torch.where(null[:, None], self.null_vector.to(embedded.dtype), embedded)
+            out = out + embedded
+        return out
 
 
 def label_codes(labels: Sequence | np.ndarray | str | int | None, names: list[str], n: int) -> np.ndarray:
@@ -196,13 +308,17 @@ class WassersteinFlowMatching(Model):
 
     The velocity field is a permutation-equivariant masked set transformer
     (:class:`~spatialot.models.SetTransformer`) over the points of a cloud, with Fourier time
-    features and an optional label embedding added to the token stream before every block; its
-    output layer starts near zero. Training pairs each data cloud with a noise cloud of the same
-    size, matches their points by OT (exact assignment for equal sizes, entropic map otherwise;
+    features, an optional label embedding and an optional continuous condition vector added to
+    the token stream before every block; its output layer starts near zero. Training pairs each
+    data cloud with a source cloud (noise, or a cloud of a user-given source family), matches
+    their points by OT (exact assignment for equal sizes, entropic map otherwise;
     squared-Euclidean cost, i.e. :math:`W_2^2`), and regresses the displacement of matched points
-    at a uniform random time on the straight line between them. Sampling integrates the field
-    from noise (Euler or midpoint steps). Conditional models drop the label of a fraction
-    ``p_uncond`` of the clouds in training, which enables classifier-free guidance.
+    at a uniform random time on the straight line between them. With ``minibatch_ot``, the
+    source clouds of a minibatch are first re-paired with its data clouds by an exact
+    assignment on their Chamfer costs (minibatch OT at the level of clouds). Sampling integrates
+    the field from noise, or from given source clouds (Euler or midpoint steps). Conditional
+    models drop the condition of a fraction ``p_uncond`` of the clouds in training, which
+    enables classifier-free guidance.
 
     Parameters
     ----------
@@ -211,7 +327,10 @@ class WassersteinFlowMatching(Model):
     max_size
         Largest cloud size the model records sizes for (that of the training clouds).
     labels
-        Names of the conditions (e.g. the centre cell's types); ``None`` for an unconditional model.
+        Names of the categorical conditions (e.g. the centre cell's types); ``None`` for none.
+    condition_dim
+        Length of a continuous condition vector per cloud (e.g. the centre cell's expression or
+        embedding); ``None`` for none. Labels and vectors may be used together.
     width, n_layers, n_heads, mlp_width, dropout
         Shape of the set transformer (the official one: 512, 6, 4, 512, 0.1; smaller by default
         for CPU).
@@ -221,19 +340,33 @@ class WassersteinFlowMatching(Model):
         Source family: ``'normal'`` draws i.i.d. standard normal points in the standardised space
         of the data (the official default of its spatial class); ``'cholesky'`` draws per noise
         cloud a random Cholesky factor around the mean Cholesky factor of the data clouds'
-        covariances, scaled by ``noise_scale`` (the official default).
+        covariances, scaled by ``noise_scale`` (the official default). Replaced by the clouds of
+        ``source`` when :meth:`fit` is given one.
     noise_scale
         Scale of the ``'cholesky'`` noise (official 2.0).
     matching
-        How noise and data points are matched, see :func:`matched_targets`.
+        How source and data points are matched, see :func:`matched_targets`.
     epsilon
         Relative entropic regularisation of the entropic map.
+    minibatch_ot
+        Re-pair the source and data clouds of each minibatch by an exact assignment on the
+        batch × batch Chamfer cost (:func:`chamfer_costs`, :func:`minibatch_pairing`) before the
+        point matching. Labels are kept: clouds are re-paired only within a label. Models with
+        continuous condition vectors skip it (no two clouds share a condition; the official code
+        turns it off under any conditioning).
 
     Notes
     -----
     Points are standardised inside the model by the per-dimension mean and one global scale
     (so that the geometry, and with it :math:`W_2`, is preserved up to that scale); samples
-    come back in the units of the data.
+    come back in the units of the data. Condition vectors are standardised per dimension.
+
+    Deviations from the official code (Haviv et al.): the minibatch pairing solves the
+    assignment exactly instead of rounding a Sinkhorn plan (exact and cheaper at batch 16), and
+    is applied within labels in conditional training, where the official code turns it off; a
+    dropped condition vector becomes a learned null embedding rather than the zero vector;
+    a user-given source family is sampled independently of the data (and re-paired by minibatch
+    OT), where the official code pairs source and data clouds by index.
 
     Examples
     --------
@@ -253,6 +386,7 @@ class WassersteinFlowMatching(Model):
         max_size: int,
         *,
         labels: Sequence[str] | None = None,
+        condition_dim: int | None = None,
         width: int = 128,
         n_layers: int = 3,
         n_heads: int = 4,
@@ -263,15 +397,20 @@ class WassersteinFlowMatching(Model):
         noise_scale: float = 2.0,
         matching: Matching = "auto",
         epsilon: float = 0.002,
+        minibatch_ot: bool = True,
     ):
         dim, max_size = check_int("dim", dim), check_int("max_size", max_size)
         width, n_layers = check_int("width", width), check_int("n_layers", n_layers)
+        if condition_dim is not None:
+            condition_dim = check_int("condition_dim", condition_dim)
         if noise not in _NOISES:
             raise ValueError(f"`noise` must be one of {_NOISES}, got {noise!r}.")
         if matching not in _MATCHINGS:
             raise ValueError(f"`matching` must be one of {_MATCHINGS}, got {matching!r}.")
         if not epsilon > 0:
             raise ValueError(f"`epsilon` must be positive, got {epsilon}.")
+        if not isinstance(minibatch_ot, bool | np.bool_):
+            raise ValueError(f"`minibatch_ot` must be True or False, got {minibatch_ot!r}.")
         names = None if labels is None else [str(label) for label in labels]
         if names is not None and (len(names) == 0 or len(set(names)) != len(names)):
             raise ValueError("`labels` must be a non-empty list of distinct names.")
@@ -279,6 +418,7 @@ class WassersteinFlowMatching(Model):
             dim=int(dim),
             max_size=int(max_size),
             labels=names,
+            condition_dim=None if condition_dim is None else int(condition_dim),
             width=width,
             n_layers=n_layers,
             n_heads=n_heads,
@@ -289,9 +429,10 @@ class WassersteinFlowMatching(Model):
             noise_scale=noise_scale,
             matching=matching,
             epsilon=epsilon,
+            minibatch_ot=bool(minibatch_ot),
         )
         self.label_names: list[str] = names or []
-        self.conditioner = FlowConditioner(width, len(self.label_names), n_frequencies)
+        self.conditioner = FlowConditioner(width, len(self.label_names), n_frequencies, condition_dim or 0)
         self.transformer = SetTransformer(dim, width, n_layers, n_heads, mlp_width, dropout)
         self.head = zero_init(nn.Linear(width, dim))
         # fitted state
@@ -301,23 +442,58 @@ class WassersteinFlowMatching(Model):
         self.register_buffer("cholesky_std", torch.zeros(dim, dim))
         # row c: how many training clouds of label c had each size; the last row counts them all
         self.register_buffer("size_counts", torch.zeros(len(self.label_names) + 1, max_size + 1))
+        if condition_dim:
+            self.register_buffer("condition_center", torch.zeros(condition_dim))
+            self.register_buffer("condition_scale", torch.ones(condition_dim))
+        # whether the model was trained to transport a user-given source family rather than noise
+        self.register_buffer("from_source", torch.zeros((), dtype=torch.bool))
 
     # ------------------------------------------------------------------ pieces
     @property
     def conditional(self) -> bool:
-        """Whether the model was built with labels."""
-        return bool(self.label_names)
+        """Whether the model was built with labels or condition vectors."""
+        return bool(self.label_names) or bool(self.config.get("condition_dim"))
 
     def velocity(
-        self, points: torch.Tensor, weights: torch.Tensor, t: torch.Tensor, codes: torch.Tensor
+        self,
+        points: torch.Tensor,
+        weights: torch.Tensor,
+        t: torch.Tensor,
+        codes: torch.Tensor,
+        vectors: torch.Tensor | None = None,
+        null: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Velocity at standardised ``points`` ``(batch, size, dim)``, times ``t`` ``(batch,)`` and label ``codes``."""
-        tokens = self.transformer(points, weights, self.conditioner(t, codes))
+        """Velocity at standardised ``points`` ``(batch, size, dim)``, times ``t`` ``(batch,)`` and conditions.
+
+        ``codes`` are label codes (the null code for none), ``vectors`` standardised condition
+        vectors ``(batch, condition_dim)`` of a model built with them, and ``null`` marks the
+        clouds whose vector is dropped.
+        """
+        tokens = self.transformer(points, weights, self.conditioner(t, codes, vectors, null))
         return self.head(tokens) * (weights > 0)[..., None]
 
     def _standardise(self, clouds: PointClouds) -> PointClouds:
         points = (clouds.points - self.center) / self.scale * clouds.mask[..., None]
         return PointClouds(points, clouds.mask, clouds.weights)
+
+    def _standardise_conditions(self, conditions, n: int) -> torch.Tensor | None:
+        """Condition vectors as a standardised float32 tensor ``(n, condition_dim)``; checks their shape."""
+        dim = self.config.get("condition_dim")
+        if not dim:
+            if conditions is not None:
+                raise ValueError("This model was built without `condition_dim`: pass `conditions=None`.")
+            return None
+        if conditions is None:
+            raise ValueError(f"This model is conditional on vectors of length {dim}: pass `conditions`.")
+        values = np.asarray(conditions.cpu() if isinstance(conditions, torch.Tensor) else conditions, dtype=np.float64)
+        if values.ndim == 1 and values.shape[0] == dim:
+            values = np.broadcast_to(values, (n, dim))
+        if values.shape != (n, dim):
+            raise ValueError(f"`conditions` must have shape ({n}, {dim}) (one vector per cloud), got {values.shape}.")
+        if not np.isfinite(values).all():
+            raise ValueError("`conditions` holds NaN or infinite values.")
+        tensor = torch.as_tensor(values, dtype=torch.float32, device=self.device)
+        return (tensor - self.condition_center) / self.condition_scale
 
     def draw_noise(self, mask: torch.Tensor) -> PointClouds:
         """Noise clouds (standardised space) with the given mask and uniform weights."""
@@ -330,14 +506,45 @@ class WassersteinFlowMatching(Model):
         weights = mask.to(points.dtype) / mask.sum(1, keepdim=True).clamp_min(1)
         return PointClouds(points * mask[..., None], mask, weights)
 
-    def flow_matching_loss(self, data: PointClouds, codes: torch.Tensor) -> torch.Tensor:
-        """Flow-matching loss of a batch of standardised data clouds with label codes."""
-        noise = self.draw_noise(data.mask)
-        matched = matched_targets(noise, data, matching=self.config["matching"], epsilon=self.config["epsilon"])
+    def _paired_start(self, data: PointClouds, groups: torch.Tensor, source: PointClouds | None) -> PointClouds:
+        """Source clouds (noise when ``source`` is None) for the data clouds, re-paired by minibatch OT when asked."""
+        pair = self.config["minibatch_ot"] and not self.config.get("condition_dim") and len(data) > 1
+        if source is None:
+            if not pair:
+                return self.draw_noise(data.mask)
+            # i.i.d. points: noise cloud j, seen with the mask of data cloud i, is a valid partner of i
+            full = self.draw_noise(torch.ones_like(data.mask))
+            cost = chamfer_costs(full.points, data.mask[None].expand(len(data), -1, -1), data.points, data.mask)
+            order = torch.as_tensor(minibatch_pairing(cost, groups.cpu().numpy()), device=data.points.device)
+            weights = data.mask.to(full.points.dtype) / data.mask.sum(1, keepdim=True).clamp_min(1)
+            return PointClouds(full.points[order] * data.mask[..., None], data.mask, weights)
+        if not pair:
+            return source
+        cost = chamfer_costs(source.points, source.mask, data.points, data.mask)
+        return source[minibatch_pairing(cost, groups.cpu().numpy())]
+
+    def flow_matching_loss(
+        self,
+        data: PointClouds,
+        codes: torch.Tensor,
+        vectors: torch.Tensor | None = None,
+        null: torch.Tensor | None = None,
+        *,
+        source: PointClouds | None = None,
+        groups: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Flow-matching loss of a batch of standardised data clouds with their conditions.
+
+        ``source`` holds standardised source clouds, one per data cloud (noise when ``None``);
+        ``groups`` the true label code of every data cloud, within which minibatch OT re-pairs
+        (``codes`` by default, which may hold dropped labels).
+        """
+        start = self._paired_start(data, codes if groups is None else groups, source)
+        matched = matched_targets(start, data, matching=self.config["matching"], epsilon=self.config["epsilon"])
         t = torch.rand(len(data), device=self.device)
-        points = (1 - t)[:, None, None] * noise.points + t[:, None, None] * matched
-        error = (self.velocity(points, noise.weights, t, codes) - (matched - noise.points)) ** 2
-        return (error.sum(-1) * noise.weights).sum(1).mean()
+        points = (1 - t)[:, None, None] * start.points + t[:, None, None] * matched
+        error = (self.velocity(points, start.weights, t, codes, vectors, null) - (matched - start.points)) ** 2
+        return (error.sum(-1) * start.weights).sum(1).mean()
 
     # ------------------------------------------------------------------ training
     def _check_family(self, family: CloudFamily) -> None:
@@ -348,7 +555,9 @@ class WassersteinFlowMatching(Model):
                 f"{self.config['max_size']}."
             )
 
-    def _calibrate(self, family: CloudFamily, codes: np.ndarray, rng: np.random.Generator) -> None:
+    def _calibrate(
+        self, family: CloudFamily, codes: np.ndarray, conditions: np.ndarray | None, rng: np.random.Generator
+    ) -> None:
         sample = take(family, np.sort(rng.choice(len(family), min(len(family), 4096), replace=False)), self.device)
         # in float64: squares of features beyond about 1e19 overflow float32 to inf
         points, weights = sample.points.double(), sample.weights[..., None].double() / len(sample)
@@ -368,12 +577,37 @@ class WassersteinFlowMatching(Model):
         np.add.at(counts, (codes, sizes), 1)
         np.add.at(counts, (np.full(len(sizes), len(self.label_names)), sizes), 1)
         self.size_counts.copy_(torch.as_tensor(counts))
+        if conditions is not None:
+            values = np.asarray(conditions, dtype=np.float64)
+            check_float32_range(values, "`conditions`")
+            self.condition_center.copy_(torch.as_tensor(values.mean(0)))
+            spread = values.std(0)
+            self.condition_scale.copy_(torch.as_tensor(np.where(spread > 1e-12, spread, 1.0)))
+
+    def _check_source(self, source: CloudFamily | None) -> None:
+        """Refuse a source family of the wrong kind, or one that contradicts how the model was trained."""
+        if source is None:
+            if self.history and bool(self.from_source):
+                raise ValueError("This model was trained from a `source` family: pass `source` again.")
+            return
+        if not isinstance(source, PointClouds | IndexedClouds):
+            raise TypeError(f"`source` must be PointClouds or IndexedClouds, got {type(source).__name__}.")
+        if source.dim != self.config["dim"]:
+            raise ValueError(
+                f"The `source` clouds have dimension {source.dim}, but the model was built for {self.config['dim']}."
+            )
+        if len(source) < 1:
+            raise ValueError("`source` holds no cloud.")
+        if self.history and not bool(self.from_source):
+            raise ValueError("This model was trained from noise: leave `source=None` to continue training it.")
 
     def fit(
         self,
         family: CloudFamily,
         labels: Sequence | np.ndarray | None = None,
         *,
+        conditions: np.ndarray | torch.Tensor | None = None,
+        source: CloudFamily | None = None,
         n_steps: int = 2000,
         batch_size: int = 16,
         learning_rate: float = 3e-4,
@@ -387,8 +621,9 @@ class WassersteinFlowMatching(Model):
     ) -> WassersteinFlowMatching:
         """Train by flow matching on random minibatches of ``family``.
 
-        A first call also records the standardisation, the noise family's statistics and the
-        distribution of cloud sizes (per label); further calls continue training.
+        A first call also records the standardisation, the noise family's statistics, the
+        distribution of cloud sizes (per label) and that of the condition vectors; further calls
+        continue training.
 
         Parameters
         ----------
@@ -396,7 +631,18 @@ class WassersteinFlowMatching(Model):
             Training clouds (:class:`~spatialot.ot.PointClouds` or :class:`~spatialot.ot.IndexedClouds`).
         labels
             Condition of every cloud, as names from ``labels`` of the constructor or integer
-            codes; required by a conditional model, refused by an unconditional one.
+            codes; required by a model built with labels, refused by one without.
+        conditions
+            Continuous condition vector of every cloud, ``(len(family), condition_dim)``;
+            required by a model built with ``condition_dim``, refused by one without.
+        source
+            A source family to transport from instead of noise (e.g. the niches of a control
+            sample, with ``family`` those of a treated one). Each step draws as many source
+            clouds as data clouds at random, independently of them, and (with ``minibatch_ot``)
+            re-pairs them by minibatch OT; :meth:`sample` then transports given source clouds.
+            Source clouds may have other sizes than the data clouds (points are then matched by
+            the entropic map). The first ``fit`` decides: a model trained from a source is
+            always trained and sampled from one.
         n_steps
             Optimiser steps.
         batch_size
@@ -406,13 +652,14 @@ class WassersteinFlowMatching(Model):
         decay_rate, decay_every
             Multiply the learning rate by ``decay_rate`` every ``decay_every`` steps.
         p_uncond
-            Fraction of labels replaced by the null label in training (classifier-free guidance).
+            Fraction of conditions (label and vector together) replaced by the null condition in
+            training (classifier-free guidance).
         max_grad_norm
             Clip the gradient norm to this value.
         device
             ``'auto'`` (CUDA when present, else CPU), ``'cpu'`` or ``'cuda'``.
         random_state
-            Seed of minibatches, noise, times and label dropout.
+            Seed of minibatches, noise, times and condition dropout.
         progress
             Show a progress bar with the running loss.
 
@@ -423,28 +670,24 @@ class WassersteinFlowMatching(Model):
         self._check_family(family)
         if len(family) < 1:
             raise ValueError("`family` holds no cloud.")
-        if self.conditional and labels is None:
+        if self.label_names and labels is None:
             raise ValueError(f"This model is conditional on {self.label_names}: pass `labels` for every cloud.")
-        if not self.conditional and labels is not None:
+        if not self.label_names and labels is not None:
             raise ValueError("This model was built without `labels`; build it with `labels=` to train on conditions.")
         if not 0 <= p_uncond <= 1:
             raise ValueError(f"`p_uncond` must lie in [0, 1], got {p_uncond}.")
+        self._check_source(source)
         batch_size = check_int("batch_size", batch_size)
         codes = label_codes(labels, self.label_names, len(family))
         self.to(resolve_device(device))
-        codes_tensor = torch.as_tensor(codes, device=self.device)
+        if self.config.get("condition_dim") and conditions is not None:
+            conditions = np.asarray(conditions.cpu() if isinstance(conditions, torch.Tensor) else conditions, float)
         # a failure anywhere below, calibration included, leaves the model as it was
         with restored_on_failure(self), seeded(random_state) as rng:
             if not self.history:
-                self._calibrate(family, codes, rng)
-
-            def step_loss(step: int) -> torch.Tensor:
-                chosen = np.sort(rng.choice(len(family), min(batch_size, len(family)), replace=False))
-                chosen_codes = codes_tensor[torch.as_tensor(chosen, device=self.device)]
-                batch_codes = drop_labels(chosen_codes, len(self.label_names), p_uncond)
-                data = self._standardise(take(family, chosen, self.device))
-                return self.flow_matching_loss(data, batch_codes)
-
+                self._calibrate(family, codes, conditions if self.config.get("condition_dim") else None, rng)
+                self.from_source.fill_(source is not None)
+            step_loss = self._step_loss(family, codes, conditions, source, batch_size, p_uncond, rng)
             train(
                 self,
                 step_loss,
@@ -457,6 +700,29 @@ class WassersteinFlowMatching(Model):
                 description="WFM",
             )
         return self
+
+    def _step_loss(self, family, codes, conditions, source, batch_size: int, p_uncond: float, rng):
+        """The loss of one training step: a random minibatch, its conditions (some dropped) and its sources."""
+        codes_tensor = torch.as_tensor(codes, device=self.device)
+        vectors = self._standardise_conditions(conditions, len(family))
+        n_labels = len(self.label_names)
+
+        def step_loss(step: int) -> torch.Tensor:
+            chosen = np.sort(rng.choice(len(family), min(batch_size, len(family)), replace=False))
+            index = torch.as_tensor(chosen, device=self.device)
+            true_codes = codes_tensor[index]
+            # one draw per cloud drops its label and its vector together
+            dropped = torch.rand(len(chosen), device=self.device) < p_uncond if self.conditional else None
+            batch_codes = true_codes if dropped is None or not n_labels else torch.where(dropped, n_labels, true_codes)
+            data = self._standardise(take(family, chosen, self.device))
+            start = None
+            if source is not None:
+                drawn = np.sort(rng.choice(len(source), len(chosen), replace=len(source) < len(chosen)))
+                start = self._standardise(take(source, drawn, self.device))
+            batch_vectors = None if vectors is None else vectors[index]
+            return self.flow_matching_loss(data, batch_codes, batch_vectors, dropped, source=start, groups=true_codes)
+
+        return step_loss
 
     # ------------------------------------------------------------------ sampling
     def draw_sizes(self, codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -471,13 +737,16 @@ class WassersteinFlowMatching(Model):
             sizes[chosen] = rng.choice(len(row), size=int(chosen.sum()), p=row / row.sum())
         return sizes
 
-    def _guided_velocity(self, points, weights, t, codes, guidance: float) -> torch.Tensor:
-        velocity = self.velocity(points, weights, t, codes)
+    def _guided_velocity(self, points, weights, t, codes, guidance: float, vectors=None) -> torch.Tensor:
+        velocity = self.velocity(points, weights, t, codes, vectors)
         null = len(self.label_names)
         if guidance == 1.0 or not self.conditional:
             return velocity
-        unconditional = self.velocity(points, weights, t, torch.full_like(codes, null))
+        dropped = torch.ones(len(points), dtype=torch.bool, device=points.device)
+        unconditional = self.velocity(points, weights, t, torch.full_like(codes, null), vectors, dropped)
         guided = unconditional + guidance * (velocity - unconditional)
+        if vectors is not None:
+            return guided
         # clouds sampled with the null label have no conditional field to amplify
         return torch.where((codes == null)[:, None, None], velocity, guided)
 
@@ -486,31 +755,40 @@ class WassersteinFlowMatching(Model):
         n: int | None = None,
         *,
         labels: Sequence | np.ndarray | str | int | None = None,
+        conditions: np.ndarray | torch.Tensor | None = None,
         sizes: int | Sequence[int] | np.ndarray | None = None,
+        source: CloudFamily | None = None,
         n_steps: int = 100,
         method: Integrator = "euler",
         guidance: float = 1.0,
         batch_size: int = 256,
         random_state: int | None = 0,
     ) -> PointClouds:
-        """Generate clouds by integrating the learned flow from noise clouds.
+        """Generate clouds by integrating the learned flow from noise clouds, or transport given source clouds.
 
         Parameters
         ----------
         n
-            Number of clouds; may be left out when ``labels`` or ``sizes`` is a sequence.
+            Number of clouds; may be left out when ``labels``, ``conditions``, ``sizes`` or
+            ``source`` fixes it.
         labels
-            Condition of each cloud: one name/code for all, one per cloud, or ``None`` (the null
-            label: unconditional generation).
+            Label of each cloud: one name/code for all, one per cloud, or ``None`` (the null
+            label: unconditional generation, or a model without labels).
+        conditions
+            Condition vectors of a model built with ``condition_dim``: ``(n, condition_dim)``, or
+            one vector ``(condition_dim,)`` for all clouds. Required by such a model.
         sizes
             Number of points of each cloud: one for all, one per cloud, or ``None`` to draw them
-            from the training sizes of each label. At most ``max_size``.
+            from the training sizes of each label. At most ``max_size``. Not with ``source``.
+        source
+            Clouds to transport (a model trained with ``source=``): the flow starts from them
+            instead of noise, and each output cloud has the size of its source cloud.
         n_steps
             Integration steps from time 0 to 1.
         method
             ``'euler'`` or ``'midpoint'`` (second order, two field evaluations per step).
         guidance
-            Classifier-free guidance weight ``w`` of ``v_null + w (v_label - v_null)``; 1 is plain
+            Classifier-free guidance weight ``w`` of ``v_null + w (v_cond - v_null)``; 1 is plain
             conditional sampling (the official code uses 1.5).
         batch_size
             Clouds integrated together.
@@ -520,20 +798,31 @@ class WassersteinFlowMatching(Model):
         Returns
         -------
         The generated clouds in data units, as a :class:`~spatialot.ot.PointClouds` batch on
-        CPU padded to ``max_size`` (uniform weights on the real points).
+        CPU padded to ``max_size`` (to the source's largest size with ``source``), uniform
+        weights on the real points.
         """
-        n = _resolve_count(n, labels, sizes)
+        if source is not None and bool(self.from_source) is False:
+            raise ValueError("This model was trained from noise: leave `source=None`.")
+        if source is None and bool(self.from_source):
+            raise ValueError("This model was trained from a `source` family: pass the clouds to transport as `source`.")
+        if source is not None:
+            self._check_source_for_sampling(source, n, sizes)
+            n = len(source)
+        n = _resolve_count(n, labels, sizes, conditions)
         if method not in _INTEGRATORS:
             raise ValueError(f"`method` must be one of {_INTEGRATORS}, got {method!r}.")
         n_steps, batch_size = check_int("n_steps", n_steps), check_int("batch_size", batch_size)
         codes = label_codes(labels, self.label_names, n)
-        max_size = self.config["max_size"]
+        vectors = self._standardise_conditions(conditions, n)
+        max_size = self.config["max_size"] if source is None else source.max_size
         with seeded(random_state) as rng:
-            if sizes is None:
+            if source is not None:
+                size_array = np.asarray(source.sizes.cpu() if isinstance(source.sizes, torch.Tensor) else source.sizes)
+            elif sizes is None:
                 size_array = self.draw_sizes(codes, rng)
             else:
                 size_array = np.broadcast_to(np.asarray(sizes, dtype=np.int64), (n,)).copy()
-            if size_array.min(initial=1) < 1 or size_array.max(initial=1) > max_size:
+            if source is None and (size_array.min(initial=1) < 1 or size_array.max(initial=1) > max_size):
                 raise ValueError(f"`sizes` must lie between 1 and `max_size`={max_size}.")
             mask = torch.as_tensor(np.arange(max_size)[None, :] < size_array[:, None])
             points = torch.zeros(n, max_size, self.config["dim"])
@@ -543,39 +832,76 @@ class WassersteinFlowMatching(Model):
                 with torch.no_grad(), cpu_threads():
                     for start in range(0, n, batch_size):
                         chunk = slice(start, min(start + batch_size, n))
-                        noise = self.draw_noise(mask[chunk].to(self.device))
+                        if source is None:
+                            begin = self.draw_noise(mask[chunk].to(self.device))
+                        else:
+                            begin = _left_aligned(self._standardise(take(source, np.arange(n)[chunk], self.device)))
+                            begin = _padded_to(begin, max_size)
                         codes_chunk = torch.as_tensor(codes[chunk], device=self.device)
-                        end = self._integrate(noise, codes_chunk, n_steps, method, guidance)
-                        points[chunk] = (end * self.scale + self.center).cpu()
+                        vectors_chunk = None if vectors is None else vectors[chunk]
+                        end = self._integrate(begin, codes_chunk, n_steps, method, guidance, vectors_chunk)
+                        points[chunk] = (end * self.scale + self.center).cpu() * mask[chunk][..., None]
             finally:
                 self.train(was_training)
         return PointClouds.from_padded(points, mask)
 
-    def _integrate(self, noise: PointClouds, codes: torch.Tensor, n_steps: int, method: str, guidance: float):
-        points, weights = noise.points, noise.weights
+    def _check_source_for_sampling(self, source: CloudFamily, n: int | None, sizes) -> None:
+        if not isinstance(source, PointClouds | IndexedClouds):
+            raise TypeError(f"`source` must be PointClouds or IndexedClouds, got {type(source).__name__}.")
+        if source.dim != self.config["dim"]:
+            raise ValueError(
+                f"The `source` clouds have dimension {source.dim}, but the model was built for {self.config['dim']}."
+            )
+        if sizes is not None:
+            raise ValueError("`sizes` cannot be given with `source`: each cloud keeps the size of its source cloud.")
+        if n is not None and n != len(source):
+            raise ValueError(f"`n`={n} differs from the {len(source)} clouds of `source`; leave `n` out.")
+
+    def _integrate(
+        self, start: PointClouds, codes: torch.Tensor, n_steps: int, method: str, guidance: float, vectors=None
+    ):
+        points, weights = start.points, start.weights
         dt = 1.0 / n_steps
         for step in range(n_steps):
             t = torch.full((len(points),), step * dt, device=points.device)
-            velocity = self._guided_velocity(points, weights, t, codes, guidance)
+            velocity = self._guided_velocity(points, weights, t, codes, guidance, vectors)
             if method == "midpoint":
                 halfway = points + 0.5 * dt * velocity
-                velocity = self._guided_velocity(halfway, weights, t + 0.5 * dt, codes, guidance)
+                velocity = self._guided_velocity(halfway, weights, t + 0.5 * dt, codes, guidance, vectors)
             points = points + dt * velocity
-        return points * noise.mask[..., None]
+        return points * start.mask[..., None]
 
 
-def _resolve_count(n, labels, sizes) -> int:
-    """The number of clouds asked for, from ``n`` or the length of ``labels`` / ``sizes``."""
+def _left_aligned(clouds: PointClouds) -> PointClouds:
+    """The same clouds with their real points first (the layout of the masks :meth:`sample` returns)."""
+    order = torch.argsort((~clouds.mask).to(torch.int8), dim=1, stable=True)
+    points = torch.gather(clouds.points, 1, order[..., None].expand(-1, -1, clouds.dim))
+    return PointClouds(points, torch.gather(clouds.mask, 1, order), torch.gather(clouds.weights, 1, order))
+
+
+def _padded_to(clouds: PointClouds, size: int) -> PointClouds:
+    extra = size - clouds.max_size
+    if extra <= 0:
+        return clouds
+    pad = (0, extra)
+    points = torch.nn.functional.pad(clouds.points, (0, 0, *pad))
+    return PointClouds(points, torch.nn.functional.pad(clouds.mask, pad), torch.nn.functional.pad(clouds.weights, pad))
+
+
+def _resolve_count(n, labels, sizes, conditions=None) -> int:
+    """The number of clouds asked for, from ``n`` or the length of ``labels`` / ``sizes`` / ``conditions``."""
     lengths = {
         len(value)
         for value in (labels, sizes)
         if value is not None and not isinstance(value, str | int | np.integer) and np.ndim(value) == 1
     }
+    if conditions is not None and np.ndim(conditions) == 2:
+        lengths.add(len(conditions))
     if n is None:
         if len(lengths) != 1:
-            raise ValueError("Pass `n`, or `labels`/`sizes` as sequences of one common length.")
+            raise ValueError("Pass `n`, or `labels`/`sizes`/`conditions` as sequences of one common length.")
         return lengths.pop()
     n = check_int("n", n)
     if lengths - {n}:
-        raise ValueError(f"`labels` and `sizes` must have `n`={n} entries when given as sequences.")
+        raise ValueError(f"`labels`, `sizes` and `conditions` must have `n`={n} entries when given per cloud.")
     return int(n)
