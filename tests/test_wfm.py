@@ -1,3 +1,5 @@
+import itertools
+
 import anndata as ad
 import numpy as np
 import pytest
@@ -5,7 +7,7 @@ import torch
 
 import spatialot as sot
 from spatialot.models import GaussianFlowMatching, WassersteinFlowMatching
-from spatialot.models._wfm import matched_targets
+from spatialot.models._wfm import chamfer_costs, matched_targets, minibatch_pairing
 from spatialot.models._wfm_gaussian import bures_velocity
 from spatialot.ot import PointClouds
 
@@ -117,6 +119,75 @@ def test_bures_velocity_is_the_derivative_of_the_geodesic():
     torch.testing.assert_close(matrix_velocity[0], matrix[0] - torch.eye(3, dtype=torch.float64))
 
 
+# ---------------------------------------------------------------------------- minibatch pairing
+
+
+def test_minibatch_pairing_is_the_cheapest_permutation():
+    rng = np.random.default_rng(0)
+    cost = rng.uniform(size=(6, 6))
+    order = minibatch_pairing(cost)
+    assert sorted(order.tolist()) == list(range(6))
+    best = min(sum(cost[p[i], i] for i in range(6)) for p in itertools.permutations(range(6)))
+    assert cost[order, np.arange(6)].sum() == pytest.approx(best)
+    # within groups: every source stays in the group of its slot, and each block is optimal
+    groups = np.array([0, 1, 0, 1, 0, 1])
+    order = minibatch_pairing(cost, groups)
+    assert sorted(order.tolist()) == list(range(6)) and np.array_equal(groups[order], groups)
+    for group in (0, 1):
+        slots = np.flatnonzero(groups == group)
+        best = min(sum(cost[p[i], s] for i, s in enumerate(slots)) for p in itertools.permutations(slots))
+        assert cost[order[slots], slots].sum() == pytest.approx(best)
+    with pytest.raises(ValueError, match="`cost` must be a square"):
+        minibatch_pairing(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="`groups`"):
+        minibatch_pairing(np.zeros((2, 2)), np.zeros(3))
+
+
+def test_chamfer_costs_match_a_direct_computation():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(3, 5, 2)), rng.normal(size=(4, 6, 2))
+    x_mask = np.arange(5)[None, :] < np.array([[5], [3], [1]])
+    y_mask = np.arange(6)[None, :] < np.array([[6], [2], [4], [5]])
+
+    def chamfer(a, b):
+        squared = ((a[:, None] - b[None]) ** 2).sum(-1)
+        return squared.min(1).mean() + squared.min(0).mean()
+
+    expected = np.array([[chamfer(x[j][x_mask[j]], y[i][y_mask[i]]) for i in range(4)] for j in range(3)])
+    tensors = [torch.as_tensor(a) for a in (x, x_mask, y, y_mask)]
+    np.testing.assert_allclose(chamfer_costs(*tensors).numpy(), expected, rtol=1e-10)
+    # a mask per (source, target) pair: the first points of each source cloud, as many as the target has
+    per_pair = np.arange(5)[None, None, :] < np.minimum(y_mask.sum(1), 5)[None, :, None].repeat(3, 0)
+    expected = np.array([[chamfer(x[j][per_pair[j, i]], y[i][y_mask[i]]) for i in range(4)] for j in range(3)])
+    costs = chamfer_costs(tensors[0], torch.as_tensor(per_pair), tensors[2], tensors[3])
+    np.testing.assert_allclose(costs.numpy(), expected, rtol=1e-10)
+
+
+def test_minibatch_ot_pairs_each_source_cloud_with_its_translate():
+    # source clouds far apart; the data clouds are the same clouds moved a little, listed in
+    # another order: the optimal pairing gives every data cloud its own source cloud back
+    rng = np.random.default_rng(2)
+    centres = 10 * rng.normal(size=(8, 1, 2))
+    source = PointClouds.from_padded(centres + rng.normal(size=(8, 5, 2)))
+    order = rng.permutation(8)
+    data = PointClouds.from_padded(source.points[order] + 0.1)
+    model = WassersteinFlowMatching(2, 5, **SMALL)
+    start = model._paired_start(data, torch.zeros(8, dtype=torch.long), source)
+    torch.testing.assert_close(start.points, source.points[order])
+    # within labels, a source cloud can only go to a slot of the same label
+    groups = torch.as_tensor(np.arange(8) % 2)
+    start = model._paired_start(data, groups, source)
+    costs = chamfer_costs(start.points, start.mask, data.points, data.mask).diagonal()
+    unpaired = chamfer_costs(source.points, source.mask, data.points, data.mask).diagonal()
+    assert costs.sum() <= unpaired.sum()
+    # noise clouds take the masks of the data clouds they are paired with
+    sizes = np.array([5, 3, 5, 2, 4, 5, 1, 5])
+    ragged = PointClouds.from_padded(data.points, np.arange(5)[None, :] < sizes[:, None])
+    noise = model._paired_start(ragged, torch.zeros(8, dtype=torch.long), None)
+    assert torch.equal(noise.mask, ragged.mask) and torch.all(noise.points[~noise.mask] == 0)
+    np.testing.assert_allclose(noise.weights.sum(1).numpy(), 1.0, rtol=1e-6)
+
+
 # ---------------------------------------------------------------------------- learning
 
 
@@ -217,6 +288,67 @@ def test_conditions_change_the_output(conditional_model):
     assert not torch.allclose(guided.points, right.points)
     mixed = model.sample(labels=["left", "right", 1], n_steps=20, random_state=5)
     assert len(mixed) == 3
+
+
+def test_continuous_conditions_move_the_niche_means_linearly():
+    # niches whose mean is (c, -c / 2) for a condition c in [-2, 2]: the generated niche means follow c
+    rng = np.random.default_rng(3)
+    condition = rng.uniform(-2, 2, size=(256, 1))
+    means = np.column_stack([condition[:, 0], -0.5 * condition[:, 0]])
+    family = PointClouds.from_padded(means[:, None, :] + 0.3 * rng.normal(size=(256, 6, 2)))
+    torch.manual_seed(0)
+    model = WassersteinFlowMatching(2, 6, condition_dim=1, **SMALL)
+    model.fit(family, conditions=condition, n_steps=300, learning_rate=2e-3, device="cpu", progress=False)
+    asked = np.linspace(-1.5, 1.5, 7)[:, None].repeat(8, 0)
+    generated = model.sample(conditions=asked, n_steps=20, random_state=1)
+    assert generated.points.shape == (56, 6, 2)
+    centres = (generated.points * generated.weights[..., None]).sum(1).numpy()
+    slope_x, intercept_x = np.polyfit(asked[:, 0], centres[:, 0], 1)
+    slope_y, _ = np.polyfit(asked[:, 0], centres[:, 1], 1)
+    assert abs(slope_x - 1) < 0.2 and abs(slope_y + 0.5) < 0.15 and abs(intercept_x) < 0.2
+    # one vector for all clouds
+    assert model.sample(3, conditions=np.array([1.0]), n_steps=2).points.shape == (3, 6, 2)
+    with pytest.raises(ValueError, match=r"`conditions` must have shape \(4, 1\)"):
+        model.sample(4, conditions=np.zeros((4, 2)))
+    with pytest.raises(ValueError, match="pass `conditions`"):
+        model.sample(4)
+    with pytest.raises(ValueError, match="`conditions` holds NaN"):
+        model.sample(1, conditions=np.array([[np.nan]]))
+    with pytest.raises(ValueError, match="without `condition_dim`"):
+        WassersteinFlowMatching(2, 6, **SMALL).fit(family, conditions=condition, progress=False)
+
+
+def test_transport_from_a_source_family_recovers_a_translation():
+    # targets are the source clouds translated by a fixed vector; the two families are given
+    # unpaired (shuffled), and unseen source clouds are transported by that vector
+    rng = np.random.default_rng(4)
+    shift = np.array([1.5, -1.0])
+
+    def clouds(n):
+        return 2 * rng.normal(size=(n, 1, 2)) + 0.4 * rng.normal(size=(n, 6, 2))
+
+    source = PointClouds.from_padded(clouds(256))
+    target = PointClouds.from_padded(clouds(256) + shift)
+    torch.manual_seed(0)
+    model = WassersteinFlowMatching(2, 6, **SMALL)
+    model.fit(target, source=source, n_steps=300, learning_rate=2e-3, device="cpu", progress=False)
+    unseen = clouds(40)
+    moved = model.sample(source=PointClouds.from_padded(unseen), n_steps=20)
+    assert moved.points.shape == (40, 6, 2)
+    displacement = (moved.points.numpy() - unseen).reshape(-1, 2)
+    np.testing.assert_allclose(displacement.mean(0), shift, atol=0.2)
+    assert np.sqrt(((displacement - shift) ** 2).sum(1).mean()) < 0.3 * np.linalg.norm(shift)
+    with pytest.raises(ValueError, match="pass the clouds to transport as `source`"):
+        model.sample(3)
+    with pytest.raises(ValueError, match="`sizes` cannot be given with `source`"):
+        model.sample(source=source[:2], sizes=3)
+    with pytest.raises(ValueError, match="`source` clouds have dimension 3"):
+        model.sample(source=PointClouds.from_padded(np.zeros((2, 4, 3))))
+    with pytest.raises(ValueError, match="trained from a `source` family"):
+        model.fit(target, n_steps=1, progress=False)
+    noise_model = WassersteinFlowMatching(2, 6, **SMALL).fit(target, n_steps=1, progress=False)
+    with pytest.raises(ValueError, match="trained from noise"):
+        noise_model.sample(source=source[:2])
 
 
 def test_training_is_reproducible():

@@ -487,7 +487,7 @@ class WassersteinFlowMatching(Model):
             raise ValueError(f"This model is conditional on vectors of length {dim}: pass `conditions`.")
         values = np.asarray(conditions.cpu() if isinstance(conditions, torch.Tensor) else conditions, dtype=np.float64)
         if values.ndim == 1 and values.shape[0] == dim:
-            values = np.broadcast_to(values, (n, dim))
+            values = np.broadcast_to(values, (n, dim)).copy()
         if values.shape != (n, dim):
             raise ValueError(f"`conditions` must have shape ({n}, {dim}) (one vector per cloud), got {values.shape}.")
         if not np.isfinite(values).all():
