@@ -494,3 +494,65 @@ def test_generated_niches_plot(tissue, tmp_path):
         sot.pl.generated_niches(adata, cell_type_key="cell_type", ax=ax, show=False)
     assert sot.pl.generated_niches(adata, conditions=[shown[0]], ax=ax, show=False) is ax
     plt.close("all")
+
+
+def test_front_end_continuous_conditions(tissue, tmp_path):
+    adata = tissue.copy()
+    model = sot.tl.wfm(adata, condition_key="X_latent", n_steps=5, width=16, n_layers=1, progress=False)
+    assert model.config["condition_dim"] == 3 and adata.uns["wfm"]["params"]["condition_dim"] == 3
+    vectors = adata.obsm["X_latent"][:4]
+    sot.tl.generate_niches(adata, model, condition=vectors, n_steps=2)
+    generated = adata.uns["wfm_generated"]
+    assert generated["points"].shape == (4, 6, 3) and "conditions" not in generated
+    np.testing.assert_allclose(generated["condition_vectors"], vectors, rtol=1e-6)
+    # one vector for all, or vectors of random cells of the key
+    sot.tl.generate_niches(adata, model, n=3, condition=vectors[0], n_steps=2, key_added="one")
+    assert adata.uns["one"]["condition_vectors"].shape == (3, 3)
+    sot.tl.generate_niches(adata, model, n=5, condition_key="X_latent", n_steps=2, key_added="drawn")
+    rows = adata.uns["drawn"]["condition_vectors"]
+    assert all(np.isclose(adata.obsm["X_latent"], row, rtol=1e-6).all(1).any() for row in rows)
+    adata.write_h5ad(tmp_path / "vectors.h5ad")
+    back = ad.read_h5ad(tmp_path / "vectors.h5ad")
+    np.testing.assert_array_equal(back.uns["wfm_generated"]["condition_vectors"], generated["condition_vectors"])
+    with pytest.raises(ValueError, match=r"`condition` must be vectors of length 3"):
+        sot.tl.generate_niches(adata, model, condition=np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="pass `condition` \\(vectors\\) or a `condition_key`"):
+        sot.tl.generate_niches(adata, model)
+    with pytest.raises(ValueError, match="must be a key of `.obsm`"):
+        sot.tl.generate_niches(adata, model, condition_key="cell_type")
+    with pytest.raises(ValueError, match="categorical conditions only"):
+        sot.tl.wfm(adata, condition_key="X_latent", mode="gaussian", n_steps=1, progress=False)
+    adata.obs["X_latent"] = "x"
+    with pytest.raises(ValueError, match="both a column of `adata.obs` and a key of `adata.obsm`"):
+        sot.tl.wfm(adata, condition_key="X_latent", n_steps=1, progress=False)
+    with pytest.raises(KeyError, match="neither a column of `adata.obs`"):
+        sot.tl.wfm(adata, condition_key="nope", n_steps=1, progress=False)
+
+
+def test_front_end_transports_a_source_family(tissue):
+    adata = tissue.copy()
+    adata.obs["control"] = adata.obsm["spatial"][:, 0] < np.median(adata.obsm["spatial"][:, 0])
+    model = sot.tl.wfm(
+        adata, source="control", condition_key="cell_type", n_steps=5, width=16, n_layers=1, progress=False
+    )
+    params = adata.uns["wfm"]["params"]
+    assert params["n_source_niches"] == int(adata.obs["control"].sum())
+    assert params["n_niches"] == adata.n_obs - params["n_source_niches"]
+    cells = np.flatnonzero(adata.obs["control"])[:7]
+    sot.tl.generate_niches(adata, model, source=cells, condition_key="cell_type", n_steps=2)
+    generated = adata.uns["wfm_generated"]
+    assert generated["points"].shape == (7, 6, 3)
+    np.testing.assert_array_equal(generated["source_cells"], cells)
+    # by default each source niche keeps its own centre's label
+    np.testing.assert_array_equal(generated["conditions"], adata.obs["cell_type"].astype(str).to_numpy()[cells])
+    with pytest.raises(ValueError, match="pass the cells to transport as `source`"):
+        sot.tl.generate_niches(adata, model)
+    with pytest.raises(ValueError, match="`size` cannot be given with `source`"):
+        sot.tl.generate_niches(adata, model, source=cells, size=3)
+    with pytest.raises(ValueError, match="`adata.obs\\['cell_type'\\]` must be boolean"):
+        sot.tl.wfm(adata, source="cell_type", n_steps=1, progress=False)
+    with pytest.raises(ValueError, match="`source` selects no cell"):
+        sot.tl.wfm(adata, source=np.zeros(adata.n_obs, dtype=bool), n_steps=1, progress=False)
+    noise_model = sot.tl.wfm(adata, n_steps=1, width=16, n_layers=1, progress=False)
+    with pytest.raises(ValueError, match="trained from noise"):
+        sot.tl.generate_niches(adata, noise_model, source=cells)

@@ -17,7 +17,7 @@ from ..models._batches import family_moments
 from ..models._device import resolve_device, seeded
 from ..models._wfm import WassersteinFlowMatching
 from ..models._wfm_gaussian import GaussianFlowMatching
-from ..ot import sqrtm_psd
+from ..ot import IndexedClouds, sqrtm_psd
 from ._utils import write_result
 
 _MODES = ("pointcloud", "gaussian")
@@ -41,6 +41,70 @@ def _condition_labels(adata: AnnData, condition_key: str | None) -> tuple[np.nda
     return values, names
 
 
+def _condition_vectors(adata: AnnData, condition_key: str) -> np.ndarray:
+    """``adata.obsm[condition_key]`` as a finite float64 array ``(n_obs, d)``."""
+    values = adata.obsm[condition_key]
+    values = values.toarray() if hasattr(values, "toarray") else np.asarray(values)
+    values = values.reshape(len(values), -1) if values.ndim == 1 else values
+    if values.ndim != 2 or not np.issubdtype(values.dtype, np.number):
+        raise ValueError(f"`adata.obsm[{condition_key!r}]` must be a numeric (n_obs, d) array to condition on.")
+    values = values.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError(
+            f"`adata.obsm[{condition_key!r}]` holds NaN or infinite values; every niche needs a condition."
+        )
+    return values
+
+
+def _condition_kind(adata: AnnData, condition_key: str | None) -> str | None:
+    """``'labels'`` for a column of ``.obs``, ``'vectors'`` for a key of ``.obsm``, ``None`` without a key."""
+    if condition_key is None:
+        return None
+    in_obs, in_obsm = condition_key in adata.obs, condition_key in adata.obsm
+    if in_obs and in_obsm:
+        raise ValueError(
+            f"`condition_key`={condition_key!r} is both a column of `adata.obs` and a key of `adata.obsm`; "
+            "rename one of them."
+        )
+    if not (in_obs or in_obsm):
+        raise KeyError(
+            f"`condition_key`={condition_key!r} is neither a column of `adata.obs` (columns: {list(adata.obs)}) "
+            f"nor a key of `adata.obsm` (keys: {list(adata.obsm)})."
+        )
+    return "labels" if in_obs else "vectors"
+
+
+def _cells(adata: AnnData, cells: str | np.ndarray | Sequence[int], name: str) -> np.ndarray:
+    """Sorted indices of the cells chosen by a boolean ``.obs`` column, a boolean mask or integer indices."""
+    if isinstance(cells, str):
+        if cells not in adata.obs:
+            raise KeyError(f"`{name}`={cells!r} is not a column of `adata.obs` (columns: {list(adata.obs)}).")
+        column = adata.obs[cells]
+        if column.dtype != bool:
+            raise ValueError(f"`adata.obs[{cells!r}]` must be boolean (True on the cells of `{name}`).")
+        chosen = np.flatnonzero(column.to_numpy())
+    else:
+        values = np.asarray(cells)
+        if values.dtype == bool:
+            if values.shape != (adata.n_obs,):
+                raise ValueError(f"`{name}` as a boolean mask must have one entry per cell ({adata.n_obs}).")
+            chosen = np.flatnonzero(values)
+        elif values.ndim == 1 and np.issubdtype(values.dtype, np.integer):
+            if len(values) and (values.min() < 0 or values.max() >= adata.n_obs):
+                raise ValueError(f"`{name}` holds cell indices outside [0, {adata.n_obs}).")
+            chosen = np.unique(values)
+        else:
+            raise ValueError(f"`{name}` must be a boolean `.obs` column, a boolean mask or integer cell indices.")
+    if len(chosen) == 0:
+        raise ValueError(f"`{name}` selects no cell.")
+    return chosen
+
+
+def _subset(family: IndexedClouds, cells: np.ndarray) -> IndexedClouds:
+    """The niches of ``cells`` only."""
+    return IndexedClouds(family.features, family.indices[cells], family.mask[cells])
+
+
 def wfm(
     adata: AnnData,
     *,
@@ -55,6 +119,8 @@ def wfm(
     n_layers: int = 3,
     noise: Literal["normal", "cholesky"] = "normal",
     matching: Literal["auto", "exact", "entropic"] = "auto",
+    minibatch_ot: bool = True,
+    source: str | np.ndarray | Sequence[int] | None = None,
     key_added: str = "wfm",
     device: str = "auto",
     random_state: int | None = 0,
@@ -75,8 +141,10 @@ def wfm(
     niche_key
         The ``key_added`` of :func:`spatialot.pp.niches`.
     condition_key
-        Column of ``.obs`` whose value at each centre cell conditions its niche; unconditional
-        when ``None``.
+        What conditions each niche, read at its centre cell: a column of ``.obs`` (categorical
+        labels: a cell type, a region, a sample) or a key of ``.obsm`` (a continuous vector per
+        cell: the centre's expression or embedding, as the official spatial class allows);
+        unconditional when ``None``.
     mode
         ``'pointcloud'``: niches as point clouds, velocity field = masked set transformer, OT
         matching of points (:class:`~spatialot.models.WassersteinFlowMatching`). ``'gaussian'``:
@@ -100,6 +168,17 @@ def wfm(
     matching
         Matching of noise and niche points in the point-cloud mode: ``'auto'`` (exact assignment
         for equal sizes), ``'exact'`` or ``'entropic'``.
+    minibatch_ot
+        Re-pair the source (noise) and niche clouds of each minibatch by an exact assignment on
+        their Chamfer costs before matching points (the official default for unconditional
+        training); with labels the pairing stays within a label; skipped with continuous
+        conditions. Point-cloud mode.
+    source
+        Transport between two families of niches instead of from noise: the cells whose niches
+        form the source family (a boolean column of ``.obs``, a boolean mask or integer cell
+        indices; e.g. the cells of a control sample), the niches of all other cells being the
+        targets (e.g. a treated sample). Transport source niches with
+        ``generate_niches(..., source=...)``. Point-cloud mode.
     key_added
         Key of ``.uns`` written.
     device
@@ -117,8 +196,9 @@ def wfm(
     ``.uns[key_added]``:
 
     ``'params'``
-        The parameters above, plus ``'conditions'`` (the condition names the model knows, when
-        conditional), ``'n_niches'`` and ``'dim'``.
+        The parameters above (``source`` as ``'n_source_niches'``), plus ``'conditions'`` (the
+        condition names the model knows, with labels), ``'condition_dim'`` (with vectors),
+        ``'n_niches'`` (the niches trained on) and ``'dim'``.
     ``'loss'``
         Training loss of every step (plotted by ``sot.pl.loss``).
 
@@ -135,9 +215,16 @@ def wfm(
     if mode not in _MODES:
         raise ValueError(f"`mode` must be one of {_MODES}, got {mode!r}.")
     family = niche_clouds(adata, niche_key=niche_key)
-    values, names = _condition_labels(adata, condition_key)
+    kind = _condition_kind(adata, condition_key)
+    values, names = _condition_labels(adata, condition_key) if kind == "labels" else (None, None)
+    vectors = _condition_vectors(adata, condition_key) if kind == "vectors" else None
     n_steps = check_int("n_steps", n_steps)
     gaussian = mode == "gaussian"
+    if gaussian and (kind == "vectors" or source is not None):
+        raise ValueError(
+            "`mode='gaussian'` takes categorical conditions only: use the point-cloud mode for a `condition_key` "
+            "of `.obsm` or a `source` family."
+        )
     batch_size = check_int("batch_size", batch_size if batch_size is not None else (64 if gaussian else 16))
     n_layers = check_int("n_layers", n_layers)
     width = check_int("width", width if width is not None else (256 if gaussian else 128))
@@ -146,6 +233,17 @@ def wfm(
         raise ValueError(f"`learning_rate` must be positive, got {learning_rate}.")
     if not 0 <= p_uncond <= 1:
         raise ValueError(f"`p_uncond` must lie in [0, 1], got {p_uncond}.")
+    source_family = None
+    if source is not None:
+        source_cells = _cells(adata, source, "source")
+        targets = np.setdiff1d(np.arange(adata.n_obs), source_cells)
+        if len(targets) == 0:
+            raise ValueError("`source` selects every cell: no niche is left to transport to.")
+        source_family, family = _subset(family, source_cells), _subset(family, targets)
+        values = None if values is None else values[targets]
+        vectors = None if vectors is None else vectors[targets]
+        if names is not None:
+            names = [name for name in names if name in set(values)]
     resolved = resolve_device(device)
 
     with seeded(random_state):  # the initial weights
@@ -156,10 +254,12 @@ def wfm(
                 family.dim,
                 family.max_size,
                 labels=names,
+                condition_dim=None if vectors is None else vectors.shape[1],
                 width=width,
                 n_layers=n_layers,
                 noise=noise,
                 matching=matching,
+                minibatch_ot=minibatch_ot,
             )
     fit_kwargs = {
         "n_steps": n_steps,
@@ -174,7 +274,7 @@ def wfm(
         means, covariances = family_moments(family, device=resolved)
         model.fit(means, covariances, values, **fit_kwargs)
     else:
-        model.fit(family, values, **fit_kwargs)
+        model.fit(family, values, conditions=vectors, source=source_family, **fit_kwargs)
 
     adata = adata.copy() if copy else adata
     params = {
@@ -189,6 +289,9 @@ def wfm(
         "n_layers": n_layers,
         "noise": None if gaussian else noise,
         "matching": None if gaussian else matching,
+        "minibatch_ot": None if gaussian else bool(minibatch_ot),
+        "n_source_niches": None if source_family is None else len(source_family),
+        "condition_dim": None if vectors is None else int(vectors.shape[1]),
         "device": str(resolved),
         "random_state": random_state,
         "conditions": None if names is None else np.asarray(names, dtype=str),
@@ -205,8 +308,9 @@ def generate_niches(
     model: WFMModel,
     *,
     n: int = 100,
-    condition: str | Sequence[str] | None = None,
+    condition: str | Sequence[str] | np.ndarray | None = None,
     size: int | None = None,
+    source: str | np.ndarray | Sequence[int] | None = None,
     niche_key: str = "niche",
     condition_key: str | None = None,
     n_steps: int = 100,
@@ -216,7 +320,7 @@ def generate_niches(
     random_state: int | None = 0,
     copy: bool = False,
 ) -> AnnData | None:
-    """Sample new niches from a model trained by :func:`wfm`.
+    """Sample new niches from a model trained by :func:`wfm`, or transport source niches.
 
     Parameters
     ----------
@@ -225,20 +329,27 @@ def generate_niches(
     model
         Model returned by :func:`wfm`.
     n
-        Number of niches; ignored when ``condition`` is a sequence (one niche per entry).
+        Number of niches; ignored when ``condition`` holds one entry per niche or ``source`` is given.
     condition
-        Condition of the niches: one name for all, one per niche, or ``None``: for a
-        conditional model, conditions drawn with their frequencies in training; for an
-        unconditional one, none.
+        For a model trained on labels: one name for all niches, one per niche, or ``None``
+        (labels drawn with their frequencies in training). For a model trained on condition
+        vectors: an array ``(n, d)`` (one vector per niche) or ``(d,)`` (one for all), or
+        ``None`` (vectors of random cells of ``adata.obsm[condition_key]``). With ``source`` and
+        a ``condition_key``, ``None`` takes the source cells' own conditions.
     size
         Number of points per niche; by default drawn from the sizes of the training niches
-        (of the same condition in the point-cloud mode).
+        (of the same label in the point-cloud mode). Not with ``source``.
+    source
+        For a model trained with ``source``: the cells whose niches are transported (a boolean
+        column of ``.obs``, a boolean mask or integer cell indices); one niche per cell, of the
+        size of its source niche.
     niche_key
         The ``key_added`` of :func:`spatialot.pp.niches`, used to check the feature space and
         recorded for :func:`spatialot.pl.generated_niches`.
     condition_key
-        Column of ``.obs`` the conditions come from; recorded for the plot, and its values
-        checked against the model's conditions.
+        Column of ``.obs`` (labels) or key of ``.obsm`` (vectors) the conditions come from;
+        recorded for the plot, checked against the model's conditions, and read when
+        ``condition`` is ``None`` as described above.
     n_steps
         Integration steps of the flow.
     method
@@ -261,7 +372,12 @@ def generate_niches(
     ``'mask'``
         Boolean array ``(n, max_size)``, ``True`` on real points.
     ``'conditions'``
-        String array ``(n,)`` of the condition of each niche (conditional models only).
+        String array ``(n,)`` of the label of each niche (models trained on labels).
+    ``'condition_vectors'``
+        ``float32`` array ``(n, d)`` of the condition vector of each niche (models trained on vectors).
+    ``'source_cells'``
+        Integer array ``(n,)``: the cell whose niche each generated niche was transported from
+        (with ``source``).
     ``'means'``, ``'covariances'``
         The generated Gaussians (Gaussian mode only); their ``'points'`` are samples of them.
     ``'params'``
@@ -275,6 +391,11 @@ def generate_niches(
     >>> model = sot.tl.wfm(adata, condition_key="cell_type", n_steps=200)  # doctest: +SKIP
     >>> sot.tl.generate_niches(adata, model, n=50)  # doctest: +SKIP
     >>> adata.uns["wfm_generated"]["points"].shape  # doctest: +SKIP
+
+    Conditioned on the centre cell's latent profile, one niche per given vector:
+
+    >>> model = sot.tl.wfm(adata, condition_key="X_latent", n_steps=200)  # doctest: +SKIP
+    >>> sot.tl.generate_niches(adata, model, condition=adata.obsm["X_latent"][:10])  # doctest: +SKIP
     """
     start = logg.info("generating niches")
     keys = ResultKeys(key_added)
@@ -290,39 +411,100 @@ def generate_niches(
     n_steps = check_int("n_steps", n_steps)
     if size is not None:
         size = check_int("size", size)
+    pointcloud = isinstance(model, WassersteinFlowMatching)
     names = model.label_names
-    if condition_key is not None:
-        _, known = _condition_labels(adata, condition_key)
-        if names and not set(known) & set(names):
-            raise ValueError(f"`adata.obs[{condition_key!r}]` holds none of the model's conditions {names}.")
-    rng = np.random.default_rng(random_state)
-    if condition is None:
-        if names:
-            counts = (
-                model.size_counts.sum(1)[:-1] if isinstance(model, WassersteinFlowMatching) else model.label_counts[:-1]
+    condition_dim = model.config.get("condition_dim")
+    kind = _condition_kind(adata, condition_key)
+    from_source = pointcloud and bool(model.from_source)
+    source_cells = None
+    if source is not None:
+        if not from_source:
+            raise ValueError(
+                "`model` was trained from noise: leave `source=None` (train with `sot.tl.wfm(source=...)`)."
             )
-            frequencies = counts.cpu().double().numpy()
-            conditions = np.asarray(names)[rng.choice(len(names), size=n, p=frequencies / frequencies.sum())]
+        if size is not None:
+            raise ValueError("`size` cannot be given with `source`: each niche keeps the size of its source niche.")
+        source_cells = _cells(adata, source, "source")
+        n = len(source_cells)
+    elif from_source:
+        raise ValueError("`model` was trained to transport a `source` family: pass the cells to transport as `source`.")
+    rng = np.random.default_rng(random_state)
+
+    conditions, vectors = None, None
+    if condition_dim:
+        if kind == "labels":
+            raise ValueError(
+                f"`model` is conditioned on vectors: `condition_key` must be a key of `.obsm`, not {condition_key!r}."
+            )
+        if condition is None:
+            if kind is None:
+                raise ValueError(
+                    "`model` is conditioned on vectors: pass `condition` (vectors) or a `condition_key` of `.obsm`."
+                )
+            table = _condition_vectors(adata, condition_key)
+            rows = source_cells if source_cells is not None else rng.choice(adata.n_obs, size=n)
+            vectors = table[rows]
         else:
-            conditions = None
+            vectors = np.asarray(condition, dtype=np.float64)
+            if vectors.ndim == 1:
+                vectors = np.broadcast_to(vectors, (n, len(vectors))).copy()
+            if vectors.ndim != 2 or vectors.shape[1] != condition_dim:
+                raise ValueError(
+                    f"`condition` must be vectors of length {condition_dim}, shape (n, {condition_dim}) or "
+                    f"({condition_dim},); got shape {np.shape(condition)}."
+                )
+            if source_cells is not None and len(vectors) != n:
+                raise ValueError(f"`condition` must hold one vector per source cell ({n}), got {len(vectors)}.")
+            n = len(vectors)
     else:
-        if not names:
-            raise ValueError("`model` was trained without conditions: leave `condition=None`.")
-        conditions = np.asarray([condition] * n if isinstance(condition, str) else list(condition), dtype=str)
-        unknown = sorted(set(conditions) - set(names))
-        if unknown:
-            raise ValueError(f"Unknown `condition` {unknown}: the model knows {names}.")
-        n = len(conditions)
+        if kind == "vectors":
+            raise ValueError(
+                f"`model` was not trained on condition vectors: `condition_key`={condition_key!r} is a key of `.obsm`."
+            )
+        if condition_key is not None:
+            _, known = _condition_labels(adata, condition_key)
+            if names and not set(known) & set(names):
+                raise ValueError(f"`adata.obs[{condition_key!r}]` holds none of the model's conditions {names}.")
+        if condition is None:
+            if names and source_cells is not None and condition_key is not None:
+                conditions = adata.obs[condition_key].astype(str).to_numpy()[source_cells]
+                unknown = sorted(set(conditions) - set(names))
+                if unknown:
+                    raise ValueError(
+                        f"The source cells have conditions {unknown} the model does not know: pass `condition`."
+                    )
+            elif names:
+                counts = model.size_counts.sum(1)[:-1] if pointcloud else model.label_counts[:-1]
+                frequencies = counts.cpu().double().numpy()
+                conditions = np.asarray(names)[rng.choice(len(names), size=n, p=frequencies / frequencies.sum())]
+        else:
+            if not names:
+                raise ValueError("`model` was trained without conditions: leave `condition=None`.")
+            conditions = np.asarray([condition] * n if isinstance(condition, str) else list(condition), dtype=str)
+            unknown = sorted(set(conditions) - set(names))
+            if unknown:
+                raise ValueError(f"Unknown `condition` {unknown}: the model knows {names}.")
+            if source_cells is not None and len(conditions) != n:
+                raise ValueError(f"`condition` must hold one label per source cell ({n}), got {len(conditions)}.")
+            n = len(conditions)
     labels = None if conditions is None else list(conditions)
 
     fields: dict[str, Any] = {}
-    if isinstance(model, WassersteinFlowMatching):
+    if pointcloud:
         if size is not None and size > model.config["max_size"]:
             raise ValueError(
                 f"`size`={size} exceeds the largest niche size the model knows, {model.config['max_size']}."
             )
         clouds = model.sample(
-            n, labels=labels, sizes=size, n_steps=n_steps, method=method, guidance=guidance, random_state=random_state
+            None if source_cells is not None else n,
+            labels=labels,
+            conditions=vectors,
+            sizes=size,
+            source=None if source_cells is None else _subset(family, source_cells),
+            n_steps=n_steps,
+            method=method,
+            guidance=guidance,
+            random_state=random_state,
         )
         points, mask = clouds.points.numpy(), clouds.mask.numpy()
         mode = "pointcloud"
@@ -349,6 +531,10 @@ def generate_niches(
     }
     if conditions is not None:
         fields["conditions"] = conditions
+    if vectors is not None:
+        fields["condition_vectors"] = vectors.astype(np.float32)
+    if source_cells is not None:
+        fields["source_cells"] = source_cells.astype(np.int64)
     write_result(adata, keys, params=params, points=points.astype(np.float32), mask=mask.astype(bool), **fields)
     logg.info("    finished", time=start, deep=f"added\n    '{keys.uns}', generated niches (adata.uns)")
     return adata if copy else None
