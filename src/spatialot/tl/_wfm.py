@@ -202,6 +202,17 @@ def wfm(
     ``'loss'``
         Training loss of every step (plotted by ``sot.pl.loss``).
 
+    Notes
+    -----
+    Where this departs from the official code (see
+    :class:`~spatialot.models.WassersteinFlowMatching`): minibatch OT pairing is an exact
+    assignment (not a rounded Sinkhorn plan) and stays on, within each label, for labelled
+    conditions (the official code turns it off under conditioning); a dropped condition vector
+    becomes a learned null embedding; source niches are drawn independently of the targets and
+    re-paired by minibatch OT, as two unpaired samples (control, treated) call for, where the
+    official code pairs the i-th source cloud with the i-th data cloud. The defaults were
+    checked in ``benchmarks/wfm.py``.
+
     Examples
     --------
     >>> import spatialot as sot
@@ -209,6 +220,17 @@ def wfm(
     >>> sot.pp.niches(adata, k=8, use_rep="X_latent", include_center=False)
     >>> model = sot.tl.wfm(adata, condition_key="cell_type", n_steps=200)  # doctest: +SKIP
     >>> sot.tl.generate_niches(adata, model, n=50, condition="type_0")  # doctest: +SKIP
+
+    Conditioned on the centre cell's latent profile (a key of ``.obsm``):
+
+    >>> model = sot.tl.wfm(adata, condition_key="X_latent", n_steps=200)  # doctest: +SKIP
+    >>> sot.tl.generate_niches(adata, model, condition=adata.obsm["X_latent"][:50])  # doctest: +SKIP
+
+    From the niches of one half of the tissue to those of the other:
+
+    >>> adata.obs["left"] = adata.obsm["spatial"][:, 0] < 200
+    >>> model = sot.tl.wfm(adata, source="left", n_steps=200)  # doctest: +SKIP
+    >>> sot.tl.generate_niches(adata, model, source="left")  # doctest: +SKIP
     """
     start = logg.info("training Wasserstein flow matching")
     keys = ResultKeys(key_added)
