@@ -290,7 +290,7 @@ def test_conditions_change_the_output(conditional_model):
     assert len(mixed) == 3
 
 
-def test_continuous_conditions_move_the_niche_means_linearly():
+def test_continuous_conditions_move_the_niche_means_linearly(tmp_path):
     # niches whose mean is (c, -c / 2) for a condition c in [-2, 2]: the generated niche means follow c
     rng = np.random.default_rng(3)
     condition = rng.uniform(-2, 2, size=(256, 1))
@@ -308,6 +308,12 @@ def test_continuous_conditions_move_the_niche_means_linearly():
     assert abs(slope_x - 1) < 0.2 and abs(slope_y + 0.5) < 0.15 and abs(intercept_x) < 0.2
     # one vector for all clouds
     assert model.sample(3, conditions=np.array([1.0]), n_steps=2).points.shape == (3, 6, 2)
+    # the standardisation of the vectors survives save / load
+    model.save(tmp_path / "vectors.pt")
+    loaded = WassersteinFlowMatching.load(tmp_path / "vectors.pt", device="cpu")
+    torch.testing.assert_close(
+        loaded.sample(conditions=asked[:5], n_steps=3).points, model.sample(conditions=asked[:5], n_steps=3).points
+    )
     with pytest.raises(ValueError, match=r"`conditions` must have shape \(4, 1\)"):
         model.sample(4, conditions=np.zeros((4, 2)))
     with pytest.raises(ValueError, match="pass `conditions`"):
@@ -378,6 +384,11 @@ def test_save_and_load_round_trip(tmp_path, conditional_model):
         np.testing.assert_allclose(mine, theirs)
     with pytest.raises(ValueError, match="not a GaussianFlowMatching"):
         GaussianFlowMatching.load(tmp_path / "wfm.pt")
+    # a checkpoint of before source families (no `from_source` buffer) loads as a model trained from noise
+    checkpoint = torch.load(tmp_path / "wfm.pt", weights_only=True)
+    del checkpoint["state"]["from_source"]
+    torch.save(checkpoint, tmp_path / "old.pt")
+    assert not bool(WassersteinFlowMatching.load(tmp_path / "old.pt", device="cpu").from_source)
 
 
 def test_model_rejects_bad_input(conditional_model):

@@ -448,6 +448,11 @@ class WassersteinFlowMatching(Model):
         # whether the model was trained to transport a user-given source family rather than noise
         self.register_buffer("from_source", torch.zeros((), dtype=torch.bool))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before source families existed were all trained from noise
+        state_dict.setdefault(prefix + "from_source", torch.zeros((), dtype=torch.bool))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     # ------------------------------------------------------------------ pieces
     @property
     def conditional(self) -> bool:
