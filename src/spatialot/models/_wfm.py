@@ -11,6 +11,7 @@ field from fresh noise clouds.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Literal
 
@@ -26,7 +27,7 @@ from ._base import Model
 from ._batches import CloudFamily, take
 from ._blocks import SetTransformer, mlp
 from ._device import resolve_device, seeded
-from ._training import restored_on_failure, train
+from ._training import CHECKPOINT_EVERY, Precision, full_precision, restored_on_failure, train
 
 Matching = Literal["auto", "exact", "entropic"]
 Noise = Literal["normal", "cholesky"]
@@ -333,11 +334,15 @@ class WassersteinFlowMatching(Model):
     def flow_matching_loss(self, data: PointClouds, codes: torch.Tensor) -> torch.Tensor:
         """Flow-matching loss of a batch of standardised data clouds with label codes."""
         noise = self.draw_noise(data.mask)
-        matched = matched_targets(noise, data, matching=self.config["matching"], epsilon=self.config["epsilon"])
+        # the network runs in the training loop's precision, the matching and the loss in float32
+        with full_precision(data.device):
+            matched = matched_targets(noise, data, matching=self.config["matching"], epsilon=self.config["epsilon"])
         t = torch.rand(len(data), device=self.device)
         points = (1 - t)[:, None, None] * noise.points + t[:, None, None] * matched
-        error = (self.velocity(points, noise.weights, t, codes) - (matched - noise.points)) ** 2
-        return (error.sum(-1) * noise.weights).sum(1).mean()
+        velocity = self.velocity(points, noise.weights, t, codes)
+        with full_precision(data.device):
+            error = (velocity.float() - (matched - noise.points)) ** 2
+            return (error.sum(-1) * noise.weights).sum(1).mean()
 
     # ------------------------------------------------------------------ training
     def _check_family(self, family: CloudFamily) -> None:
@@ -384,6 +389,9 @@ class WassersteinFlowMatching(Model):
         device: torch.device | str = "auto",
         random_state: int | None = 0,
         progress: bool = True,
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int = CHECKPOINT_EVERY,
+        precision: Precision = "float32",
     ) -> WassersteinFlowMatching:
         """Train by flow matching on random minibatches of ``family``.
 
@@ -415,6 +423,14 @@ class WassersteinFlowMatching(Model):
             Seed of minibatches, noise, times and label dropout.
         progress
             Show a progress bar with the running loss.
+        checkpoint
+            File to write a training checkpoint to every ``checkpoint_every`` steps and at the end;
+            when it exists, training resumes from it (see :doc:`/scale`).
+        checkpoint_every
+            Steps between two checkpoints.
+        precision
+            ``'float32'``, or ``'bfloat16'`` for bf16 autocast of the velocity network (the OT
+            matching and the loss stay float32).
 
         Returns
         -------
@@ -455,6 +471,10 @@ class WassersteinFlowMatching(Model):
                 max_grad_norm=max_grad_norm,
                 progress=progress,
                 description="WFM",
+                rng=rng,
+                checkpoint=checkpoint,
+                checkpoint_every=checkpoint_every,
+                precision=precision,
             )
         return self
 
