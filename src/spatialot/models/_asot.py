@@ -220,7 +220,7 @@ class ASOT(Model):
             Show a progress bar.
         checkpoint
             ``'ml'`` only: file to write a training checkpoint to every ``checkpoint_every`` steps
-            and at the end; when it exists, training resumes from it (see :doc:`/scale`).
+            and at the end; when it exists, training resumes from it (see :doc:`/training`).
         checkpoint_every
             ``'ml'`` only: steps between two checkpoints.
 
@@ -316,12 +316,11 @@ class ASOT(Model):
         def step_loss(step: int) -> torch.Tensor:
             chosen = rng.choice(len(target), min(batch_size, len(target)), replace=False)
             cost = self._scaled_cost()
-            value = anchor_sinkhorn(
-                self._histograms(x[chosen]),
-                self._histograms(y[chosen]),
-                cost,
-                epsilon=epsilon * float(cost.detach().max()),
-                n_iter=n_iter,
+            # ε relative to the largest cost: the cost in units of it (the same plan as ε times it),
+            # so that the step never reads it on the host
+            unit = cost.detach().max()
+            value = unit * anchor_sinkhorn(
+                self._histograms(x[chosen]), self._histograms(y[chosen]), cost / unit, epsilon=epsilon, n_iter=n_iter
             )
             goal = target[torch.as_tensor(chosen, device=device)]
             return ((value - goal) ** 2).mean() / (goal**2).mean().clamp_min(1e-12)

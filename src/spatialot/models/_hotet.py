@@ -391,7 +391,7 @@ class HOTET(Model):
             Show a progress bar.
         checkpoint
             File to write a training checkpoint to every ``checkpoint_every`` steps and at the end;
-            when it exists, training resumes from it (see :doc:`/scale`).
+            when it exists, training resumes from it (see :doc:`/training`).
         checkpoint_every
             Steps between two checkpoints.
         precision

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import copy
+import inspect
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -161,6 +162,14 @@ def _join_process_group(device: torch.device) -> tuple[int, int]:
 def _leave_process_group() -> None:
     if distributed.is_initialized():
         distributed.destroy_process_group()
+
+
+# torch 2.13 renamed DDP's `broadcast_buffers` to `forward_sync_buffers`
+_NO_BUFFER_SYNC_PER_STEP = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
+    else {"broadcast_buffers": False}
+)
 
 
 class _StepLoss(nn.Module):
@@ -394,8 +403,8 @@ def train(
             forward = nn.parallel.DistributedDataParallel(
                 _StepLoss(model, step_loss),
                 device_ids=[device.index] if device.type == "cuda" else None,
-                # the buffers (scales, ranges) are fixed before training and equal on every rank
-                broadcast_buffers=False,
+                # the buffers (scales, ranges) are fixed before training: sent from rank 0 once, not every step
+                **_NO_BUFFER_SYNC_PER_STEP,
                 # the same weights take part in every step: no search for unused ones per step
                 static_graph=True,
             )

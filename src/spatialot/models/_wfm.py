@@ -71,6 +71,8 @@ def matched_targets(
     if len(source) != len(target) or source.dim != target.dim:
         raise ValueError("`source` and `target` must hold the same number of clouds of the same dimension.")
     target = target.to(device=source.device, dtype=source.points.dtype)
+    if matching == "entropic":  # on the device, without reading anything on the host
+        return _entropic_map(source, target, epsilon)
     sizes_equal = (source.sizes == target.sizes).cpu().numpy()
     uniform = (_is_uniform(source) & _is_uniform(target)).cpu().numpy()
     exact = sizes_equal & uniform if matching == "auto" else np.full(len(source), matching == "exact")
@@ -107,8 +109,12 @@ def _entropic_map(source: PointClouds, target: PointClouds, epsilon: float) -> t
     with torch.no_grad():
         cost = squared_euclidean_cost(source.points, target.points)
         valid = source.mask[:, :, None] & target.mask[:, None, :]
-        largest = float(torch.where(valid, cost, 0).max().clamp_min(1e-12))
-        plan = sinkhorn(source, target, epsilon=epsilon * largest, max_iter=200, return_plan=True).plan
+        # ε relative to the largest cost: the points divided by its root, which gives the same plan
+        # as ε times the largest cost, and is never read on the host
+        unit = torch.where(valid, cost, 0).max().clamp_min(1e-12).sqrt()
+        unit_source = PointClouds(source.points / unit, source.mask, source.weights)
+        unit_target = PointClouds(target.points / unit, target.mask, target.weights)
+        plan = sinkhorn(unit_source, unit_target, epsilon=epsilon, max_iter=200, return_plan=True).plan
     mass = source.weights.clamp_min(1e-30)[..., None]
     return (plan @ target.points) / mass * source.mask[..., None]
 
@@ -425,7 +431,7 @@ class WassersteinFlowMatching(Model):
             Show a progress bar with the running loss.
         checkpoint
             File to write a training checkpoint to every ``checkpoint_every`` steps and at the end;
-            when it exists, training resumes from it (see :doc:`/scale`).
+            when it exists, training resumes from it (see :doc:`/training`).
         checkpoint_every
             Steps between two checkpoints.
         precision

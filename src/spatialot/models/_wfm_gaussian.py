@@ -65,7 +65,9 @@ def bures_velocity(
     step = (1 - t)[:, None, None] * identity + t[:, None, None] * matrix
     mean_t = (1 - t)[:, None] * mean_0 + t[:, None] * mean_1
     cov_t = step @ cov_0 @ step.transpose(-1, -2)
-    velocity = torch.linalg.solve(step, matrix - identity)  # S⁻¹ (A − I), equal to (A − I) S⁻¹
+    # S⁻¹ (A − I), equal to (A − I) S⁻¹; S is invertible for t < 1 (A is positive definite), and
+    # solve_ex skips the check of that, which would make the host wait for the device
+    velocity = torch.linalg.solve_ex(step, matrix - identity).result
     return mean_t, cov_t, mean_1 - mean_0, 0.5 * (velocity + velocity.transpose(-1, -2))
 
 
@@ -248,7 +250,7 @@ class GaussianFlowMatching(Model):
             Show a progress bar with the running loss.
         checkpoint
             File to write a training checkpoint to every ``checkpoint_every`` steps and at the end;
-            when it exists, training resumes from it (see :doc:`/scale`).
+            when it exists, training resumes from it (see :doc:`/training`).
         checkpoint_every
             Steps between two checkpoints.
         precision

@@ -342,7 +342,7 @@ class Wormhole(Model):
             Show a progress bar with the running loss.
         checkpoint
             File to write a training checkpoint to every ``checkpoint_every`` steps and at the end;
-            when it exists, training resumes from it (see :doc:`/scale`).
+            when it exists, training resumes from it (see :doc:`/training`).
         checkpoint_every
             Steps between two checkpoints.
         precision
@@ -356,7 +356,7 @@ class Wormhole(Model):
         Notes
         -----
         Under ``torchrun`` every process trains on its own minibatches of ``batch_size`` clouds
-        and the gradients are averaged (see :doc:`/scale`).
+        and the gradients are averaged (see :doc:`/training`).
         """
         self._check_family(family)
         if len(family) < 2:
