@@ -18,20 +18,28 @@ from spatialot.ot import PointClouds
 
 N_STEPS = 200
 BATCH_SIZE = 16  # in all: each of N processes draws BATCH_SIZE // N clouds per step
-OPTIONS = {"n_components": 8, "width": 16, "n_layers": 1, "n_heads": 2, "mlp_width": 32, "decoder_weight": 0.0, "decoder_size": 6}
+OPTIONS = {
+    "n_components": 8,
+    "width": 16,
+    "n_layers": 1,
+    "n_heads": 2,
+    "mlp_width": 32,
+    "decoder_weight": 0.0,
+    "decoder_size": 6,
+}
 
 
 def clouds(n: int, seed: int) -> PointClouds:
-    """Clouds of 6 points around spread centres, with spreads of their own: W2 varies widely."""
+    """2-D clouds of 8 points around centres spread over a square, each with a spread of its own."""
     rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(n, 1, 3)) * 2
-    spreads = rng.uniform(0.3, 1.5, size=(n, 1, 1))
-    return PointClouds.from_padded(centres + spreads * rng.normal(size=(n, 6, 3)))
+    centres = rng.uniform(-3, 3, size=(n, 1, 2))
+    spreads = rng.uniform(0.3, 1.0, size=(n, 1, 1))
+    return PointClouds.from_padded(centres + spreads * rng.normal(size=(n, 8, 2)))
 
 
 def model(seed: int) -> Wormhole:
     torch.manual_seed(seed)
-    return Wormhole(3, **OPTIONS, epsilon=0.05)
+    return Wormhole(2, **OPTIONS, epsilon=0.05)
 
 
 def fit(wormhole: Wormhole, batch_size: int, **options) -> Wormhole:

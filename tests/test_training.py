@@ -238,8 +238,8 @@ def test_two_processes_under_torchrun_train_one_model_as_good_as_one_process(tmp
     print(
         f"two processes: {wall:.1f} s, Pearson {fidelity_two:.4f}; one: {fidelity_one:.4f}; untrained {untrained:.4f}"
     )
-    assert fidelity_one > untrained + 0.05
-    assert abs(fidelity_two - fidelity_one) < 0.02
+    assert fidelity_one > max(0.93, untrained + 0.05)
+    assert abs(fidelity_two - fidelity_one) < 0.03
 
 
 # --------------------------------------------------------------------------- precision
@@ -281,8 +281,8 @@ def test_bfloat16_keeps_the_fidelity_of_float32():
         for precision in ("float32", "bfloat16")
     }
     print(fidelity)
-    assert fidelity["float32"] > 0.9
-    assert abs(fidelity["bfloat16"] - fidelity["float32"]) < 0.03
+    assert fidelity["float32"] > 0.93
+    assert abs(fidelity["bfloat16"] - fidelity["float32"]) < 0.02
 
 
 # --------------------------------------------------------------------------- no host reads inside a step
