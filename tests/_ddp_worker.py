@@ -2,7 +2,8 @@
 
 ``python -m torch.distributed.run --standalone --nproc_per_node=2 tests/_ddp_worker.py OUT`` trains on
 two processes (gloo on CPU) with nothing in this file about them; every rank then writes its weights
-and history to ``OUT/rank<r>.pt`` for the test to compare.
+and history to ``OUT/rank<r>.pt`` for the test to compare, and those of the same run stopped half-way
+and resumed from its checkpoint to ``OUT/resumed<r>.pt``.
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ def model(seed: int) -> Wormhole:
     return Wormhole(2, **OPTIONS, epsilon=0.05)
 
 
-def fit(wormhole: Wormhole, batch_size: int, **options) -> Wormhole:
+def fit(wormhole: Wormhole, batch_size: int, n_steps: int = N_STEPS, **options) -> Wormhole:
     return wormhole.fit(
         clouds(96, seed=0),
-        n_steps=N_STEPS,
+        n_steps=n_steps,
         batch_size=batch_size,
         learning_rate=1e-2,
         device="cpu",
@@ -58,6 +59,11 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     out = sys.argv[1]
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    batch_size = BATCH_SIZE // world_size
     # each rank builds its model from its own seed: DDP starts every rank from rank 0's weights
-    wormhole = fit(model(seed=rank), BATCH_SIZE // world_size, checkpoint=os.path.join(out, "checkpoint.pt"))
-    torch.save({"state": wormhole.state_dict(), "history": wormhole.history}, os.path.join(out, f"rank{rank}.pt"))
+    wormhole = fit(model(seed=rank), batch_size, checkpoint=os.path.join(out, "checkpoint.pt"))
+    # a run stopped half-way (its checkpoint at N_STEPS // 2), then resumed by a model built anew
+    fit(model(seed=rank), batch_size, n_steps=N_STEPS // 2, checkpoint=os.path.join(out, "halves.pt"))
+    resumed = fit(model(seed=10 + rank), batch_size, checkpoint=os.path.join(out, "halves.pt"))
+    for name, trained in (("rank", wormhole), ("resumed", resumed)):
+        torch.save({"state": trained.state_dict(), "history": trained.history}, os.path.join(out, f"{name}{rank}.pt"))

@@ -228,7 +228,19 @@ def test_two_processes_under_torchrun_train_one_model_as_good_as_one_process(tmp
     # rank 0 wrote one checkpoint, holding the random state of both processes
     contents = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert (contents["world_size"], len(contents["random_state"]), contents["step"]) == (2, 2, _ddp_worker.N_STEPS)
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoint.pt", "rank0.pt", "rank1.pt"]
+    # the run stopped half-way and resumed on two processes ends as the run never stopped, on each
+    for rank in range(2):
+        resumed = torch.load(tmp_path / f"resumed{rank}.pt", weights_only=True)
+        assert all(torch.equal(resumed["state"][key], ranks[rank]["state"][key]) for key in resumed["state"])
+        assert resumed["history"] == ranks[rank]["history"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "checkpoint.pt",
+        "halves.pt",
+        "rank0.pt",
+        "rank1.pt",
+        "resumed0.pt",
+        "resumed1.pt",
+    ]
     # (b) the same fidelity as one process with the same budget (batch of 16 clouds per step)
     two = _ddp_worker.model(seed=0)
     two.load_state_dict(ranks[0]["state"])
