@@ -367,8 +367,9 @@ def train(
     own minibatches (its own stream of ``rng`` and of torch's generator, derived from the shared
     seed), DDP averages the gradients, so the weights stay identical on every process, and
     only the first process (rank 0) shows the bar and writes checkpoints, the others waiting
-    for it at a barrier. A run on ``N`` processes with ``batch_size`` each matches one process
-    with ``N * batch_size``.
+    for it at a barrier. A step on ``N`` processes with ``batch_size`` each sees ``N * batch_size``
+    clouds, as one process with that batch size (a loss over pairs of clouds pairs them within
+    each process's batch).
     """
     n_steps = check_int("n_steps", n_steps)
     checkpoint_every = check_int("checkpoint_every", checkpoint_every)
@@ -397,7 +398,7 @@ def train(
             start = contents["step"]
         elif world_size > 1:
             _rank_streams(rng, rank)
-        loop = _Loop(model, parameters, n_steps, device, world_size)
+        loop = _Loop(model, n_steps, device, world_size)
         forward: Callable[[int], torch.Tensor] = step_loss
         if world_size > 1:
             forward = nn.parallel.DistributedDataParallel(
@@ -467,7 +468,7 @@ def train(
 class _Loop:
     """The losses and finiteness flags of the steps not yet read by the host, and their reading."""
 
-    def __init__(self, model: Model, parameters: list, n_steps: int, device: torch.device, world_size: int):
+    def __init__(self, model: Model, n_steps: int, device: torch.device, world_size: int):
         self.model, self.n_steps, self.world_size = model, n_steps, world_size
         self.losses: list[float] = []
         self.pending: list[torch.Tensor] = []
@@ -486,7 +487,7 @@ class _Loop:
         finite = torch.isfinite(gradient_norm.to(never.device))
         self.bad_gradient = torch.minimum(self.bad_gradient, torch.where(finite, never, step))
 
-    def read(self, bar, *, collective: bool = True) -> None:
+    def read(self, bar=None, *, collective: bool = True) -> None:
         """Read the pending losses and flags (one transfer), average them over the processes, stop on divergence."""
         if not self.pending:
             return
@@ -507,7 +508,7 @@ class _Loop:
         self.losses.extend(losses_read)
         self.model.history.extend(losses_read)
         recent = self.model.history[-50:]
-        if recent:
+        if bar is not None and recent:
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.4g}")
 
     def read_after(self, error: BaseException) -> None:
@@ -519,14 +520,9 @@ class _Loop:
         if isinstance(error, _Divergence):
             return
         try:
-            self.read(_NoBar(), collective=False)
+            self.read(collective=False)
         except RuntimeError as divergence:
             raise divergence from error
-
-
-class _NoBar:
-    def set_postfix(self, **kwargs: Any) -> None:
-        pass
 
 
 class _Divergence(RuntimeError):
