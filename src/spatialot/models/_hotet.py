@@ -288,14 +288,18 @@ class HOTET(Model):
         self._check_fitted()
         return self._draw_reference(n_clouds, n_points, generator)
 
-    def _draw_reference(self, n_clouds: int, n_points: int, generator: np.random.Generator) -> torch.Tensor:
-        # also used while training, before the model is marked fitted
+    def _draw_reference(
+        self, n_clouds: int, n_points: int, generator: np.random.Generator, root: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        # also used while training, before the model is marked fitted, with the square root of
+        # the reference covariance computed once (an eigendecomposition per step would make the
+        # host wait for the device)
         dim = self.config["dim"]
         if self.reference_is_cloud:
             rows = generator.integers(0, len(self.reference_points), size=(n_clouds, n_points))
             return self.reference_points[torch.as_tensor(rows, device=self.device)]
         noise = torch.as_tensor(generator.standard_normal((n_clouds, n_points, dim)), dtype=torch.float32)
-        root = sqrtm_psd(self.reference_cov)
+        root = sqrtm_psd(self.reference_cov) if root is None else root
         return self.reference_mean + noise.to(self.device) @ root.T
 
     def _normalise(self, points: torch.Tensor) -> torch.Tensor:
@@ -425,10 +429,16 @@ class HOTET(Model):
             if not bool(self.fitted):
                 self._set_reference(clouds, reference, rng)
 
+            reference_root: dict[str, torch.Tensor] = {}
+
             def step_loss(step: int) -> torch.Tensor:
                 rows = rng.choice(len(clouds), size=batch_size, replace=len(clouds) < batch_size)
                 batch = take(clouds, np.sort(rows), self.device)
-                return self._step_loss(batch, self._draw_reference(batch_size, n_reference_samples, rng))
+                with full_precision(self.device):  # the reference sample is data: float32
+                    if "root" not in reference_root:  # at the first step: after a checkpoint is read
+                        reference_root["root"] = sqrtm_psd(self.reference_cov)
+                    reference = self._draw_reference(batch_size, n_reference_samples, rng, reference_root["root"])
+                return self._step_loss(batch, reference)
 
             train(
                 self,

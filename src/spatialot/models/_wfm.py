@@ -339,9 +339,9 @@ class WassersteinFlowMatching(Model):
 
     def flow_matching_loss(self, data: PointClouds, codes: torch.Tensor) -> torch.Tensor:
         """Flow-matching loss of a batch of standardised data clouds with label codes."""
-        noise = self.draw_noise(data.mask)
-        # the network runs in the training loop's precision, the matching and the loss in float32
+        # the network runs in the training loop's precision, the noise, matching and loss in float32
         with full_precision(data.device):
+            noise = self.draw_noise(data.mask)
             matched = matched_targets(noise, data, matching=self.config["matching"], epsilon=self.config["epsilon"])
         t = torch.rand(len(data), device=self.device)
         points = (1 - t)[:, None, None] * noise.points + t[:, None, None] * matched
