@@ -273,9 +273,11 @@ def test_bfloat16_runs_the_networks_in_bf16_and_the_ot_in_float32(family, monkey
     # targets and decoder loss: float32 clouds, autocast off
     assert len(solved) == 2 * 4 and set(solved) == {(torch.float32, torch.float32, False)}
     assert all(parameter.dtype == torch.float32 for parameter in model.parameters())
-    # float32 leaves autocast off everywhere
+    # float32 runs the networks in float32, and encoding after bf16 training too
     encoded.clear()
-    _fit("Wormhole", _build("Wormhole"), family, n_steps=1)
+    model.encode(family)
+    _fit("Wormhole", model, family, n_steps=1, precision="float32", checkpoint=None)
+    assert set(encoded) == {torch.float32}
     with pytest.raises(ValueError, match="`precision` must be one of"):
         _fit("Wormhole", _build("Wormhole"), family, n_steps=1, precision="float16")
 
