@@ -1,4 +1,4 @@
-"""Batched entropic OT between padded point clouds: log-domain Sinkhorn on CPU or GPU."""
+"""Batched entropic OT between padded point clouds: stabilised Sinkhorn on CPU or GPU."""
 
 from __future__ import annotations
 
@@ -97,11 +97,14 @@ def sinkhorn(
               + \varepsilon\, \mathrm{KL}(P \,|\, a \otimes b).
 
     All problems run as one batch of tensor operations on the device of ``x``. Padded points
-    (``mask == False``) have weight zero and are ignored. Iterations run in the log domain, so
-    small ``epsilon`` is stable in float32; the problem starts at a large ``epsilon`` that is
-    divided by ``1 / annealing`` each step down to the target (ε-scaling), and the iterations
-    at the target are over-relaxed, which together make small ``epsilon`` converge in few
-    iterations. Each problem leaves the batch as soon as it converges. Gradients flow through
+    (``mask == False``) have weight zero and are ignored. The potentials live in the log
+    domain, so small ``epsilon`` is stable in float32: between two convergence checks the
+    iterations run on scalings of a kernel into which the potentials are absorbed (two batched
+    vector-matrix products per iteration, exponentials only at the checks), with the log domain
+    as the fallback where the scalings would leave the floating-point range. The problem starts
+    at a large ``epsilon`` that is divided by ``1 / annealing`` each step down to the target
+    (ε-scaling), and the iterations at the target are over-relaxed, which together make small
+    ``epsilon`` converge in few iterations. Each problem leaves the batch as soon as it converges. Gradients flow through
     one final Sinkhorn step from the converged potentials, which by the envelope theorem is the
     exact gradient of the objective at convergence, at the memory cost of a single iteration.
 
