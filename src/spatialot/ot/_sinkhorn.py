@@ -104,9 +104,10 @@ def sinkhorn(
     as the fallback where the scalings would leave the floating-point range. The problem starts
     at a large ``epsilon`` that is divided by ``1 / annealing`` each step down to the target
     (ε-scaling), and the iterations at the target are over-relaxed, which together make small
-    ``epsilon`` converge in few iterations. Each problem leaves the batch as soon as it converges. Gradients flow through
-    one final Sinkhorn step from the converged potentials, which by the envelope theorem is the
-    exact gradient of the objective at convergence, at the memory cost of a single iteration.
+    ``epsilon`` converge in few iterations. Each problem leaves the batch as soon as it
+    converges. Gradients flow through one final Sinkhorn step from the converged potentials,
+    which by the envelope theorem is the exact gradient of the objective at convergence, at the
+    memory cost of a single iteration.
 
     Parameters
     ----------
