@@ -28,6 +28,10 @@ device
     "progress": """\
 progress
     Show a progress bar (when the settings allow it: see :class:`spatialot.settings`).""",
+    "progress_training": """\
+progress
+    Show a progress bar with the running loss (when the settings allow it: see
+    :class:`spatialot.settings`).""",
     "copy": """\
 copy
     Return a modified copy instead of writing to ``adata``.""",
