@@ -70,8 +70,7 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 
 import spatialot as sot  # noqa: E402
 from spatialot.models import GaussianFlowMatching, WassersteinFlowMatching  # noqa: E402
-from spatialot.models._wfm import chamfer_costs  # noqa: E402
-from spatialot.ot import IndexedClouds, PointClouds  # noqa: E402
+from spatialot.ot import IndexedClouds, PointClouds, chamfer_costs  # noqa: E402
 
 VARIANTS = {
     # name: (conditioning, minibatch_ot)

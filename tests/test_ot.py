@@ -299,3 +299,59 @@ def test_over_relaxation_keeps_the_fixed_point_and_reports_convergence():
     assert stopped.marginal_error.max() > 1e-3
     with pytest.raises(ValueError, match="over_relaxation"):
         ot.sinkhorn(x, y, over_relaxation=2.0)
+
+
+def test_scaling_iterations_follow_the_log_domain_iterates():
+    # the solver iterates on scalings of an absorbed kernel: a reparametrisation of the
+    # log-domain updates, so after the same number of iterations the potentials must agree
+    from spatialot.ot._sinkhorn import _iterate, _log_domain_steps, _warm_start
+
+    x = _random_clouds(6, 9, 3, seed=31, ragged=True).to(dtype=torch.float64)
+    y = _random_clouds(6, 7, 3, seed=32, ragged=True).to(dtype=torch.float64)
+    cost = ot.squared_euclidean_cost(x.points, y.points)
+    log_a = torch.where(x.mask, x.weights.log(), -torch.inf)
+    log_b = torch.where(y.mask, y.weights.log(), -torch.inf)
+    f, g = _warm_start(cost, log_a, log_b, 0.01, 0.5)
+    reference = _log_domain_steps(cost, f, g, log_a, log_b, 0.01, 30, 1.6)
+    ours_f, ours_g, n_iter, _ = _iterate(cost, f.clone(), g.clone(), log_a, log_b, y.weights, 0.01, 30, 0.0, 7, 1.6)
+    assert n_iter == 30
+    np.testing.assert_allclose(ours_f[x.mask].numpy(), reference[0][x.mask].numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(ours_g[y.mask].numpy(), reference[1][y.mask].numpy(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("annealing", [0.5, 0.0])
+def test_sinkhorn_recovers_when_scalings_leave_the_float32_range(monkeypatch, annealing):
+    # without the warm start, a far outlier makes the scalings overflow at once; with it, a
+    # far point of negligible weight makes its kernel column underflow: both fall back to
+    # log-domain updates and must still give POT's answer
+    from spatialot.ot import _sinkhorn
+
+    calls = {"softmin": 0, "log_steps": 0}
+    softmin, log_steps = _sinkhorn._softmin, _sinkhorn._log_domain_steps
+
+    def counting_softmin(*args):
+        calls["softmin"] += 1
+        return softmin(*args)
+
+    def counting_log_steps(*args):
+        calls["log_steps"] += 1
+        return log_steps(*args)
+
+    monkeypatch.setattr(_sinkhorn, "_softmin", counting_softmin)
+    monkeypatch.setattr(_sinkhorn, "_log_domain_steps", counting_log_steps)
+    rng = np.random.default_rng(33)
+    xs = [rng.normal(size=(12, 2)) for _ in range(3)]
+    ys = [rng.normal(size=(10, 2)) for _ in range(3)]
+    ys[1][0] = 40.0  # a point far from every point of its partner cloud
+    y_weights = np.full((3, 10), 0.1)
+    if annealing:
+        y_weights[1] = [1e-44] + [1 / 9] * 9  # a denormal in float32
+    x = ot.PointClouds.from_list(xs)
+    y = ot.PointClouds.from_list(ys, [w for w in y_weights])
+    out = ot.sinkhorn(x, y, epsilon=0.5, annealing=annealing, tol=1e-5, max_iter=5000)
+    assert out.converged and torch.isfinite(out.objective).all()
+    assert (calls["softmin"] > 1) if annealing else (calls["log_steps"] > 0), calls
+    for b in range(3):
+        cost = pot.dist(xs[b], ys[b])
+        expected = pot.sinkhorn2(np.full(12, 1 / 12), y_weights[b], cost, reg=0.5, method="sinkhorn_log", stopThr=1e-10)
+        assert abs(float(out.cost[b]) - expected) < 1e-3 * expected

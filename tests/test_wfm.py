@@ -7,9 +7,9 @@ import torch
 
 import spatialot as sot
 from spatialot.models import GaussianFlowMatching, WassersteinFlowMatching
-from spatialot.models._wfm import chamfer_costs, matched_targets, minibatch_pairing
+from spatialot.models._wfm import matched_targets
 from spatialot.models._wfm_gaussian import bures_velocity
-from spatialot.ot import PointClouds
+from spatialot.ot import PointClouds, chamfer_costs, minibatch_pairing
 
 SMALL = {"width": 32, "n_layers": 2, "mlp_width": 64}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from typing import Literal
 
@@ -24,7 +25,7 @@ from ..ot._anchor import (
 from ._base import Model
 from ._batches import CloudFamily, take
 from ._device import resolve_device, seeded
-from ._training import restored_on_failure, train
+from ._training import CHECKPOINT_EVERY, restored_on_failure, train
 
 ASOTMethod = Literal["kmeans", "ml"]
 ASOT_METHODS: tuple[str, ...] = ("kmeans", "ml")
@@ -191,6 +192,8 @@ class ASOT(Model):
         random_state: int | None = 0,
         device: torch.device | str = "auto",
         progress: bool = True,
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int = CHECKPOINT_EVERY,
     ) -> ASOT:
         """Place the anchors by k-means; for ``method='ml'``, then learn codes and cost against exact OT.
 
@@ -215,6 +218,11 @@ class ASOT(Model):
             ``'auto'``, ``'cpu'`` or ``'cuda'``.
         progress
             Show a progress bar.
+        checkpoint
+            ``'ml'`` only: file to write a training checkpoint to every ``checkpoint_every`` steps
+            and at the end; when it exists, training resumes from it (see :doc:`/training`).
+        checkpoint_every
+            ``'ml'`` only: steps between two checkpoints.
 
         Returns
         -------
@@ -240,7 +248,17 @@ class ASOT(Model):
                 self.fitted.fill_(True)
             if self.method == "ml":
                 self._init_ml(centers / scale, residuals / scale**2, labels, weights)
-                self._train(family, rng, n_train_pairs, n_steps, batch_size, learning_rate, progress)
+                self._train(
+                    family,
+                    rng,
+                    n_train_pairs,
+                    n_steps,
+                    batch_size,
+                    learning_rate,
+                    progress,
+                    checkpoint,
+                    checkpoint_every,
+                )
         return self
 
     @classmethod
@@ -284,7 +302,9 @@ class ASOT(Model):
             # codes start close to the hard nearest-anchor codes of ASOT-k
             self.log_temperature.fill_(math.log(0.25 * mean_residual))
 
-    def _train(self, family, rng, n_train_pairs, n_steps, batch_size, learning_rate, progress) -> None:
+    def _train(
+        self, family, rng, n_train_pairs, n_steps, batch_size, learning_rate, progress, checkpoint, checkpoint_every
+    ) -> None:
         device = self.device
         first, second = self._training_pairs(family, rng, n_train_pairs)
         x, y = take(family, first, torch.device("cpu")), take(family, second, torch.device("cpu"))
@@ -296,12 +316,11 @@ class ASOT(Model):
         def step_loss(step: int) -> torch.Tensor:
             chosen = rng.choice(len(target), min(batch_size, len(target)), replace=False)
             cost = self._scaled_cost()
-            value = anchor_sinkhorn(
-                self._histograms(x[chosen]),
-                self._histograms(y[chosen]),
-                cost,
-                epsilon=epsilon * float(cost.detach().max()),
-                n_iter=n_iter,
+            # ε relative to the largest cost: the cost in units of it (the same plan as ε times it),
+            # so that the step never reads it on the host
+            unit = cost.detach().max()
+            value = unit * anchor_sinkhorn(
+                self._histograms(x[chosen]), self._histograms(y[chosen]), cost / unit, epsilon=epsilon, n_iter=n_iter
             )
             goal = target[torch.as_tensor(chosen, device=device)]
             return ((value - goal) ** 2).mean() / (goal**2).mean().clamp_min(1e-12)
@@ -316,6 +335,9 @@ class ASOT(Model):
             max_grad_norm=10.0,
             progress=progress,
             description="ASOT-ML",
+            rng=rng,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
         )
 
     def _training_pairs(self, family, rng: np.random.Generator, n_pairs: int) -> tuple[np.ndarray, np.ndarray]:

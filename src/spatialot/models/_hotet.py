@@ -9,6 +9,7 @@ One forward pass gives the map of an unseen distribution.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from ._batches import CloudFamily, family_moments, map_batches, take
 from ._blocks import SetTransformer, mlp, weighted_mean
 from ._device import resolve_device, seeded
 from ._icnn import BatchedICNN
-from ._training import restored_on_failure, train
+from ._training import CHECKPOINT_EVERY, Precision, full_precision, restored_on_failure, train
 
 
 def batch_dual_loss(
@@ -287,14 +288,18 @@ class HOTET(Model):
         self._check_fitted()
         return self._draw_reference(n_clouds, n_points, generator)
 
-    def _draw_reference(self, n_clouds: int, n_points: int, generator: np.random.Generator) -> torch.Tensor:
-        # also used while training, before the model is marked fitted
+    def _draw_reference(
+        self, n_clouds: int, n_points: int, generator: np.random.Generator, root: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        # also used while training, before the model is marked fitted, with the square root of
+        # the reference covariance computed once (an eigendecomposition per step would make the
+        # host wait for the device)
         dim = self.config["dim"]
         if self.reference_is_cloud:
             rows = generator.integers(0, len(self.reference_points), size=(n_clouds, n_points))
             return self.reference_points[torch.as_tensor(rows, device=self.device)]
         noise = torch.as_tensor(generator.standard_normal((n_clouds, n_points, dim)), dtype=torch.float32)
-        root = sqrtm_psd(self.reference_cov)
+        root = sqrtm_psd(self.reference_cov) if root is None else root
         return self.reference_mean + noise.to(self.device) @ root.T
 
     def _normalise(self, points: torch.Tensor) -> torch.Tensor:
@@ -330,11 +335,18 @@ class HOTET(Model):
         x = self._normalise(batch.points) * batch.mask[..., None]
         y = self._normalise(reference)
         uniform = torch.full(y.shape[:2], 1.0 / y.shape[1], device=y.device)
-        phi = self.icnn.potential(x, self.forward_net(x, batch.weights), self._base(x, batch.weights, "forward"))
-        psi = self.icnn.potential(y, self.inverse_net(x, batch.weights), self._base(x, batch.weights, "inverse"))
-        forward = batch_dual_loss(phi, x, batch.weights, y, uniform)
-        inverse = batch_dual_loss(psi, y, uniform, x, batch.weights)
-        return 0.5 * (forward + inverse).mean()
+        # the networks run in the training loop's precision, the Gaussian maps and the loss in float32
+        with full_precision(x.device):
+            forward_base, inverse_base = (
+                self._base(x, batch.weights, "forward"),
+                self._base(x, batch.weights, "inverse"),
+            )
+        phi = self.icnn.potential(x, self.forward_net(x, batch.weights), forward_base)
+        psi = self.icnn.potential(y, self.inverse_net(x, batch.weights), inverse_base)
+        with full_precision(x.device):
+            forward = batch_dual_loss(phi.float(), x, batch.weights, y, uniform)
+            inverse = batch_dual_loss(psi.float(), y, uniform, x, batch.weights)
+            return 0.5 * (forward + inverse).mean()
 
     def fit(
         self,
@@ -350,6 +362,9 @@ class HOTET(Model):
         max_grad_norm: float | None = 10.0,
         random_state: int | None = 0,
         progress: bool = True,
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int = CHECKPOINT_EVERY,
+        precision: Precision = "float32",
     ) -> HOTET:
         """Train both maps on a family of clouds; the reference is fixed at the first call.
 
@@ -378,6 +393,14 @@ class HOTET(Model):
             Seed of the batches and reference samples.
         progress
             Show a progress bar.
+        checkpoint
+            File to write a training checkpoint to every ``checkpoint_every`` steps and at the end;
+            when it exists, training resumes from it (see :doc:`/training`).
+        checkpoint_every
+            Steps between two checkpoints.
+        precision
+            ``'float32'``, or ``'bfloat16'`` for bf16 autocast of the networks (the Gaussian base
+            maps and the dual loss stay float32).
 
         Returns
         -------
@@ -406,10 +429,16 @@ class HOTET(Model):
             if not bool(self.fitted):
                 self._set_reference(clouds, reference, rng)
 
+            reference_root: dict[str, torch.Tensor] = {}
+
             def step_loss(step: int) -> torch.Tensor:
                 rows = rng.choice(len(clouds), size=batch_size, replace=len(clouds) < batch_size)
                 batch = take(clouds, np.sort(rows), self.device)
-                return self._step_loss(batch, self._draw_reference(batch_size, n_reference_samples, rng))
+                with full_precision(self.device):  # the reference sample is data: float32
+                    if "root" not in reference_root:  # at the first step: after a checkpoint is read
+                        reference_root["root"] = sqrtm_psd(self.reference_cov)
+                    reference = self._draw_reference(batch_size, n_reference_samples, rng, reference_root["root"])
+                return self._step_loss(batch, reference)
 
             train(
                 self,
@@ -421,6 +450,10 @@ class HOTET(Model):
                 max_grad_norm=max_grad_norm,
                 progress=progress,
                 description="HOTET",
+                rng=rng,
+                checkpoint=checkpoint,
+                checkpoint_every=checkpoint_every,
+                precision=precision,
             )
             self.fitted.fill_(True)  # only once training succeeded
         return self

@@ -11,6 +11,7 @@ field from fresh noise clouds.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Literal
 
@@ -21,12 +22,20 @@ from torch import nn
 
 from .._settings import cpu_threads
 from .._validation import check_float32_range, check_int
-from ..ot import IndexedClouds, PointClouds, gaussian_moments, sinkhorn, squared_euclidean_cost
+from ..ot import (
+    IndexedClouds,
+    PointClouds,
+    chamfer_costs,
+    gaussian_moments,
+    minibatch_pairing,
+    sinkhorn,
+    squared_euclidean_cost,
+)
 from ._base import Model
 from ._batches import CloudFamily, take
 from ._blocks import SetTransformer, mlp
 from ._device import resolve_device, seeded
-from ._training import restored_on_failure, train
+from ._training import CHECKPOINT_EVERY, Precision, full_precision, restored_on_failure, train
 
 Matching = Literal["auto", "exact", "entropic"]
 Noise = Literal["normal", "cholesky"]
@@ -70,6 +79,8 @@ def matched_targets(
     if len(source) != len(target) or source.dim != target.dim:
         raise ValueError("`source` and `target` must hold the same number of clouds of the same dimension.")
     target = target.to(device=source.device, dtype=source.points.dtype)
+    if matching == "entropic":  # on the device, without reading anything on the host
+        return _entropic_map(source, target, epsilon)
     sizes_equal = (source.sizes == target.sizes).cpu().numpy()
     uniform = (_is_uniform(source) & _is_uniform(target)).cpu().numpy()
     exact = sizes_equal & uniform if matching == "auto" else np.full(len(source), matching == "exact")
@@ -106,104 +117,14 @@ def _entropic_map(source: PointClouds, target: PointClouds, epsilon: float) -> t
     with torch.no_grad():
         cost = squared_euclidean_cost(source.points, target.points)
         valid = source.mask[:, :, None] & target.mask[:, None, :]
-        largest = float(torch.where(valid, cost, 0).max().clamp_min(1e-12))
-        plan = sinkhorn(source, target, epsilon=epsilon * largest, max_iter=200, return_plan=True).plan
+        # ε relative to the largest cost: the points divided by its root, which gives the same plan
+        # as ε times the largest cost, and is never read on the host
+        unit = torch.where(valid, cost, 0).max().clamp_min(1e-12).sqrt()
+        unit_source = PointClouds(source.points / unit, source.mask, source.weights)
+        unit_target = PointClouds(target.points / unit, target.mask, target.weights)
+        plan = sinkhorn(unit_source, unit_target, epsilon=epsilon, max_iter=200, return_plan=True).plan
     mass = source.weights.clamp_min(1e-30)[..., None]
     return (plan @ target.points) / mass * source.mask[..., None]
-
-
-# ---------------------------------------------------------------------------- pairing clouds in a minibatch
-
-
-def chamfer_costs(
-    source: torch.Tensor, source_mask: torch.Tensor, target: torch.Tensor, target_mask: torch.Tensor
-) -> torch.Tensor:
-    r"""Squared-Euclidean Chamfer cost between every source and every target cloud.
-
-    :math:`C_{ji} = \operatorname{mean}_{x \in X_j} \min_{y \in Y_i} \lVert x - y \rVert^2 +
-    \operatorname{mean}_{y \in Y_i} \min_{x \in X_j} \lVert x - y \rVert^2`, the cloud cost of the
-    official minibatch pairing (there with the clouds' weights; here uniform over real points).
-
-    Parameters
-    ----------
-    source
-        Points ``(n_source, size, dim)``.
-    source_mask
-        ``(n_source, size)``, or ``(n_source, n_target, size)`` when the real points of a source
-        cloud depend on the target it is compared with (i.i.d. noise clouds take the mask of the
-        target cloud).
-    target, target_mask
-        Points ``(n_target, size', dim)`` and their mask ``(n_target, size')``.
-
-    Returns
-    -------
-    Tensor ``(n_source, n_target)``.
-
-    Examples
-    --------
-    >>> import torch
-    >>> x = torch.zeros(1, 2, 1)
-    >>> y = torch.tensor([[[1.0], [3.0]]])
-    >>> mask = torch.ones(1, 2, dtype=torch.bool)
-    >>> chamfer_costs(x, mask, y, mask)  # 1 from x's side, (1 + 9) / 2 from y's side
-    tensor([[6.]])
-    """
-    with torch.no_grad():
-        squared = ((source[:, None, :, None, :] - target[None, :, None, :, :]) ** 2).sum(-1)  # (j, i, p, q)
-        if source_mask.dim() == 2:
-            source_mask = source_mask[:, None, :].expand(-1, len(target), -1)
-        valid_source, valid_target = source_mask[..., None], target_mask[None, :, None, :]
-        huge = torch.finfo(squared.dtype).max
-        to_target = torch.where(valid_target, squared, huge).amin(3)  # nearest target point of each source point
-        to_source = torch.where(valid_source, squared, huge).amin(2)  # nearest source point of each target point
-        source_count = source_mask.sum(-1).clamp_min(1)
-        target_count = target_mask.sum(-1).clamp_min(1)[None, :]
-        return (to_target * source_mask).sum(-1) / source_count + (to_source * target_mask[None]).sum(-1) / target_count
-
-
-def minibatch_pairing(cost: torch.Tensor | np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
-    """The pairing of source clouds with target clouds that minimises the total cost: an exact assignment.
-
-    Parameters
-    ----------
-    cost
-        Square matrix, ``cost[j, i]`` the cost of moving source cloud ``j`` to target cloud ``i``.
-    groups
-        Optional group of every target cloud (e.g. its label code): source clouds are re-paired
-        only among the slots of one group, so that each source cloud stays with the group it was
-        drawn for (conditional training keeps every cloud with its label).
-
-    Returns
-    -------
-    ``order`` with ``source[order[i]]`` the partner of target ``i``: a permutation minimising
-    ``cost[order, arange(n)].sum()`` (within each group).
-
-    Notes
-    -----
-    The official code solves this with Sinkhorn (ε = 0.002 on the cost divided by its maximum)
-    and rounds the plan greedily to a permutation; at minibatch sizes (16) the exact assignment
-    (:func:`scipy.optimize.linear_sum_assignment`) is cheaper and exact.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> minibatch_pairing(np.array([[5.0, 0.0], [0.0, 5.0]]))
-    array([1, 0])
-    """
-    cost = cost.detach().cpu().double().numpy() if isinstance(cost, torch.Tensor) else np.asarray(cost, float)
-    if cost.ndim != 2 or cost.shape[0] != cost.shape[1]:
-        raise ValueError(f"`cost` must be a square matrix, got shape {cost.shape}.")
-    n = len(cost)
-    groups = np.zeros(n, dtype=np.int64) if groups is None else np.asarray(groups)
-    if groups.shape != (n,):
-        raise ValueError(f"`groups` must hold one entry per target cloud ({n}), got shape {groups.shape}.")
-    order = np.arange(n)
-    for group in np.unique(groups):
-        slots = np.flatnonzero(groups == group)
-        if len(slots) > 1:
-            sources, targets = linear_sum_assignment(cost[np.ix_(slots, slots)])
-            order[slots[targets]] = slots[sources]
-    return order
 
 
 # ---------------------------------------------------------------------------- shared pieces
@@ -350,7 +271,7 @@ class WassersteinFlowMatching(Model):
         Relative entropic regularisation of the entropic map.
     minibatch_ot
         Re-pair the source and data clouds of each minibatch by an exact assignment on the
-        batch × batch Chamfer cost (:func:`chamfer_costs`, :func:`minibatch_pairing`) before the
+        batch × batch Chamfer cost (:func:`~spatialot.ot.chamfer_costs`, :func:`~spatialot.ot.minibatch_pairing`) before the
         point matching. Labels are kept: clouds are re-paired only within a label. Models with
         continuous condition vectors skip it (no two clouds share a condition; the official code
         turns it off under any conditioning).
@@ -520,13 +441,13 @@ class WassersteinFlowMatching(Model):
             # i.i.d. points: noise cloud j, seen with the mask of data cloud i, is a valid partner of i
             full = self.draw_noise(torch.ones_like(data.mask))
             cost = chamfer_costs(full.points, data.mask[None].expand(len(data), -1, -1), data.points, data.mask)
-            order = torch.as_tensor(minibatch_pairing(cost, groups.cpu().numpy()), device=data.points.device)
+            order = torch.as_tensor(minibatch_pairing(cost, groups), device=data.points.device)
             weights = data.mask.to(full.points.dtype) / data.mask.sum(1, keepdim=True).clamp_min(1)
             return PointClouds(full.points[order] * data.mask[..., None], data.mask, weights)
         if not pair:
             return source
         cost = chamfer_costs(source.points, source.mask, data.points, data.mask)
-        return source[minibatch_pairing(cost, groups.cpu().numpy())]
+        return source[minibatch_pairing(cost, groups)]
 
     def flow_matching_loss(
         self,
@@ -544,12 +465,16 @@ class WassersteinFlowMatching(Model):
         ``groups`` the true label code of every data cloud, within which minibatch OT re-pairs
         (``codes`` by default, which may hold dropped labels).
         """
-        start = self._paired_start(data, codes if groups is None else groups, source)
-        matched = matched_targets(start, data, matching=self.config["matching"], epsilon=self.config["epsilon"])
+        # the network runs in the training loop's precision; the sources, pairing, matching and loss in float32
+        with full_precision(data.device):
+            start = self._paired_start(data, codes if groups is None else groups, source)
+            matched = matched_targets(start, data, matching=self.config["matching"], epsilon=self.config["epsilon"])
         t = torch.rand(len(data), device=self.device)
         points = (1 - t)[:, None, None] * start.points + t[:, None, None] * matched
-        error = (self.velocity(points, start.weights, t, codes, vectors, null) - (matched - start.points)) ** 2
-        return (error.sum(-1) * start.weights).sum(1).mean()
+        velocity = self.velocity(points, start.weights, t, codes, vectors, null)
+        with full_precision(data.device):
+            error = (velocity.float() - (matched - start.points)) ** 2
+            return (error.sum(-1) * start.weights).sum(1).mean()
 
     # ------------------------------------------------------------------ training
     def _check_family(self, family: CloudFamily) -> None:
@@ -623,6 +548,9 @@ class WassersteinFlowMatching(Model):
         device: torch.device | str = "auto",
         random_state: int | None = 0,
         progress: bool = True,
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int = CHECKPOINT_EVERY,
+        precision: Precision = "float32",
     ) -> WassersteinFlowMatching:
         """Train by flow matching on random minibatches of ``family``.
 
@@ -667,6 +595,14 @@ class WassersteinFlowMatching(Model):
             Seed of minibatches, noise, times and condition dropout.
         progress
             Show a progress bar with the running loss.
+        checkpoint
+            File to write a training checkpoint to every ``checkpoint_every`` steps and at the end;
+            when it exists, training resumes from it (see :doc:`/training`).
+        checkpoint_every
+            Steps between two checkpoints.
+        precision
+            ``'float32'``, or ``'bfloat16'`` for bf16 autocast of the velocity network (the OT
+            matching and the loss stay float32).
 
         Returns
         -------
@@ -703,6 +639,10 @@ class WassersteinFlowMatching(Model):
                 max_grad_norm=max_grad_norm,
                 progress=progress,
                 description="WFM",
+                rng=rng,
+                checkpoint=checkpoint,
+                checkpoint_every=checkpoint_every,
+                precision=precision,
             )
         return self
 

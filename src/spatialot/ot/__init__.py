@@ -16,6 +16,7 @@ from ._anchor import (
 from ._clouds import IndexedClouds, PointClouds
 from ._exact import exact_w2_squared
 from ._gaussian import bures_geodesic, bures_wasserstein_squared, gaussian_map, gaussian_moments, sqrtm_psd
+from ._pairing import chamfer_costs, minibatch_pairing
 from ._pairwise import paired_distances, pairwise_distances
 from ._sinkhorn import SinkhornOutput, sinkhorn, sinkhorn_divergence, squared_euclidean_cost
 
@@ -31,9 +32,11 @@ __all__ = [
     "SinkhornOutput",
     "bures_geodesic",
     "bures_wasserstein_squared",
+    "chamfer_costs",
     "exact_w2_squared",
     "gaussian_map",
     "gaussian_moments",
+    "minibatch_pairing",
     "paired_distances",
     "pairwise_distances",
     "sinkhorn",
