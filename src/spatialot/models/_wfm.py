@@ -457,7 +457,6 @@ class WassersteinFlowMatching(Model):
         codes: torch.Tensor,
         vectors: torch.Tensor | None = None,
         null: torch.Tensor | None = None,
-        *,
         source: PointClouds | None = None,
         groups: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -667,7 +666,7 @@ class WassersteinFlowMatching(Model):
                 drawn = np.sort(rng.choice(len(source), len(chosen), replace=len(source) < len(chosen)))
                 start = self._standardise(take(source, drawn, self.device))
             batch_vectors = None if vectors is None else vectors[index]
-            return self.flow_matching_loss(data, batch_codes, batch_vectors, dropped, source=start, groups=true_codes)
+            return self.flow_matching_loss(data, batch_codes, batch_vectors, dropped, start, true_codes)
 
         return step_loss
 
