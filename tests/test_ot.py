@@ -299,3 +299,23 @@ def test_over_relaxation_keeps_the_fixed_point_and_reports_convergence():
     assert stopped.marginal_error.max() > 1e-3
     with pytest.raises(ValueError, match="over_relaxation"):
         ot.sinkhorn(x, y, over_relaxation=2.0)
+
+
+def test_reversed_numpy_arrays_are_accepted_and_read_in_their_order():
+    # x[::-1] is a numpy view with a negative stride, which torch.as_tensor refuses
+    rng = np.random.default_rng(0)
+    points, weights = rng.normal(size=(2, 4, 3)), rng.random((2, 4)) + 0.1
+    mask = np.array([[True, True, True, False], [True, True, True, True]])
+    flipped = ot.PointClouds.from_padded(points[::-1, ::-1], mask[::-1, ::-1], weights[::-1, ::-1])
+    copied = ot.PointClouds.from_padded(*(np.ascontiguousarray(a[::-1, ::-1]) for a in (points, mask, weights)))
+    for got, expected in zip(
+        (flipped.points, flipped.mask, flipped.weights), (copied.points, copied.mask, copied.weights), strict=True
+    ):
+        torch.testing.assert_close(got, expected)
+    listed = ot.PointClouds.from_list([points[0, ::-1], points[1]], [weights[0, ::-1], weights[1]])
+    torch.testing.assert_close(listed.points[0], torch.as_tensor(points[0, ::-1].copy(), dtype=torch.float32))
+    torch.testing.assert_close(listed[np.arange(2)[::-1]].points, listed.points.flip(0))
+    mean, _ = ot.bures_geodesic(
+        torch.zeros(2), torch.eye(2), torch.ones(2), 4 * torch.eye(2), np.array([0.0, 1.0])[::-1]
+    )
+    torch.testing.assert_close(mean, torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
