@@ -319,3 +319,13 @@ def test_reversed_numpy_arrays_are_accepted_and_read_in_their_order():
         torch.zeros(2), torch.eye(2), torch.ones(2), 4 * torch.eye(2), np.array([0.0, 1.0])[::-1]
     )
     torch.testing.assert_close(mean, torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+
+
+def test_read_only_numpy_arrays_are_accepted_without_a_warning():
+    # torch warns on non-writable arrays (np.broadcast_to, protected views); warnings are errors here
+    cloud = np.arange(6.0).reshape(3, 2)
+    batch = ot.PointClouds.from_padded(np.broadcast_to(cloud, (4, 3, 2)))
+    torch.testing.assert_close(batch.points, torch.as_tensor(np.tile(cloud, (4, 1, 1)), dtype=torch.float32))
+    frozen = cloud.copy()
+    frozen.flags.writeable = False
+    np.testing.assert_allclose(ot.exact_w2_squared(ot.PointClouds.from_list([frozen]), batch[:1]), [0.0], atol=1e-6)

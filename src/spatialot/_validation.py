@@ -27,14 +27,15 @@ def as_tensor(
 ) -> torch.Tensor:
     """``values`` as a tensor, sharing memory with a numpy array where torch can.
 
-    :func:`torch.as_tensor` refuses numpy arrays with a negative stride (``x[::-1]``, ``np.flip``):
-    those, and only those, are copied first. Every user array entering a solver or a model goes
-    through here.
+    :func:`torch.as_tensor` refuses numpy arrays with a negative stride (``x[::-1]``, ``np.flip``)
+    and warns on read-only ones (``np.broadcast_to``, arrays a caller protects): those, and only
+    those, are copied first. Every user array entering a solver or a model goes through here.
 
     Parameters
     ----------
     values
-        A tensor, a numpy array (any strides) or anything :func:`torch.as_tensor` takes.
+        A tensor, a numpy array (any strides, read-only or not) or anything
+        :func:`torch.as_tensor` takes.
     dtype, device
         As in :func:`torch.as_tensor`.
 
@@ -47,7 +48,7 @@ def as_tensor(
     >>> as_tensor(np.arange(3.0)[::-1])
     tensor([2., 1., 0.], dtype=torch.float64)
     """
-    if isinstance(values, np.ndarray) and any(stride < 0 for stride in values.strides):
+    if isinstance(values, np.ndarray) and (not values.flags.writeable or any(stride < 0 for stride in values.strides)):
         values = values.copy()
     return torch.as_tensor(values, dtype=dtype, device=device)
 
