@@ -355,3 +355,33 @@ def test_sinkhorn_recovers_when_scalings_leave_the_float32_range(monkeypatch, an
         cost = pot.dist(xs[b], ys[b])
         expected = pot.sinkhorn2(np.full(12, 1 / 12), y_weights[b], cost, reg=0.5, method="sinkhorn_log", stopThr=1e-10)
         assert abs(float(out.cost[b]) - expected) < 1e-3 * expected
+
+
+def test_reversed_numpy_arrays_are_accepted_and_read_in_their_order():
+    # x[::-1] is a numpy view with a negative stride, which torch.as_tensor refuses
+    rng = np.random.default_rng(0)
+    points, weights = rng.normal(size=(2, 4, 3)), rng.random((2, 4)) + 0.1
+    mask = np.array([[True, True, True, False], [True, True, True, True]])
+    flipped = ot.PointClouds.from_padded(points[::-1, ::-1], mask[::-1, ::-1], weights[::-1, ::-1])
+    copied = ot.PointClouds.from_padded(*(np.ascontiguousarray(a[::-1, ::-1]) for a in (points, mask, weights)))
+    for got, expected in zip(
+        (flipped.points, flipped.mask, flipped.weights), (copied.points, copied.mask, copied.weights), strict=True
+    ):
+        torch.testing.assert_close(got, expected)
+    listed = ot.PointClouds.from_list([points[0, ::-1], points[1]], [weights[0, ::-1], weights[1]])
+    torch.testing.assert_close(listed.points[0], torch.as_tensor(points[0, ::-1].copy(), dtype=torch.float32))
+    torch.testing.assert_close(listed[np.arange(2)[::-1]].points, listed.points.flip(0))
+    mean, _ = ot.bures_geodesic(
+        torch.zeros(2), torch.eye(2), torch.ones(2), 4 * torch.eye(2), np.array([0.0, 1.0])[::-1]
+    )
+    torch.testing.assert_close(mean, torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+
+
+def test_read_only_numpy_arrays_are_accepted_without_a_warning():
+    # torch warns on non-writable arrays (np.broadcast_to, protected views); warnings are errors here
+    cloud = np.arange(6.0).reshape(3, 2)
+    batch = ot.PointClouds.from_padded(np.broadcast_to(cloud, (4, 3, 2)))
+    torch.testing.assert_close(batch.points, torch.as_tensor(np.tile(cloud, (4, 1, 1)), dtype=torch.float32))
+    frozen = cloud.copy()
+    frozen.flags.writeable = False
+    np.testing.assert_allclose(ot.exact_w2_squared(ot.PointClouds.from_list([frozen]), batch[:1]), [0.0], atol=1e-6)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .._settings import cpu_threads
-from .._validation import check_int
+from .._validation import as_tensor, check_int
 from ..ot import IndexedClouds, PointClouds, exact_w2_squared
 from ..ot._anchor import (
     AnchorMethod,
@@ -280,7 +280,7 @@ class ASOT(Model):
         -------
         A fitted ``method='kmeans'`` model whose codes are the one-hot nearest anchor.
         """
-        anchors = torch.as_tensor(np.asarray(anchors), dtype=torch.float32)
+        anchors = as_tensor(np.asarray(anchors), dtype=torch.float32)
         if anchors.ndim != 2 or not bool(torch.isfinite(anchors).all()):
             raise ValueError(f"`anchors` must be a finite 2-D array (k, dim), got shape {tuple(anchors.shape)}.")
         model = cls(anchors.shape[1], anchors.shape[0], method="kmeans", epsilon=epsilon, n_iter=n_iter)
@@ -382,7 +382,7 @@ class ASOT(Model):
                 for start in range(0, family.features.shape[0], batch_size):
                     rows = family.features[start : start + batch_size]
                     rows = rows.toarray() if hasattr(rows, "toarray") else np.asarray(rows)
-                    rows = torch.as_tensor(rows, dtype=torch.float32, device=device)
+                    rows = as_tensor(rows, dtype=torch.float32, device=device)
                     codes.append(self._codes(rows / self.scale).cpu())
                 codes = torch.cat(codes).numpy()
                 mask = family.mask

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import check_float32_range, check_int
+from .._validation import as_tensor, check_float32_range, check_int
 from ..ot import PointClouds
 from ..ot._gaussian import gaussian_map, sqrtm_psd
 from ._base import Model
@@ -274,7 +274,7 @@ class HOTET(Model):
             noise = torch.as_tensor(generator.standard_normal((self.config["n_anchors"], dim)), **to)
             self.anchors = self.reference_mean + noise @ sqrtm_psd(self.reference_cov).T
         else:
-            points = torch.as_tensor(np.asarray(reference), **to)
+            points = as_tensor(np.asarray(reference), **to)
             self.reference_points = points
             self.reference_mean = points.mean(0)
             centred = points - self.reference_mean
@@ -489,7 +489,7 @@ class HOTET(Model):
         self._check_family(clouds)
         fixed = None
         if points is not None:
-            fixed = torch.as_tensor(np.asarray(points), dtype=torch.float32, device=self.device)
+            fixed = as_tensor(np.asarray(points), dtype=torch.float32, device=self.device)
             if fixed.ndim not in (2, 3) or fixed.shape[-1] != self.config["dim"]:
                 raise ValueError(
                     f"`points` must have shape (n_points, {self.config['dim']}) or (n_clouds, n_points, "

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .._settings import cpu_threads
-from .._validation import check_float32_range, check_int
+from .._validation import as_tensor, check_float32_range, check_int
 from ..ot import gaussian_map
 from ._base import Model
 from ._blocks import mlp
@@ -189,8 +189,8 @@ class GaussianFlowMatching(Model):
 
     def _check_moments(self, means, covariances) -> tuple[torch.Tensor, torch.Tensor]:
         dim = self.config["dim"]
-        means = torch.as_tensor(np.asarray(means), dtype=torch.float32)
-        covariances = torch.as_tensor(np.asarray(covariances), dtype=torch.float32)
+        means = as_tensor(np.asarray(means), dtype=torch.float32)
+        covariances = as_tensor(np.asarray(covariances), dtype=torch.float32)
         if means.ndim != 2 or means.shape[1] != dim or len(means) < 1:
             raise ValueError(f"`means` must have shape (n, {dim}), got {tuple(means.shape)}.")
         if covariances.shape != (len(means), dim, dim):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import check_float32_range, check_int
+from .._validation import as_tensor, check_float32_range, check_int
 from ..ot import PointClouds, exact_w2_squared, sinkhorn
 from ._base import Model
 from ._batches import CloudFamily, map_batches, take
@@ -433,7 +433,7 @@ class Wormhole(Model):
         -------
         Array of shape ``(n, decoder_size, dim)``: uniform-weight point clouds in data units.
         """
-        embedding = torch.as_tensor(np.asarray(embedding), dtype=torch.float32, device=self.device)
+        embedding = as_tensor(np.asarray(embedding), dtype=torch.float32, device=self.device)
         if embedding.ndim != 2 or embedding.shape[1] != self.config["n_components"]:
             raise ValueError(
                 f"`embedding` must have shape (n, {self.config['n_components']}), got {tuple(embedding.shape)}."
