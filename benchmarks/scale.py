@@ -35,7 +35,7 @@ niche embedded) in under 5 minutes with peak memory under 3 GiB; 10⁷ cells nic
 from a backed h5ad in under 30 minutes with peak memory under 8 GiB. The machine's load average
 is recorded at the start and end of every stage (the machine may be shared).
 
-Run ``python benchmarks/scale.py [--sizes 1e5,1e6] [--device cpu|cuda|auto] [--threads 2]
+Run ``python benchmarks/scale.py [--sizes 1e5,1e6] [--device cpu|cuda|auto] [--threads 1]
 [--stages niches,wormhole,asot,hotet,steps,padding] [--out PATH]``.
 """
 
@@ -239,7 +239,9 @@ def measure_size(
 
     if "wormhole" in stages:
         with Stage(row, "wormhole"), _Timed(Wormhole, "encode", device) as encode:
-            model = sot.tl.wormhole(adata, n_steps=budgets["wormhole"], device=device, random_state=seed, progress=False)
+            model = sot.tl.wormhole(
+                adata, n_steps=budgets["wormhole"], device=device, random_state=seed, progress=False
+            )
         row["wormhole_encode_s"] = encode.seconds[0]
         row["wormhole_train_s"] = row["wormhole_s"] - encode.seconds[0]
         row["wormhole_niches_per_s"] = n_cells / encode.seconds[0]
@@ -261,7 +263,12 @@ def measure_size(
     if "hotet" in stages:
         with Stage(row, "hotet"), _Timed(HOTET, "embed", device) as embed:
             sot.tl.hotet(
-                adata, n_steps=budgets["hotet"], n_anchors=HOTET_ANCHORS, device=device, random_state=seed, progress=False
+                adata,
+                n_steps=budgets["hotet"],
+                n_anchors=HOTET_ANCHORS,
+                device=device,
+                random_state=seed,
+                progress=False,
             )
         row["hotet_embed_s"] = embed.seconds[0]
         row["hotet_train_s"] = row["hotet_s"] - embed.seconds[0]
@@ -322,7 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1e5,1e6", help="comma-separated numbers of cells (default 1e5,1e6)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (default 1: on a shared machine 2 threads contend)"
+    )
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     parser.add_argument("--padding-at", type=float, default=None, help="size of the padding stage (default: smallest)")
     parser.add_argument("--workdir", default=None, help="where the h5ad files go (default: a temporary folder)")
