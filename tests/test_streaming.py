@@ -9,11 +9,9 @@ import scipy.sparse as sp
 import torch
 
 import spatialot as sot
-from spatialot.models import ASOT, HOTET, Wormhole
-from spatialot.models import _batches
+from spatialot.models import ASOT, HOTET, Wormhole, _batches
 from spatialot.models._batches import map_batches
-from spatialot.ot import IndexedClouds, PointClouds
-from spatialot.ot import _clouds
+from spatialot.ot import IndexedClouds, PointClouds, _clouds
 
 N_CELLS = 400
 
@@ -238,3 +236,15 @@ def test_results_are_written_into_out(tmp_path):
     np.testing.assert_allclose(
         embedding, hotet.inverse_transport(family.gather()).reshape(300, -1) / 2, atol=1e-5, rtol=1e-5
     )
+
+
+def test_pooled_moments_average_the_clouds_moments(monkeypatch):
+    features, indices, mask = _family()
+    family = IndexedClouds(CountingTable(features.astype(np.float64)), indices, mask)
+    monkeypatch.setattr(_batches, "_STRETCH_CLOUDS", 64)
+    mean, second, largest = _batches.pooled_moments(family, device=torch.device("cpu"), batch_size=16)
+    means, covariances = _batches.family_moments(IndexedClouds(features, indices, mask), device=torch.device("cpu"))
+    means, covariances = means.astype(np.float64), covariances.astype(np.float64)
+    np.testing.assert_allclose(mean, means.mean(0), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(second, (covariances + means[:, :, None] * means[:, None, :]).mean(0), rtol=1e-6)
+    assert largest == pytest.approx(np.abs(covariances).max(), rel=1e-6)

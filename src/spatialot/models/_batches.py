@@ -203,3 +203,37 @@ def family_moments(
 
     moments = map_batches(stacked, family, batch_size=batch_size, device=device)
     return moments[:, :dim], moments[:, dim:].reshape(-1, dim, dim)
+
+
+def pooled_moments(
+    family: CloudFamily, *, device: torch.device, batch_size: int = 1024
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Averages over the clouds of ``family`` of their means and second moments, streamed in batches.
+
+    What :func:`family_moments` followed by an average over clouds gives, without the
+    ``(n, dim, dim)`` array: the float32 moments of each batch are summed in float64.
+
+    Returns
+    -------
+    ``(mean, second, largest)``: the average cloud mean ``(dim,)``, the average second moment
+    ``E[x xᵀ]`` ``(dim, dim)``, and the largest magnitude of a cloud's float32 covariance (``inf``
+    where one overflowed).
+    """
+    batch_size = check_int("batch_size", batch_size)
+    dim, n = family.dim, len(family)
+    mean_sum, second_sum, largest = np.zeros(dim), np.zeros((dim, dim)), 0.0
+    with torch.no_grad(), cpu_threads():
+        for begin in range(0, n, stretch_size(family, batch_size)):
+            end = min(begin + stretch_size(family, batch_size), n)
+            source, offset = family, 0
+            if isinstance(family, IndexedClouds) and family.on_disk:
+                source, offset = family.prefetch(slice(begin, end)), begin
+            for first in range(begin, end, batch_size):
+                batch = take(source, slice(first - offset, min(first + batch_size, end) - offset), device)
+                means, covariances = (m.cpu().numpy() for m in gaussian_moments(batch))
+                if covariances.size:
+                    largest = max(largest, float(np.abs(covariances).max()))
+                means = means.astype(np.float64)
+                mean_sum += means.sum(0)
+                second_sum += covariances.astype(np.float64).sum(0) + means.T @ means
+    return mean_sum / n, second_sum / n, largest

@@ -19,7 +19,7 @@ from .._validation import check_float32_range, check_int
 from ..ot import PointClouds
 from ..ot._gaussian import gaussian_map, sqrtm_psd
 from ._base import Model
-from ._batches import CloudFamily, family_moments, map_batches, take
+from ._batches import CloudFamily, map_batches, pooled_moments, take
 from ._blocks import SetTransformer, mlp, weighted_mean
 from ._device import resolve_device, seeded
 from ._icnn import BatchedICNN
@@ -245,13 +245,12 @@ class HOTET(Model):
 
     def _set_reference(self, clouds: CloudFamily, reference: np.ndarray | torch.Tensor | None, generator) -> None:
         dim = self.config["dim"]
-        means, covariances = (m.astype(np.float64) for m in family_moments(clouds, device=self.device))
+        # pooled over all points: the mean of the clouds' second moments E[x xᵀ], less the outer
+        # mean; streamed, so that no (n, dim, dim) array of covariances is held
+        mean, second, largest = pooled_moments(clouds, device=self.device)
         # the moments are float32, and the reference covariance is kept in float32 in data units:
         # features beyond about 1e19 overflow them, and would reach eigvalsh as inf
-        check_float32_range(covariances, "The covariance of the niches (squared feature units)")
-        # pooled over all points: the mean of the clouds' second moments E[x xᵀ], less the outer mean
-        second = (covariances + means[:, :, None] * means[:, None, :]).mean(0)
-        mean = means.mean(0)
+        check_float32_range(np.array([largest]), "The covariance of the niches (squared feature units)")
         cov = second - np.outer(mean, mean)
         cov = 0.5 * (cov + cov.T)
         check_float32_range(second, "The second moment of the niche points (squared feature units)")
