@@ -112,7 +112,7 @@ def asot(
         device=device,
         progress=progress,
     )
-    weights = model.transform(family)
+    weights = model.transform(family, progress=progress)
     points, offsets = model.cost_geometry()
 
     adata = adata.copy() if copy else adata
