@@ -93,6 +93,7 @@ def test_encode_transform_and_maps_match_memory(variant, monkeypatch):
     # several stretches and several reads per stretch
     monkeypatch.setattr(_batches, "_STRETCH_CLOUDS", 96)
     monkeypatch.setattr(_clouds, "_READ_ROWS", 100)
+    monkeypatch.setattr(_clouds, "_SLAB_VALUES", 1000)  # slabs of about 100 rows, lists beyond
     wormhole = Wormhole(in_memory.dim, n_components=6).fit(in_memory, n_steps=3, batch_size=4, progress=False)
     assert np.array_equal(wormhole.encode(in_memory, batch_size=32), wormhole.encode(on_disk, batch_size=32))
     asot = ASOT(in_memory.dim, n_anchors=6).fit(in_memory, random_state=0, progress=False)
@@ -157,12 +158,13 @@ def test_reads_from_disk_are_bounded(monkeypatch):
     on_disk, in_memory = IndexedClouds(table, indices, mask), IndexedClouds(features, indices, mask)
     assert on_disk.on_disk and not in_memory.on_disk
     monkeypatch.setattr(_clouds, "_READ_ROWS", 40)
+    monkeypatch.setattr(_clouds, "_SLAB_VALUES", 3 * 100)  # slabs of at most 100 rows of 3 values
     monkeypatch.setattr(_batches, "_STRETCH_CLOUDS", 64)
     model = Wormhole(3, n_components=4).fit(in_memory, n_steps=2, batch_size=4, progress=False)
     expected = model.encode(in_memory, batch_size=16)
     assert np.array_equal(model.encode(on_disk, batch_size=16), expected)
-    # a read is a list of at most 40 rows or a slab of at most twice that
-    assert table.reads and max(table.reads) <= 80
+    # a read is a list of at most 40 rows or a slab of at most max(2 * 40, 100) rows
+    assert table.reads and max(table.reads) <= 100
     # every stretch of 64 clouds reads at most its 64 * 7 member rows, never the table
     stretches = -(-len(on_disk) // 64)
     assert sum(table.reads) <= stretches * 2 * 64 * 7
@@ -174,7 +176,11 @@ def test_read_features_order_and_repeats(monkeypatch):
     table = IndexedClouds(CountingTable(features), np.zeros((1, 1), dtype=int))
     rows = np.array([5, 3, 5, 599, 0, 3])
     assert np.array_equal(table.read_features(rows), features[rows])
-    assert table.features.reads == [4]  # the 4 distinct rows, as a list: a slab 0..599 would be far larger
+    assert table.features.reads == [600]  # the slab of rows 0..599 holds fewer than 2**24 values: one read
+    monkeypatch.setattr(_clouds, "_SLAB_VALUES", 0)  # slabs only when at most twice the rows needed
+    table.features.reads.clear()
+    assert np.array_equal(table.read_features(rows), features[rows])
+    assert table.features.reads == [4]  # the 4 distinct rows, as a list: a slab 0..599 would be 150 times more
     monkeypatch.setattr(_clouds, "_READ_ROWS", 3)
     table.features.reads.clear()
     assert np.array_equal(table.read_features(rows), features[rows])

@@ -10,7 +10,10 @@ import scipy.sparse as sp
 import torch
 
 _READ_ROWS = 1 << 16
-"""Most rows read from a feature table on disk at once (see :meth:`IndexedClouds.read_features`)."""
+"""Most distinct rows requested from a feature table on disk at once (see :meth:`IndexedClouds.read_features`)."""
+
+_SLAB_VALUES = 1 << 24
+"""A contiguous slab of rows spanning at most this many values (64 MiB of float32) is read whole."""
 
 
 @dataclass(frozen=True)
@@ -279,8 +282,10 @@ class IndexedClouds:
         """Rows ``rows`` of the feature table as a dense numpy array ``(len(rows), dim)``, in that order.
 
         A numpy array or sparse matrix is indexed at once. A table on disk is read as its distinct
-        rows in increasing order (as h5py requires), at most ``2**16`` of them per read, each read
-        a contiguous slab where the rows lie densely and a list of rows otherwise.
+        rows in increasing order (as h5py requires), ``2**16`` of them at a time: each group as
+        the contiguous slab of rows it spans when that slab holds at most twice its rows or
+        ``2**24`` values, else as a list of rows. A read therefore holds at most
+        ``max(2 * 2**16 rows, 2**24 values)``.
 
         Parameters
         ----------
@@ -299,7 +304,9 @@ class IndexedClouds:
         for start in range(0, len(distinct), _READ_ROWS):
             part = distinct[start : start + _READ_ROWS]
             low, high = int(part[0]), int(part[-1]) + 1
-            if high - low <= 2 * len(part):  # a slab is one read, and at most twice the rows needed
+            # a slab is one read, far faster than a list of rows (from h5py as from anndata's
+            # sparse datasets); it is read when it holds at most twice the rows needed or 2**24 values
+            if high - low <= max(2 * len(part), _SLAB_VALUES // self.dim):
                 block = _dense(self.features[low:high])[part - low]
             else:
                 block = _dense(self.features[part])
