@@ -42,6 +42,7 @@ Run ``python benchmarks/scale.py [--sizes 1e5,1e6] [--device cpu|cuda|auto] [--t
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import sys
@@ -339,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hotet-steps", type=int, default=HOTET_STEPS, help="HOTET training budget")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="JSON output (default benchmarks/results/scale-<device>.json)")
+    parser.add_argument("--append", action="store_true", help="keep the rows of other sizes already in --out")
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
@@ -350,7 +352,10 @@ def main(argv: list[str] | None = None) -> int:
     padding_at = int(args.padding_at) if args.padding_at else min(sizes)
     out = Path(args.out) if args.out else RESULTS / f"scale-{device}.json"
     context = multiprocessing.get_context("spawn")
-    rows = []
+    kept = []
+    if args.append and out.exists():
+        kept = [row for row in json.loads(out.read_text())["rows"] if row["n_cells"] not in sizes]
+    rows = list(kept)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=args.workdir) as folder:
         for n_cells in sizes:
@@ -366,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                     measure_size, (n_cells, str(path), device, args.threads, size_stages, args.seed, budgets)
                 )
             rows.append({**row, "data": data})
+            rows.sort(key=lambda row: row["n_cells"])
             path.unlink()
             write_json(out, _payload(args, device, sizes, stages, rows, start))  # after every size
 
@@ -410,7 +416,7 @@ def _payload(args, device, sizes, stages, rows, start, table=None) -> dict[str, 
         "benchmark": "scale",
         "machine": machine_info(device),
         "params": {
-            "sizes": sizes,
+            "sizes": sorted({row["n_cells"] for row in rows} | set(sizes)),
             "stages": stages,
             "threads": args.threads,
             "seed": args.seed,
