@@ -115,6 +115,9 @@ def test_tools_write_into_the_backed_object(variant):
             sot.tl.wormhole(backed, model=model, copy=True)
         with pytest.raises(ValueError, match=r"`copy=True` needs an AnnData in memory"):
             sot.pp.niches(backed, copy=True)
+        with pytest.raises(ValueError, match=r"`adata` is a view of an AnnData backed on disk.*to_memory"):
+            sot.pp.niches(backed[:100], k=4)
+        assert "niche_members" in backed.obsp  # untouched
 
 
 def test_backed_results_are_saved_with_write(tissue, tmp_path):

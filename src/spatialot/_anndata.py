@@ -91,24 +91,33 @@ def is_on_disk(features) -> bool:
     )
 
 
-def check_copy(adata: AnnData, copy: bool) -> None:
-    """Refuse ``copy=True`` on an AnnData backed on disk, before any work is done.
+def check_writable(adata: AnnData, copy: bool) -> None:
+    """Refuse, before any work is done, what anndata cannot write to when ``adata`` is backed on disk.
 
     Raises
     ------
     ValueError
-        If ``copy`` and ``adata`` is backed: anndata copies a backed object only to another file.
+        If ``adata`` is backed and ``copy`` is true (anndata copies a backed object only to
+        another file), or ``adata`` is a view of a backed object (writing into a view copies it).
 
     Examples
     --------
     >>> import anndata as ad
-    >>> check_copy(ad.AnnData(np.zeros((2, 2))), True)
+    >>> check_writable(ad.AnnData(np.zeros((2, 2))), True)
     """
-    if copy and adata.isbacked:
+    if not adata.isbacked:
+        return
+    if copy:
         raise ValueError(
             f"`copy=True` needs an AnnData in memory, but `adata` is backed on disk ({adata.filename}): pass "
             "`copy=False` to write the results into `adata` (in memory beside the file; save them with "
             "`adata.write()` when it was opened with backed='r+'), or load it with `adata.to_memory()`."
+        )
+    if adata.is_view:
+        raise ValueError(
+            f"`adata` is a view of an AnnData backed on disk ({adata.filename}), which results cannot be "
+            "written into: load the subset with `adata = adata.to_memory()` (the features of a subset are "
+            "read at once), or run on the whole backed AnnData."
         )
 
 

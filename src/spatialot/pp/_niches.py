@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 from scanpy import logging as logg
 
-from .._anndata import check_copy, get_coordinates, get_features, get_library_codes, h5ad_params
+from .._anndata import check_writable, get_coordinates, get_features, get_library_codes, h5ad_params
 from .._keys import NicheKeys
 from .._validation import check_int
 from ._build import graph_niche_indices, knn_niche_indices, member_matrix, radius_graph
@@ -105,7 +105,7 @@ def niches(
     >>> sot.pp.niches(adata, k=8)
     >>> clouds = sot.get.niche_clouds(adata)[:16]  # a padded batch of 16 niches
     """
-    check_copy(adata, copy)
+    check_writable(adata, copy)
     start = logg.info("computing niches")
     keys = NicheKeys(key_added)
     if adata.n_obs == 0:

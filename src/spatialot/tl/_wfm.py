@@ -10,7 +10,7 @@ import torch
 from anndata import AnnData
 from scanpy import logging as logg
 
-from .._anndata import check_copy
+from .._anndata import check_writable
 from .._keys import ResultKeys
 from .._validation import check_int
 from ..get import niche_clouds
@@ -131,7 +131,7 @@ def wfm(
     >>> model = sot.tl.wfm(adata, condition_key="cell_type", n_steps=200)  # doctest: +SKIP
     >>> sot.tl.generate_niches(adata, model, n=50, condition="type_0")  # doctest: +SKIP
     """
-    check_copy(adata, copy)
+    check_writable(adata, copy)
     start = logg.info("training Wasserstein flow matching")
     keys = ResultKeys(key_added)
     if mode not in _MODES:
@@ -278,7 +278,7 @@ def generate_niches(
     >>> sot.tl.generate_niches(adata, model, n=50)  # doctest: +SKIP
     >>> adata.uns["wfm_generated"]["points"].shape  # doctest: +SKIP
     """
-    check_copy(adata, copy)
+    check_writable(adata, copy)
     start = logg.info("generating niches")
     keys = ResultKeys(key_added)
     if not isinstance(model, WassersteinFlowMatching | GaussianFlowMatching):
