@@ -147,6 +147,7 @@ class Stage:
         self.reset = reset_peak_rss()
         self.rss_before = rss_bytes()
         self.load_before = _load()
+        self.cpu = time.process_time()
         self.start = time.perf_counter()
         return self
 
@@ -154,6 +155,7 @@ class Stage:
         seconds = time.perf_counter() - self.start
         peak = peak_rss_bytes()
         self.row[f"{self.name}_s"] = seconds
+        self.row[f"{self.name}_cpu_s"] = time.process_time() - self.cpu  # CPU time of this process
         self.row[f"{self.name}_peak_rss_bytes"] = peak
         self.row[f"{self.name}_rss_before_bytes"] = self.rss_before
         self.row[f"{self.name}_load"] = [self.load_before, _load()]
