@@ -393,9 +393,10 @@ def test_backed_sparse_features_are_read_from_disk(atlas, tmp_path):
         sot.pp.niches(backed, k=4)
         family = sot.get.niche_clouds(backed)
         assert family.on_disk  # the features stay on disk (tests/test_streaming.py checks the rest)
-        in_memory = backed.to_memory()
-        assert torch.equal(family[:2].points, sot.get.niche_clouds(in_memory)[:2].points)
-        assert family[:2].points.shape == (2, 4, 84)
+        points = family[:2].points
+        in_memory = backed.to_memory()  # closes the file
+        assert torch.equal(points, sot.get.niche_clouds(in_memory)[:2].points)
+        assert points.shape == (2, 4, 84)
     finally:
         backed.file.close()
 
