@@ -20,12 +20,18 @@ This script measures spatialot alone. The comparison with the authors' code, run
 on the same data in the same run, is ``benchmarks/peers/wormhole.py``: figures of the official
 code quoted from elsewhere are context, not a comparison.
 
-Run ``python benchmarks/wormhole.py [--quick] [--steps N] [--device cpu|cuda|auto] [--out PATH]``.
+Precision: ``--precision float32,bfloat16`` trains each dataset once per precision (bf16 autocast
+of the networks, OT targets in float32; ``fit(precision=...)``) and scores each: the fidelity
+bf16 keeps.
+
+Run ``python benchmarks/wormhole.py [--quick] [--steps N] [--precision float32[,bfloat16]]
+[--device cpu|cuda|auto] [--out PATH]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import warnings
 from typing import Any
@@ -75,12 +81,14 @@ def score(model: Wormhole, family, cells: np.ndarray, labels: np.ndarray | None,
     return result
 
 
-def train_and_score(name, adata, train_cells, test_cells, labels, args, device) -> dict[str, Any]:
+def train_and_score(name, adata, train_cells, test_cells, labels, args, device, precision) -> dict[str, Any]:
     family = sot.get.niche_clouds(adata)
     torch.manual_seed(0)
     model = Wormhole(family.dim)
     start = time.perf_counter()
-    model.fit(family[np.sort(train_cells)], n_steps=args.steps, device=device, progress=not args.quiet)
+    model.fit(
+        family[np.sort(train_cells)], n_steps=args.steps, device=device, progress=not args.quiet, precision=precision
+    )
     synchronize(device)
     seconds = time.perf_counter() - start
     rng = np.random.default_rng(1)
@@ -94,6 +102,7 @@ def train_and_score(name, adata, train_cells, test_cells, labels, args, device) 
         "n_steps": args.steps,
         "batch_size": 16,
         "learning_rate": 1e-4,
+        "precision": precision,
         "train_seconds": seconds,
         "final_loss": float(np.mean(model.history[-100:])),
         **result,
@@ -156,18 +165,21 @@ def main() -> None:
     parser.add_argument("--datasets", default="bdtnp,simulated")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="float32", help="comma-separated: float32, bfloat16")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     args.steps = args.steps or (50 if args.quick else 3000)
     args.pairs = args.pairs or (300 if args.quick else 3000)
     device = resolve_device(args.device)
+    load_at_start = os.getloadavg()
 
     fidelity = []
     loaders = {"bdtnp": bdtnp_data, "simulated": simulated_data}
     for name in filter(None, args.datasets.split(",")):
         adata, train_cells, test_cells, labels = loaders[name]()
-        fidelity.append(train_and_score(name, adata, train_cells, test_cells, labels, args, device))
+        for precision in args.precision.split(","):
+            fidelity.append(train_and_score(name, adata, train_cells, test_cells, labels, args, device, precision))
     rows = []
     for entry in fidelity:
         for kind in ("all_pairs", "same_type_pairs"):
@@ -175,6 +187,7 @@ def main() -> None:
                 rows.append(
                     {
                         "dataset": entry["dataset"],
+                        "precision": entry["precision"],
                         "pairs": kind,
                         "steps": entry["n_steps"],
                         "train_s": entry["train_seconds"],
@@ -185,6 +198,7 @@ def main() -> None:
         rows,
         [
             ("dataset", "dataset", "<"),
+            ("precision", "precision", "<"),
             ("pairs", "held-out pairs", "<"),
             ("n_pairs", "n"),
             ("steps", "steps"),
@@ -213,6 +227,7 @@ def main() -> None:
         "fidelity": fidelity,
         "speed": speed_rows,
         "peak_rss_bytes": peak_rss_bytes(),
+        "load_average_1_5_15_min": {"start": load_at_start, "end": os.getloadavg()},
     }
     path = write_json(args.out or default_out("wormhole", device, args.quick), payload)
     print(f"wrote {path}")

@@ -311,3 +311,34 @@ def test_pl_asot(tissue):
     ax = sot.pl.asot(adata, cells=[0, adata.obs_names[3]], show=False)
     assert isinstance(ax, Axes)
     assert len(ax.collections) == 3
+
+
+def test_anchor_solvers_and_models_accept_reversed_arrays():
+    # negative-stride numpy views (x[::-1]) give what their contiguous copies give
+    rng = np.random.default_rng(0)
+    anchors, h = rng.normal(size=(6, 2)), _histograms(10, 6)
+    flipped, copied = anchors[::-1], anchors[::-1].copy()
+    torch.testing.assert_close(anchor_cost(flipped), anchor_cost(copied))
+    torch.testing.assert_close(anchor_cost(anchors, flipped), anchor_cost(anchors, copied))
+    cost = anchor_cost(anchors).numpy()
+    options = {"epsilon": 0.05 * cost.max(), "n_iter": 50}
+    np.testing.assert_allclose(
+        anchor_paired_distances(h[::-1], h, cost[::-1, ::-1], **options),
+        anchor_paired_distances(h[::-1].copy(), h, cost[::-1, ::-1].copy(), **options),
+    )
+    np.testing.assert_allclose(
+        anchor_pairwise_distances(h[::-1], None, cost, **options),
+        anchor_pairwise_distances(h[::-1].copy(), None, cost, **options),
+    )
+    reversed_rows = anchor_kneighbors(
+        h[::-1], cost, 3, anchor_points=flipped[::-1], anchor_offsets=np.zeros(6)[::-1], **options
+    )
+    expected = anchor_kneighbors(h[::-1].copy(), cost, 3, anchor_points=anchors, **options)
+    np.testing.assert_array_equal(reversed_rows[0], expected[0])
+    np.testing.assert_allclose(reversed_rows[1], expected[1])
+    # a model from reversed anchors, coding a reversed feature table
+    model = ASOT.from_anchors(flipped, device="cpu")
+    features = rng.normal(size=(8, 2))
+    family = sot.ot.IndexedClouds(features[::-1], np.arange(8).reshape(4, 2))
+    same = sot.ot.IndexedClouds(features[::-1].copy(), np.arange(8).reshape(4, 2))
+    np.testing.assert_array_equal(model.transform(family), ASOT.from_anchors(copied, device="cpu").transform(same))

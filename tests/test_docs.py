@@ -126,3 +126,41 @@ def test_the_api_page_lists_every_public_name():
         name for name, _ in _namespace_objects() if not re.search(rf"^\s+{re.escape(name)}$", page, re.MULTILINE)
     ]
     assert not missing, f"docs/api.md lacks {missing}"
+
+
+@pytest.mark.parametrize(("name", "obj"), list(_documented()), ids=_name)
+def test_shared_parameter_placeholders_are_all_filled(name, obj):
+    docstring = inspect.getdoc(obj) or ""
+    left = re.findall(r"^\s*\{[a-z_]+\}\s*$", docstring, flags=re.MULTILINE)
+    assert not left, f"{name} keeps the unfilled shared-parameter lines {left} (decorate it with inject_docs)"
+
+
+def test_inject_docs_indents_shared_entries_and_rejects_unknown_names():
+    from spatialot._docs import PARAMETERS, inject_docs
+
+    def documented(niche_key="niche"):
+        """Do.
+
+        Parameters
+        ----------
+        {niche_key}
+        other
+            Not shared; ``{niche_key}`` inside a line stays as written.
+        """
+
+    text = inspect.getdoc(inject_docs(documented))
+    expected = PARAMETERS["niche_key"]
+    assert expected in text and "``{niche_key}``" in text
+    # the entry renders as a parameter of the numpydoc section
+    assert ":param niche_key:" in str(NumpyDocstring(text, CONFIG))
+
+    def unknown():
+        """Do.
+
+        Parameters
+        ----------
+        {no_such_parameter}
+        """
+
+    with pytest.raises(KeyError, match="no_such_parameter"):
+        inject_docs(unknown)

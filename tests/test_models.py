@@ -71,3 +71,30 @@ def test_every_model_has_a_one_line_repr(clouds):
     )
     hotet = HOTET(2, width=16, n_layers=1, n_heads=2, mlp_width=16, hyper_width=16, n_anchors=8)
     assert repr(hotet) == "HOTET(dim=2, n_anchors=8, width=16, n_layers=1, n_heads=2, base='gaussian'), not trained"
+
+
+def test_models_take_reversed_numpy_arrays(clouds):
+    # negative-stride views (x[::-1]) as data, reference or embedding give what their copies give
+    rng = np.random.default_rng(0)
+    means, covariances = rng.normal(size=(6, 2)), np.tile(np.eye(2), (6, 1, 1)) * rng.uniform(0.5, 2, (6, 1, 1))
+    histories = []
+    for m, c in ((means[::-1], covariances[::-1]), (means[::-1].copy(), covariances[::-1].copy())):
+        torch.manual_seed(0)
+        model = GaussianFlowMatching(2, width=16, n_layers=1)
+        model.fit(m, c, n_steps=3, batch_size=4, device="cpu", random_state=0, progress=False)
+        histories.append(model.history)
+    assert histories[0] == histories[1]
+
+    torch.manual_seed(0)
+    wormhole = Wormhole(2, n_components=4, width=16, n_layers=1, n_heads=2, mlp_width=16)
+    wormhole.fit(clouds, n_steps=1, batch_size=4, device="cpu", progress=False)
+    embedding = rng.normal(size=(3, 4))
+    np.testing.assert_array_equal(wormhole.decode(embedding[::-1]), wormhole.decode(embedding[::-1].copy()))
+
+    reference = rng.normal(size=(20, 2))
+    hotet = HOTET(2, width=16, n_layers=1, n_heads=2, mlp_width=16, hyper_width=16, n_anchors=8)
+    hotet.fit(clouds, reference=reference[::-1], n_steps=1, batch_size=4, n_reference_samples=8, progress=False)
+    torch.testing.assert_close(hotet.reference_points, torch.as_tensor(reference[::-1].copy(), dtype=torch.float32))
+    np.testing.assert_array_equal(
+        hotet.transport(clouds[:2], reference[::-1][:5]), hotet.transport(clouds[:2], reference[::-1][:5].copy())
+    )

@@ -299,3 +299,89 @@ def test_over_relaxation_keeps_the_fixed_point_and_reports_convergence():
     assert stopped.marginal_error.max() > 1e-3
     with pytest.raises(ValueError, match="over_relaxation"):
         ot.sinkhorn(x, y, over_relaxation=2.0)
+
+
+def test_scaling_iterations_follow_the_log_domain_iterates():
+    # the solver iterates on scalings of an absorbed kernel: a reparametrisation of the
+    # log-domain updates, so after the same number of iterations the potentials must agree
+    from spatialot.ot._sinkhorn import _iterate, _log_domain_steps, _warm_start
+
+    x = _random_clouds(6, 9, 3, seed=31, ragged=True).to(dtype=torch.float64)
+    y = _random_clouds(6, 7, 3, seed=32, ragged=True).to(dtype=torch.float64)
+    cost = ot.squared_euclidean_cost(x.points, y.points)
+    log_a = torch.where(x.mask, x.weights.log(), -torch.inf)
+    log_b = torch.where(y.mask, y.weights.log(), -torch.inf)
+    f, g = _warm_start(cost, log_a, log_b, 0.01, 0.5)
+    reference = _log_domain_steps(cost, f, g, log_a, log_b, 0.01, 30, 1.6)
+    ours_f, ours_g, n_iter, _ = _iterate(cost, f.clone(), g.clone(), log_a, log_b, y.weights, 0.01, 30, 0.0, 7, 1.6)
+    assert n_iter == 30
+    np.testing.assert_allclose(ours_f[x.mask].numpy(), reference[0][x.mask].numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(ours_g[y.mask].numpy(), reference[1][y.mask].numpy(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("annealing", [0.5, 0.0])
+def test_sinkhorn_recovers_when_scalings_leave_the_float32_range(monkeypatch, annealing):
+    # without the warm start, a far outlier makes the scalings overflow at once; with it, a
+    # far point of negligible weight makes its kernel column underflow: both fall back to
+    # log-domain updates and must still give POT's answer
+    from spatialot.ot import _sinkhorn
+
+    calls = {"softmin": 0, "log_steps": 0}
+    softmin, log_steps = _sinkhorn._softmin, _sinkhorn._log_domain_steps
+
+    def counting_softmin(*args):
+        calls["softmin"] += 1
+        return softmin(*args)
+
+    def counting_log_steps(*args):
+        calls["log_steps"] += 1
+        return log_steps(*args)
+
+    monkeypatch.setattr(_sinkhorn, "_softmin", counting_softmin)
+    monkeypatch.setattr(_sinkhorn, "_log_domain_steps", counting_log_steps)
+    rng = np.random.default_rng(33)
+    xs = [rng.normal(size=(12, 2)) for _ in range(3)]
+    ys = [rng.normal(size=(10, 2)) for _ in range(3)]
+    ys[1][0] = 40.0  # a point far from every point of its partner cloud
+    y_weights = np.full((3, 10), 0.1)
+    if annealing:
+        y_weights[1] = [1e-44] + [1 / 9] * 9  # a denormal in float32
+    x = ot.PointClouds.from_list(xs)
+    y = ot.PointClouds.from_list(ys, [w for w in y_weights])
+    out = ot.sinkhorn(x, y, epsilon=0.5, annealing=annealing, tol=1e-5, max_iter=5000)
+    assert out.converged and torch.isfinite(out.objective).all()
+    assert (calls["softmin"] > 1) if annealing else (calls["log_steps"] > 0), calls
+    for b in range(3):
+        cost = pot.dist(xs[b], ys[b])
+        expected = pot.sinkhorn2(np.full(12, 1 / 12), y_weights[b], cost, reg=0.5, method="sinkhorn_log", stopThr=1e-10)
+        assert abs(float(out.cost[b]) - expected) < 1e-3 * expected
+
+
+def test_reversed_numpy_arrays_are_accepted_and_read_in_their_order():
+    # x[::-1] is a numpy view with a negative stride, which torch.as_tensor refuses
+    rng = np.random.default_rng(0)
+    points, weights = rng.normal(size=(2, 4, 3)), rng.random((2, 4)) + 0.1
+    mask = np.array([[True, True, True, False], [True, True, True, True]])
+    flipped = ot.PointClouds.from_padded(points[::-1, ::-1], mask[::-1, ::-1], weights[::-1, ::-1])
+    copied = ot.PointClouds.from_padded(*(np.ascontiguousarray(a[::-1, ::-1]) for a in (points, mask, weights)))
+    for got, expected in zip(
+        (flipped.points, flipped.mask, flipped.weights), (copied.points, copied.mask, copied.weights), strict=True
+    ):
+        torch.testing.assert_close(got, expected)
+    listed = ot.PointClouds.from_list([points[0, ::-1], points[1]], [weights[0, ::-1], weights[1]])
+    torch.testing.assert_close(listed.points[0], torch.as_tensor(points[0, ::-1].copy(), dtype=torch.float32))
+    torch.testing.assert_close(listed[np.arange(2)[::-1]].points, listed.points.flip(0))
+    mean, _ = ot.bures_geodesic(
+        torch.zeros(2), torch.eye(2), torch.ones(2), 4 * torch.eye(2), np.array([0.0, 1.0])[::-1]
+    )
+    torch.testing.assert_close(mean, torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+
+
+def test_read_only_numpy_arrays_are_accepted_without_a_warning():
+    # torch warns on non-writable arrays (np.broadcast_to, protected views); warnings are errors here
+    cloud = np.arange(6.0).reshape(3, 2)
+    batch = ot.PointClouds.from_padded(np.broadcast_to(cloud, (4, 3, 2)))
+    torch.testing.assert_close(batch.points, torch.as_tensor(np.tile(cloud, (4, 1, 1)), dtype=torch.float32))
+    frozen = cloud.copy()
+    frozen.flags.writeable = False
+    np.testing.assert_allclose(ot.exact_w2_squared(ot.PointClouds.from_list([frozen]), batch[:1]), [0.0], atol=1e-6)

@@ -402,6 +402,10 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="workers at once (default 2)")
     parser.add_argument("--speed-steps", type=int, default=300, help="steps of the speed phase; 0 skips it")
     parser.add_argument("--speed-threads", type=int, default=2)
+    parser.add_argument(
+        "--speed-repeats", type=int, default=1, help="alternate the packages' speed runs this many times"
+    )
+    parser.add_argument("--speed-only", action="store_true", help="skip the fidelity phase")
     parser.add_argument("--quick", action="store_true", help="20 and 40 steps, no speed phase: a smoke test")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -420,7 +424,7 @@ def main() -> None:
         data_paths[name] = workdir / f"{name}.npz"
         data_info[name] = build_data(name, data_paths[name])
     # the longest jobs (the official code's) first, so that two workers finish close together
-    jobs = [(p, d) for p in packages for d in datasets]
+    jobs = [] if args.speed_only else [(p, d) for p in packages for d in datasets]
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = {
             job: pool.submit(launch, args, *job, data_paths[job[1]], workdir, args.steps, args.threads, "fidelity")
@@ -432,7 +436,8 @@ def main() -> None:
         for row in score(data_paths[dataset], result_path, checkpoints):
             rows.append({"package": package, "dataset": dataset, **row, **summary})
     speed_rows = []
-    if args.speed_steps:
+    # alternated, so that a change of the shared machine's load falls on both packages
+    for repeat in range(args.speed_repeats if args.speed_steps else 0):
         for package in packages:
             _, summary = launch(
                 args,
@@ -444,29 +449,33 @@ def main() -> None:
                 args.speed_threads,
                 "speed",
             )
-            speed_rows.append({"package": package, "threads": args.speed_threads, **summary})
-    print_table(
-        rows,
-        [
-            ("dataset", "dataset", "<"),
-            ("package", "package", "<"),
-            ("steps", "steps"),
-            ("held_out_pearson", "held-out r"),
-            ("held_out_spearman", "held-out ρ"),
-            ("same_type_pearson", "same-type r"),
-            ("train_pearson", "train r"),
-            ("decoder_w2", "decoder W2²"),
-            ("decoder_size", "dec. size"),
-            ("steps_per_s", "steps/s"),
-            ("encode_per_s", "encode/s"),
-        ],
-        title=f"Wormhole side by side ({args.threads} thread(s) per worker, {args.jobs} workers at once)",
-    )
+            speed_rows.append(
+                {"package": package, "repeat": repeat, "threads": args.speed_threads, "load": machine_load(), **summary}
+            )
+    if rows:
+        print_table(
+            rows,
+            [
+                ("dataset", "dataset", "<"),
+                ("package", "package", "<"),
+                ("steps", "steps"),
+                ("held_out_pearson", "held-out r"),
+                ("held_out_spearman", "held-out ρ"),
+                ("same_type_pearson", "same-type r"),
+                ("train_pearson", "train r"),
+                ("decoder_w2", "decoder W2²"),
+                ("decoder_size", "dec. size"),
+                ("steps_per_s", "steps/s"),
+                ("encode_per_s", "encode/s"),
+            ],
+            title=f"Wormhole side by side ({args.threads} thread(s) per worker, {args.jobs} workers at once)",
+        )
     if speed_rows:
         print_table(
             speed_rows,
             [
                 ("package", "package", "<"),
+                ("repeat", "repeat"),
                 ("threads", "threads"),
                 ("steps_per_s", "train steps/s"),
                 ("encode_per_s", "encode clouds/s"),

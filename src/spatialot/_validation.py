@@ -1,6 +1,7 @@
 """The argument checks every layer shares, each with one wording: integers, keys, finite values.
 
-This module imports nothing else of spatialot, so that every layer (``ot`` included) may use it.
+It also holds :func:`as_tensor`, the one conversion of user arrays to torch tensors. This module
+imports nothing else of spatialot, so that every layer (``ot`` included) may use it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 """Largest value the float32 tensors of the models can hold."""
@@ -18,6 +20,37 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 # "run/1" is written as group "run" holding "1" and the file no longer reads back
 _KEY_FORBIDDEN = ("/", "\x00")
 _KEY_RESERVED = (".", "..")
+
+
+def as_tensor(
+    values: Any, *, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """``values`` as a tensor, sharing memory with a numpy array where torch can.
+
+    :func:`torch.as_tensor` refuses numpy arrays with a negative stride (``x[::-1]``, ``np.flip``)
+    and warns on read-only ones (``np.broadcast_to``, arrays a caller protects): those, and only
+    those, are copied first. Every user array entering a solver or a model goes through here.
+
+    Parameters
+    ----------
+    values
+        A tensor, a numpy array (any strides, read-only or not) or anything
+        :func:`torch.as_tensor` takes.
+    dtype, device
+        As in :func:`torch.as_tensor`.
+
+    Returns
+    -------
+    The tensor.
+
+    Examples
+    --------
+    >>> as_tensor(np.arange(3.0)[::-1])
+    tensor([2., 1., 0.], dtype=torch.float64)
+    """
+    if isinstance(values, np.ndarray) and (not values.flags.writeable or any(stride < 0 for stride in values.strides)):
+        values = values.copy()
+    return torch.as_tensor(values, dtype=dtype, device=device)
 
 
 def check_int(name: str, value: Any, *, minimum: int = 1, maximum: int | None = None, why: str = "") -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from typing import Literal
 
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import check_int
+from .._validation import as_tensor, check_int
 from ..ot import IndexedClouds, PointClouds, exact_w2_squared
 from ..ot._anchor import (
     AnchorMethod,
@@ -23,7 +24,7 @@ from ..ot._anchor import (
 from ._base import Model
 from ._batches import CloudFamily, map_batches, map_stretches, stretch_size, take
 from ._device import resolve_device, seeded
-from ._training import restored_on_failure, train
+from ._training import CHECKPOINT_EVERY, restored_on_failure, train
 
 ASOTMethod = Literal["kmeans", "ml"]
 ASOT_METHODS: tuple[str, ...] = ("kmeans", "ml")
@@ -190,6 +191,8 @@ class ASOT(Model):
         random_state: int | None = 0,
         device: torch.device | str = "auto",
         progress: bool = True,
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int = CHECKPOINT_EVERY,
     ) -> ASOT:
         """Place the anchors by k-means; for ``method='ml'``, then learn codes and cost against exact OT.
 
@@ -214,6 +217,11 @@ class ASOT(Model):
             ``'auto'``, ``'cpu'`` or ``'cuda'``.
         progress
             Show a progress bar.
+        checkpoint
+            ``'ml'`` only: file to write a training checkpoint to every ``checkpoint_every`` steps
+            and at the end; when it exists, training resumes from it (see :doc:`/training`).
+        checkpoint_every
+            ``'ml'`` only: steps between two checkpoints.
 
         Returns
         -------
@@ -239,7 +247,17 @@ class ASOT(Model):
                 self.fitted.fill_(True)
             if self.method == "ml":
                 self._init_ml(centers / scale, residuals / scale**2, labels, weights)
-                self._train(family, rng, n_train_pairs, n_steps, batch_size, learning_rate, progress)
+                self._train(
+                    family,
+                    rng,
+                    n_train_pairs,
+                    n_steps,
+                    batch_size,
+                    learning_rate,
+                    progress,
+                    checkpoint,
+                    checkpoint_every,
+                )
         return self
 
     @classmethod
@@ -261,7 +279,7 @@ class ASOT(Model):
         -------
         A fitted ``method='kmeans'`` model whose codes are the one-hot nearest anchor.
         """
-        anchors = torch.as_tensor(np.asarray(anchors), dtype=torch.float32)
+        anchors = as_tensor(np.asarray(anchors), dtype=torch.float32)
         if anchors.ndim != 2 or not bool(torch.isfinite(anchors).all()):
             raise ValueError(f"`anchors` must be a finite 2-D array (k, dim), got shape {tuple(anchors.shape)}.")
         model = cls(anchors.shape[1], anchors.shape[0], method="kmeans", epsilon=epsilon, n_iter=n_iter)
@@ -283,7 +301,9 @@ class ASOT(Model):
             # codes start close to the hard nearest-anchor codes of ASOT-k
             self.log_temperature.fill_(math.log(0.25 * mean_residual))
 
-    def _train(self, family, rng, n_train_pairs, n_steps, batch_size, learning_rate, progress) -> None:
+    def _train(
+        self, family, rng, n_train_pairs, n_steps, batch_size, learning_rate, progress, checkpoint, checkpoint_every
+    ) -> None:
         device = self.device
         first, second = self._training_pairs(family, rng, n_train_pairs)
         x, y = take(family, first, torch.device("cpu")), take(family, second, torch.device("cpu"))
@@ -295,12 +315,11 @@ class ASOT(Model):
         def step_loss(step: int) -> torch.Tensor:
             chosen = rng.choice(len(target), min(batch_size, len(target)), replace=False)
             cost = self._scaled_cost()
-            value = anchor_sinkhorn(
-                self._histograms(x[chosen]),
-                self._histograms(y[chosen]),
-                cost,
-                epsilon=epsilon * float(cost.detach().max()),
-                n_iter=n_iter,
+            # ε relative to the largest cost: the cost in units of it (the same plan as ε times it),
+            # so that the step never reads it on the host
+            unit = cost.detach().max()
+            value = unit * anchor_sinkhorn(
+                self._histograms(x[chosen]), self._histograms(y[chosen]), cost / unit, epsilon=epsilon, n_iter=n_iter
             )
             goal = target[torch.as_tensor(chosen, device=device)]
             return ((value - goal) ** 2).mean() / (goal**2).mean().clamp_min(1e-12)
@@ -315,6 +334,9 @@ class ASOT(Model):
             max_grad_norm=10.0,
             progress=progress,
             description="ASOT-ML",
+            rng=rng,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
         )
 
     def _training_pairs(self, family, rng: np.random.Generator, n_pairs: int) -> tuple[np.ndarray, np.ndarray]:
@@ -393,7 +415,7 @@ class ASOT(Model):
             table = stretch.features
             codes = np.empty((table.shape[0], self.n_anchors), dtype=np.float32)
             for start in range(0, table.shape[0], batch_size):
-                rows = torch.as_tensor(table[start : start + batch_size], dtype=torch.float32, device=device)
+                rows = as_tensor(table[start : start + batch_size], dtype=torch.float32, device=device)
                 codes[start : start + batch_size] = self._codes(rows / self.scale).cpu().numpy()
             mask = stretch.mask
             gathered = codes[np.where(mask, stretch.indices, 0)] * mask[..., None]

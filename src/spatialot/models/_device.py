@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -11,6 +12,9 @@ import torch
 
 def resolve_device(device: torch.device | str = "auto") -> torch.device:
     """Turn ``'auto'`` into CUDA when a GPU is present, else CPU; pass anything else to torch.
+
+    In a process started by ``torchrun`` (``LOCAL_RANK`` in the environment), ``'auto'`` and
+    ``'cuda'`` name this process's own GPU, ``cuda:LOCAL_RANK``.
 
     Parameters
     ----------
@@ -29,13 +33,16 @@ def resolve_device(device: torch.device | str = "auto") -> torch.device:
     device(type='cuda')
     """
     if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as error:
         raise ValueError(f"`device`={device!r} is not a device: use 'auto', 'cpu' or 'cuda'.") from error
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"`device`={device!r} asks for CUDA, but torch sees no GPU here: use 'auto' or 'cpu'.")
+    if resolved.type == "cuda" and resolved.index is None and "LOCAL_RANK" in os.environ:
+        # one GPU per process under torchrun
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
     return resolved
 
 

@@ -9,13 +9,14 @@ One forward pass gives the map of an unseen distribution.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .._validation import check_float32_range, check_int
+from .._validation import as_tensor, check_float32_range, check_int
 from ..ot import PointClouds
 from ..ot._gaussian import gaussian_map, sqrtm_psd
 from ._base import Model
@@ -23,7 +24,7 @@ from ._batches import CloudFamily, map_batches, pooled_moments, take
 from ._blocks import SetTransformer, mlp, weighted_mean
 from ._device import resolve_device, seeded
 from ._icnn import BatchedICNN
-from ._training import restored_on_failure, train
+from ._training import CHECKPOINT_EVERY, Precision, full_precision, restored_on_failure, train
 
 
 def batch_dual_loss(
@@ -272,7 +273,7 @@ class HOTET(Model):
             noise = torch.as_tensor(generator.standard_normal((self.config["n_anchors"], dim)), **to)
             self.anchors = self.reference_mean + noise @ sqrtm_psd(self.reference_cov).T
         else:
-            points = torch.as_tensor(np.asarray(reference), **to)
+            points = as_tensor(np.asarray(reference), **to)
             self.reference_points = points
             self.reference_mean = points.mean(0)
             centred = points - self.reference_mean
@@ -286,14 +287,18 @@ class HOTET(Model):
         self._check_fitted()
         return self._draw_reference(n_clouds, n_points, generator)
 
-    def _draw_reference(self, n_clouds: int, n_points: int, generator: np.random.Generator) -> torch.Tensor:
-        # also used while training, before the model is marked fitted
+    def _draw_reference(
+        self, n_clouds: int, n_points: int, generator: np.random.Generator, root: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        # also used while training, before the model is marked fitted, with the square root of
+        # the reference covariance computed once (an eigendecomposition per step would make the
+        # host wait for the device)
         dim = self.config["dim"]
         if self.reference_is_cloud:
             rows = generator.integers(0, len(self.reference_points), size=(n_clouds, n_points))
             return self.reference_points[torch.as_tensor(rows, device=self.device)]
         noise = torch.as_tensor(generator.standard_normal((n_clouds, n_points, dim)), dtype=torch.float32)
-        root = sqrtm_psd(self.reference_cov)
+        root = sqrtm_psd(self.reference_cov) if root is None else root
         return self.reference_mean + noise.to(self.device) @ root.T
 
     def _normalise(self, points: torch.Tensor) -> torch.Tensor:
@@ -329,11 +334,18 @@ class HOTET(Model):
         x = self._normalise(batch.points) * batch.mask[..., None]
         y = self._normalise(reference)
         uniform = torch.full(y.shape[:2], 1.0 / y.shape[1], device=y.device)
-        phi = self.icnn.potential(x, self.forward_net(x, batch.weights), self._base(x, batch.weights, "forward"))
-        psi = self.icnn.potential(y, self.inverse_net(x, batch.weights), self._base(x, batch.weights, "inverse"))
-        forward = batch_dual_loss(phi, x, batch.weights, y, uniform)
-        inverse = batch_dual_loss(psi, y, uniform, x, batch.weights)
-        return 0.5 * (forward + inverse).mean()
+        # the networks run in the training loop's precision, the Gaussian maps and the loss in float32
+        with full_precision(x.device):
+            forward_base, inverse_base = (
+                self._base(x, batch.weights, "forward"),
+                self._base(x, batch.weights, "inverse"),
+            )
+        phi = self.icnn.potential(x, self.forward_net(x, batch.weights), forward_base)
+        psi = self.icnn.potential(y, self.inverse_net(x, batch.weights), inverse_base)
+        with full_precision(x.device):
+            forward = batch_dual_loss(phi.float(), x, batch.weights, y, uniform)
+            inverse = batch_dual_loss(psi.float(), y, uniform, x, batch.weights)
+            return 0.5 * (forward + inverse).mean()
 
     def fit(
         self,
@@ -349,6 +361,9 @@ class HOTET(Model):
         max_grad_norm: float | None = 10.0,
         random_state: int | None = 0,
         progress: bool = True,
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int = CHECKPOINT_EVERY,
+        precision: Precision = "float32",
     ) -> HOTET:
         """Train both maps on a family of clouds; the reference is fixed at the first call.
 
@@ -377,6 +392,14 @@ class HOTET(Model):
             Seed of the batches and reference samples.
         progress
             Show a progress bar.
+        checkpoint
+            File to write a training checkpoint to every ``checkpoint_every`` steps and at the end;
+            when it exists, training resumes from it (see :doc:`/training`).
+        checkpoint_every
+            Steps between two checkpoints.
+        precision
+            ``'float32'``, or ``'bfloat16'`` for bf16 autocast of the networks (the Gaussian base
+            maps and the dual loss stay float32).
 
         Returns
         -------
@@ -405,10 +428,16 @@ class HOTET(Model):
             if not bool(self.fitted):
                 self._set_reference(clouds, reference, rng)
 
+            reference_root: dict[str, torch.Tensor] = {}
+
             def step_loss(step: int) -> torch.Tensor:
                 rows = rng.choice(len(clouds), size=batch_size, replace=len(clouds) < batch_size)
                 batch = take(clouds, np.sort(rows), self.device)
-                return self._step_loss(batch, self._draw_reference(batch_size, n_reference_samples, rng))
+                with full_precision(self.device):  # the reference sample is data: float32
+                    if "root" not in reference_root:  # at the first step: after a checkpoint is read
+                        reference_root["root"] = sqrtm_psd(self.reference_cov)
+                    reference = self._draw_reference(batch_size, n_reference_samples, rng, reference_root["root"])
+                return self._step_loss(batch, reference)
 
             train(
                 self,
@@ -420,6 +449,10 @@ class HOTET(Model):
                 max_grad_norm=max_grad_norm,
                 progress=progress,
                 description="HOTET",
+                rng=rng,
+                checkpoint=checkpoint,
+                checkpoint_every=checkpoint_every,
+                precision=precision,
             )
             self.fitted.fill_(True)  # only once training succeeded
         return self
@@ -463,7 +496,7 @@ class HOTET(Model):
         self._check_family(clouds)
         fixed = None
         if points is not None:
-            fixed = torch.as_tensor(
+            fixed = as_tensor(
                 points if isinstance(points, torch.Tensor) else np.asarray(points),
                 dtype=torch.float32,
                 device=self.device,

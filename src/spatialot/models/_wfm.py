@@ -11,6 +11,7 @@ field from fresh noise clouds.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Literal
 
@@ -26,7 +27,7 @@ from ._base import Model
 from ._batches import CloudFamily, take
 from ._blocks import SetTransformer, mlp
 from ._device import resolve_device, seeded
-from ._training import restored_on_failure, train
+from ._training import CHECKPOINT_EVERY, Precision, full_precision, restored_on_failure, train
 
 Matching = Literal["auto", "exact", "entropic"]
 Noise = Literal["normal", "cholesky"]
@@ -70,6 +71,8 @@ def matched_targets(
     if len(source) != len(target) or source.dim != target.dim:
         raise ValueError("`source` and `target` must hold the same number of clouds of the same dimension.")
     target = target.to(device=source.device, dtype=source.points.dtype)
+    if matching == "entropic":  # on the device, without reading anything on the host
+        return _entropic_map(source, target, epsilon)
     sizes_equal = (source.sizes == target.sizes).cpu().numpy()
     uniform = (_is_uniform(source) & _is_uniform(target)).cpu().numpy()
     exact = sizes_equal & uniform if matching == "auto" else np.full(len(source), matching == "exact")
@@ -106,8 +109,12 @@ def _entropic_map(source: PointClouds, target: PointClouds, epsilon: float) -> t
     with torch.no_grad():
         cost = squared_euclidean_cost(source.points, target.points)
         valid = source.mask[:, :, None] & target.mask[:, None, :]
-        largest = float(torch.where(valid, cost, 0).max().clamp_min(1e-12))
-        plan = sinkhorn(source, target, epsilon=epsilon * largest, max_iter=200, return_plan=True).plan
+        # ε relative to the largest cost: the points divided by its root, which gives the same plan
+        # as ε times the largest cost, and is never read on the host
+        unit = torch.where(valid, cost, 0).max().clamp_min(1e-12).sqrt()
+        unit_source = PointClouds(source.points / unit, source.mask, source.weights)
+        unit_target = PointClouds(target.points / unit, target.mask, target.weights)
+        plan = sinkhorn(unit_source, unit_target, epsilon=epsilon, max_iter=200, return_plan=True).plan
     mass = source.weights.clamp_min(1e-30)[..., None]
     return (plan @ target.points) / mass * source.mask[..., None]
 
@@ -332,12 +339,16 @@ class WassersteinFlowMatching(Model):
 
     def flow_matching_loss(self, data: PointClouds, codes: torch.Tensor) -> torch.Tensor:
         """Flow-matching loss of a batch of standardised data clouds with label codes."""
-        noise = self.draw_noise(data.mask)
-        matched = matched_targets(noise, data, matching=self.config["matching"], epsilon=self.config["epsilon"])
+        # the network runs in the training loop's precision, the noise, matching and loss in float32
+        with full_precision(data.device):
+            noise = self.draw_noise(data.mask)
+            matched = matched_targets(noise, data, matching=self.config["matching"], epsilon=self.config["epsilon"])
         t = torch.rand(len(data), device=self.device)
         points = (1 - t)[:, None, None] * noise.points + t[:, None, None] * matched
-        error = (self.velocity(points, noise.weights, t, codes) - (matched - noise.points)) ** 2
-        return (error.sum(-1) * noise.weights).sum(1).mean()
+        velocity = self.velocity(points, noise.weights, t, codes)
+        with full_precision(data.device):
+            error = (velocity.float() - (matched - noise.points)) ** 2
+            return (error.sum(-1) * noise.weights).sum(1).mean()
 
     # ------------------------------------------------------------------ training
     def _check_family(self, family: CloudFamily) -> None:
@@ -384,6 +395,9 @@ class WassersteinFlowMatching(Model):
         device: torch.device | str = "auto",
         random_state: int | None = 0,
         progress: bool = True,
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int = CHECKPOINT_EVERY,
+        precision: Precision = "float32",
     ) -> WassersteinFlowMatching:
         """Train by flow matching on random minibatches of ``family``.
 
@@ -415,6 +429,14 @@ class WassersteinFlowMatching(Model):
             Seed of minibatches, noise, times and label dropout.
         progress
             Show a progress bar with the running loss.
+        checkpoint
+            File to write a training checkpoint to every ``checkpoint_every`` steps and at the end;
+            when it exists, training resumes from it (see :doc:`/training`).
+        checkpoint_every
+            Steps between two checkpoints.
+        precision
+            ``'float32'``, or ``'bfloat16'`` for bf16 autocast of the velocity network (the OT
+            matching and the loss stay float32).
 
         Returns
         -------
@@ -455,6 +477,10 @@ class WassersteinFlowMatching(Model):
                 max_grad_norm=max_grad_norm,
                 progress=progress,
                 description="WFM",
+                rng=rng,
+                checkpoint=checkpoint,
+                checkpoint_every=checkpoint_every,
+                precision=precision,
             )
         return self
 

@@ -13,6 +13,7 @@ the loss is the squared norm of the error in the tangent space of the Wasserstei
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,12 +21,12 @@ import torch
 from torch import nn
 
 from .._settings import cpu_threads
-from .._validation import check_float32_range, check_int
+from .._validation import as_tensor, check_float32_range, check_int
 from ..ot import gaussian_map
 from ._base import Model
 from ._blocks import mlp
 from ._device import resolve_device, seeded
-from ._training import restored_on_failure, train
+from ._training import CHECKPOINT_EVERY, Precision, full_precision, restored_on_failure, train
 from ._wfm import (
     _INTEGRATORS,
     FlowConditioner,
@@ -64,7 +65,9 @@ def bures_velocity(
     step = (1 - t)[:, None, None] * identity + t[:, None, None] * matrix
     mean_t = (1 - t)[:, None] * mean_0 + t[:, None] * mean_1
     cov_t = step @ cov_0 @ step.transpose(-1, -2)
-    velocity = torch.linalg.solve(step, matrix - identity)  # S⁻¹ (A − I), equal to (A − I) S⁻¹
+    # S⁻¹ (A − I), equal to (A − I) S⁻¹; S is invertible for t < 1 (A is positive definite), and
+    # solve_ex skips the check of that, which would make the host wait for the device
+    velocity = torch.linalg.solve_ex(step, matrix - identity).result
     return mean_t, cov_t, mean_1 - mean_0, 0.5 * (velocity + velocity.transpose(-1, -2))
 
 
@@ -158,7 +161,7 @@ class GaussianFlowMatching(Model):
         hidden = self.embed(features) + self.conditioner(t, codes)
         mean_velocity = self.mean_head(self.mean_tower(hidden))
         lower = torch.zeros_like(cov)
-        lower[:, rows, cols] = self.cov_head(self.cov_tower(hidden))
+        lower[:, rows, cols] = self.cov_head(self.cov_tower(hidden)).to(lower.dtype)
         return mean_velocity, 0.5 * (lower + lower.transpose(-1, -2))
 
     def draw_noise(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,18 +176,21 @@ class GaussianFlowMatching(Model):
 
     def flow_matching_loss(self, means: torch.Tensor, covs: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """Tangent-space flow-matching loss of standardised data Gaussians with label codes."""
-        noise_mean, noise_cov = self.draw_noise(len(means))
-        t = torch.rand(len(means), device=self.device)
-        mean_t, cov_t, target_m, target_v = bures_velocity(noise_mean, noise_cov, means, covs, t)
+        # the network runs in the training loop's precision, the closed forms and the loss in float32
+        with full_precision(means.device):
+            noise_mean, noise_cov = self.draw_noise(len(means))
+            t = torch.rand(len(means), device=self.device)
+            mean_t, cov_t, target_m, target_v = bures_velocity(noise_mean, noise_cov, means, covs, t)
         predicted_m, predicted_v = self.velocity(mean_t, cov_t, t, codes)
-        error_v = predicted_v - target_v
-        covariance_term = torch.diagonal(error_v @ cov_t @ error_v, dim1=-2, dim2=-1).sum(-1)
-        return (((predicted_m - target_m) ** 2).sum(-1) + covariance_term).mean()
+        with full_precision(means.device):
+            error_v = predicted_v.float() - target_v
+            covariance_term = torch.diagonal(error_v @ cov_t @ error_v, dim1=-2, dim2=-1).sum(-1)
+            return (((predicted_m.float() - target_m) ** 2).sum(-1) + covariance_term).mean()
 
     def _check_moments(self, means, covariances) -> tuple[torch.Tensor, torch.Tensor]:
         dim = self.config["dim"]
-        means = torch.as_tensor(np.asarray(means), dtype=torch.float32)
-        covariances = torch.as_tensor(np.asarray(covariances), dtype=torch.float32)
+        means = as_tensor(np.asarray(means), dtype=torch.float32)
+        covariances = as_tensor(np.asarray(covariances), dtype=torch.float32)
         if means.ndim != 2 or means.shape[1] != dim or len(means) < 1:
             raise ValueError(f"`means` must have shape (n, {dim}), got {tuple(means.shape)}.")
         if covariances.shape != (len(means), dim, dim):
@@ -211,6 +217,9 @@ class GaussianFlowMatching(Model):
         device: torch.device | str = "auto",
         random_state: int | None = 0,
         progress: bool = True,
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int = CHECKPOINT_EVERY,
+        precision: Precision = "float32",
     ) -> GaussianFlowMatching:
         """Train by flow matching along Bures–Wasserstein geodesics.
 
@@ -239,6 +248,14 @@ class GaussianFlowMatching(Model):
             Seed of minibatches, noise, times and label dropout.
         progress
             Show a progress bar with the running loss.
+        checkpoint
+            File to write a training checkpoint to every ``checkpoint_every`` steps and at the end;
+            when it exists, training resumes from it (see :doc:`/training`).
+        checkpoint_every
+            Steps between two checkpoints.
+        precision
+            ``'float32'``, or ``'bfloat16'`` for bf16 autocast of the velocity network (the
+            Bures–Wasserstein targets and the loss stay float32).
 
         Returns
         -------
@@ -278,6 +295,10 @@ class GaussianFlowMatching(Model):
                 max_grad_norm=max_grad_norm,
                 progress=progress,
                 description="WFM (Gaussian)",
+                rng=rng,
+                checkpoint=checkpoint,
+                checkpoint_every=checkpoint_every,
+                precision=precision,
             )
         return self
 

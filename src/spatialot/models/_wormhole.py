@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from .._validation import check_float32_range, check_int
+from .._validation import as_tensor, check_float32_range, check_int
 from ..ot import PointClouds, exact_w2_squared, sinkhorn
 from ._base import Model
 from ._batches import CloudFamily, map_batches, take
 from ._blocks import SetTransformer, glorot_init, mlp, weighted_mean
 from ._device import resolve_device, seeded
-from ._training import restored_on_failure, train
+from ._training import CHECKPOINT_EVERY, Precision, full_precision, restored_on_failure, train
 
 OTDistance = Literal["sinkhorn_divergence", "entropic", "exact"]
 _OT_DISTANCES = ("sinkhorn_divergence", "entropic", "exact")
@@ -196,7 +197,7 @@ class Wormhole(Model):
         if self.decoder_tokens is None:
             raise RuntimeError("The decoder is built by the first `fit` (its size follows the training clouds).")
         tokens = self.decoder_tokens(outputs).view(len(outputs), self.config["decoder_size"], -1)
-        unit = torch.sigmoid(self.decoder_head(self.decoder(tokens)))
+        unit = torch.sigmoid(self.decoder_head(self.decoder(tokens)).float())
         return (self.lower + unit * (self.upper - self.lower)) / self.scale
 
     # ------------------------------------------------------------------ training
@@ -247,17 +248,23 @@ class Wormhole(Model):
             return (cross.objective - 0.5 * (self_terms[first] + self_terms[second])).clamp_min(0), self_terms
 
     def _loss(self, clouds: PointClouds, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        # the networks run in the training loop's precision, the OT and the loss in float32
         outputs = self._encode_scaled(clouds)
-        predicted = self._embedding_distances(outputs, first, second)
-        scaled = self._scaled(clouds)
-        targets, self_data = self._pair_targets(scaled, first, second)
-        loss = ((predicted - targets) ** 2).mean()
+        decoded = None
         if self.config["decoder_weight"] > 0:
             # the decoder learns to read the embedding and reshapes it only a little: a share of
             # its gradient reaches the encoder (see the class notes)
             coupling = self._decoder_gradient_to_embedding
             read = outputs.detach() if coupling == 0 else coupling * outputs + (1 - coupling) * outputs.detach()
             decoded = self._decode_scaled(read)
+        with full_precision(clouds.device):
+            predicted = self._embedding_distances(outputs.float(), first, second)
+            scaled = self._scaled(clouds)
+            targets, self_data = self._pair_targets(scaled, first, second)
+            loss = ((predicted - targets) ** 2).mean()
+            if decoded is None:
+                return loss
+            decoded = decoded.float()
             size = decoded.shape[1]
             uniform = torch.full(decoded.shape[:2], 1 / size, dtype=decoded.dtype, device=decoded.device)
             decoded_clouds = PointClouds(decoded, torch.ones_like(uniform, dtype=torch.bool), uniform)
@@ -268,8 +275,7 @@ class Wormhole(Model):
                     self_data = sinkhorn(scaled, scaled, **kwargs).objective
             self_decoded = sinkhorn(decoded_clouds, decoded_clouds, **kwargs).objective
             reconstruction = (cross - 0.5 * (self_data + self_decoded)).mean()
-            loss = loss + self.config["decoder_weight"] * reconstruction
-        return loss
+            return loss + self.config["decoder_weight"] * reconstruction
 
     def calibrate(self, family: CloudFamily, rng: np.random.Generator, n_pairs: int = 1000) -> None:
         """Set the cost scale and the decoder's range from the training clouds.
@@ -306,6 +312,9 @@ class Wormhole(Model):
         device: torch.device | str = "auto",
         random_state: int | None = 0,
         progress: bool = True,
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int = CHECKPOINT_EVERY,
+        precision: Precision = "float32",
     ) -> Wormhole:
         """Train on random minibatches of ``family``.
 
@@ -331,10 +340,23 @@ class Wormhole(Model):
             Seed of the initialisation-independent randomness of training (minibatches, dropout).
         progress
             Show a progress bar with the running loss.
+        checkpoint
+            File to write a training checkpoint to every ``checkpoint_every`` steps and at the end;
+            when it exists, training resumes from it (see :doc:`/training`).
+        checkpoint_every
+            Steps between two checkpoints.
+        precision
+            ``'float32'``, or ``'bfloat16'`` for bf16 autocast of the networks (the OT targets
+            and the loss stay float32).
 
         Returns
         -------
         The model itself, trained, in evaluation mode.
+
+        Notes
+        -----
+        Under ``torchrun`` every process trains on its own minibatches of ``batch_size`` clouds
+        and the gradients are averaged (see :doc:`/training`).
         """
         self._check_family(family)
         if len(family) < 2:
@@ -364,6 +386,10 @@ class Wormhole(Model):
                 decay_every=decay_every,
                 progress=progress,
                 description="Wormhole",
+                rng=rng,
+                checkpoint=checkpoint,
+                checkpoint_every=checkpoint_every,
+                precision=precision,
             )
         return self
 
@@ -434,7 +460,7 @@ class Wormhole(Model):
         -------
         Array of shape ``(n, decoder_size, dim)``: uniform-weight point clouds in data units.
         """
-        embedding = torch.as_tensor(np.asarray(embedding), dtype=torch.float32, device=self.device)
+        embedding = as_tensor(np.asarray(embedding), dtype=torch.float32, device=self.device)
         if embedding.ndim != 2 or embedding.shape[1] != self.config["n_components"]:
             raise ValueError(
                 f"`embedding` must have shape (n, {self.config['n_components']}), got {tuple(embedding.shape)}."

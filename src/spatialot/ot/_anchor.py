@@ -17,7 +17,7 @@ import ot as pot
 import torch
 
 from .._settings import cpu_threads, progress_bar
-from .._validation import check_int
+from .._validation import as_tensor, check_int
 
 AnchorMethod = Literal["sinkhorn", "exact"]
 ANCHOR_METHODS: tuple[str, ...] = ("sinkhorn", "exact")
@@ -51,8 +51,8 @@ def anchor_cost(anchors: torch.Tensor | np.ndarray, other: torch.Tensor | np.nda
     tensor([[ 0., 25.],
             [25.,  0.]])
     """
-    x = torch.as_tensor(anchors)
-    y = x if other is None else torch.as_tensor(other, dtype=x.dtype, device=x.device)
+    x = as_tensor(anchors)
+    y = x if other is None else as_tensor(other, dtype=x.dtype, device=x.device)
     cost = ((x**2).sum(1)[:, None] + (y**2).sum(1)[None, :] - 2 * x @ y.T).clamp_min(0)
     if other is None:
         cost = cost * (1 - torch.eye(len(x), dtype=cost.dtype, device=cost.device))
@@ -224,7 +224,7 @@ def anchor_exact(a: np.ndarray, b: np.ndarray, cost: np.ndarray, *, progress: bo
 
 
 def _check_histograms(name: str, h) -> torch.Tensor:
-    h = torch.as_tensor(h)
+    h = as_tensor(h)
     if not h.is_floating_point():
         h = h.to(torch.float32)
     if h.ndim != 2:
@@ -258,7 +258,7 @@ def _prepare(h, other, cost, method, epsilon, device):
         raise ValueError(f"`epsilon` must be positive for method='sinkhorn', got {epsilon}.")
     h = _check_histograms("h", h)
     other = h if other is None else _check_histograms("other", other)
-    cost = torch.as_tensor(cost)
+    cost = as_tensor(cost)
     if cost.shape != (h.shape[1], other.shape[1]):
         raise ValueError(f"`cost` must have shape {(h.shape[1], other.shape[1])}, got {tuple(cost.shape)}.")
     device = torch.device(device) if device is not None else cost.device
@@ -536,14 +536,14 @@ class _MeanBound:
     """Lower bound of anchor OT from the means of the histograms: ``||m - m'||^2 + o + o'``."""
 
     def __init__(self, h, anchor_points, anchor_offsets):
-        points = torch.as_tensor(anchor_points, dtype=torch.float64)
+        points = as_tensor(anchor_points, dtype=torch.float64)
         if points.ndim != 2 or points.shape[0] != h.shape[1]:
             raise ValueError(f"`anchor_points` must have shape ({h.shape[1]}, dim), got {tuple(points.shape)}.")
         weights = h.double().cpu()
         self.means = weights @ points
         offsets = torch.zeros(h.shape[1], dtype=torch.float64)
         if anchor_offsets is not None:
-            offsets = torch.as_tensor(anchor_offsets, dtype=torch.float64).reshape(-1)
+            offsets = as_tensor(anchor_offsets, dtype=torch.float64).reshape(-1)
         self.offsets = weights @ offsets
 
     def __call__(self, start: int, stop: int) -> np.ndarray:

@@ -9,6 +9,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .._validation import as_tensor
+
 _READ_ROWS = 1 << 16
 """Most distinct rows requested from a feature table on disk at once (see :meth:`IndexedClouds.read_features`)."""
 
@@ -82,7 +84,7 @@ class PointClouds:
         -------
         The validated batch.
         """
-        points = torch.as_tensor(points, dtype=dtype, device=device)
+        points = as_tensor(points, dtype=dtype, device=device)
         device = points.device
         if points.ndim != 3:
             raise ValueError(f"`points` must have shape (batch, size, dim), got shape {tuple(points.shape)}.")
@@ -90,13 +92,13 @@ class PointClouds:
         if mask is None:
             mask = torch.ones(batch, size, dtype=torch.bool, device=device)
         else:
-            mask = torch.as_tensor(mask, device=device).to(torch.bool)
+            mask = as_tensor(mask, device=device).to(torch.bool)
             if mask.shape != (batch, size):
                 raise ValueError(f"`mask` must have shape {(batch, size)}, got {tuple(mask.shape)}.")
         if weights is None:
             weights = mask.to(dtype)
         else:
-            weights = torch.as_tensor(weights, dtype=dtype, device=device)
+            weights = as_tensor(weights, dtype=dtype, device=device)
             if weights.shape != (batch, size):
                 raise ValueError(f"`weights` must have shape {(batch, size)}, got {tuple(weights.shape)}.")
             if bool((weights < 0).any()):
@@ -139,7 +141,7 @@ class PointClouds:
         """
         if len(clouds) == 0:
             raise ValueError("`clouds` is empty.")
-        arrays = [torch.as_tensor(c, dtype=dtype) for c in clouds]
+        arrays = [as_tensor(c, dtype=dtype) for c in clouds]
         dims = {a.shape[1] if a.ndim == 2 else None for a in arrays}
         if len(dims) != 1 or None in dims:
             raise ValueError("Every cloud in `clouds` must be a 2-D array (size, dim) with the same dim.")
@@ -153,7 +155,7 @@ class PointClouds:
             points[i, : len(cloud)] = cloud
             mask[i, : len(cloud)] = True
             if padded_weights is not None:
-                padded_weights[i, : len(cloud)] = torch.as_tensor(weights[i], dtype=dtype)
+                padded_weights[i, : len(cloud)] = as_tensor(weights[i], dtype=dtype)
         return cls.from_padded(points, mask, padded_weights, dtype=dtype, device=device)
 
     def __len__(self) -> int:
@@ -164,7 +166,7 @@ class PointClouds:
         if isinstance(index, int | np.integer):
             index = slice(int(index), int(index) + 1 or None)
         elif not isinstance(index, slice):
-            index = torch.as_tensor(np.asarray(index), dtype=torch.long, device=self.points.device)
+            index = as_tensor(np.asarray(index), dtype=torch.long, device=self.points.device)
         return PointClouds(self.points[index], self.mask[index], self.weights[index])
 
     @property

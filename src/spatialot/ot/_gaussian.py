@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from .._validation import as_tensor
 from ._clouds import PointClouds
 
 
@@ -163,7 +164,7 @@ def bures_geodesic(
     (tensor([0.5000, 0.5000]), tensor([2.2500, 2.2500]))
     """
     matrix, _ = gaussian_map(mean_1, cov_1, mean_2, cov_2)
-    t = torch.as_tensor(t, dtype=mean_1.dtype, device=mean_1.device)
+    t = as_tensor(t, dtype=mean_1.dtype, device=mean_1.device)
     identity = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
     step = (1 - t)[..., None, None] * identity + t[..., None, None] * matrix
     mean = (1 - t)[..., None] * mean_1 + t[..., None] * mean_2

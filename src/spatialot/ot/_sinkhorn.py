@@ -1,4 +1,4 @@
-"""Batched entropic OT between padded point clouds: log-domain Sinkhorn on CPU or GPU."""
+"""Batched entropic OT between padded point clouds: stabilised Sinkhorn on CPU or GPU."""
 
 from __future__ import annotations
 
@@ -97,13 +97,17 @@ def sinkhorn(
               + \varepsilon\, \mathrm{KL}(P \,|\, a \otimes b).
 
     All problems run as one batch of tensor operations on the device of ``x``. Padded points
-    (``mask == False``) have weight zero and are ignored. Iterations run in the log domain, so
-    small ``epsilon`` is stable in float32; the problem starts at a large ``epsilon`` that is
-    divided by ``1 / annealing`` each step down to the target (ε-scaling), and the iterations
-    at the target are over-relaxed, which together make small ``epsilon`` converge in few
-    iterations. Each problem leaves the batch as soon as it converges. Gradients flow through
-    one final Sinkhorn step from the converged potentials, which by the envelope theorem is the
-    exact gradient of the objective at convergence, at the memory cost of a single iteration.
+    (``mask == False``) have weight zero and are ignored. The potentials live in the log
+    domain, so small ``epsilon`` is stable in float32: between two convergence checks the
+    iterations run on scalings of a kernel into which the potentials are absorbed (two batched
+    vector-matrix products per iteration, exponentials only at the checks), with the log domain
+    as the fallback where the scalings would leave the floating-point range. The problem starts
+    at a large ``epsilon`` that is divided by ``1 / annealing`` each step down to the target
+    (ε-scaling), and the iterations at the target are over-relaxed, which together make small
+    ``epsilon`` converge in few iterations. Each problem leaves the batch as soon as it
+    converges. Gradients flow through one final Sinkhorn step from the converged potentials,
+    which by the envelope theorem is the exact gradient of the objective at convergence, at the
+    memory cost of a single iteration.
 
     Parameters
     ----------
@@ -187,48 +191,102 @@ def sinkhorn(
     )
 
 
+def _absorbed_kernel(scaled_cost, g, log_b, epsilon):
+    r"""Kernel ``M = softmax_j((g_j - C_ij) / ε + log b_j)`` and the potentials ``f = T(g)`` in it.
+
+    ``M`` is the Gibbs kernel with the potentials ``(T(g), g)`` absorbed and the weights ``b``
+    folded in: the plan of scalings ``(u, v)`` on top of them is ``a_i u_i M_ij v_j``, and
+    ``(T(g), g)`` is ``u = v = 1``. Its rows sum to one, so no row underflows however small
+    ``ε``. ``scaled_cost`` is ``C / ε``.
+    """
+    exponent = (g / epsilon + log_b)[:, None, :] - scaled_cost
+    row_max = exponent.amax(2, keepdim=True)
+    kernel = exponent.sub_(row_max).exp_()
+    row_sum = kernel.sum(2, keepdim=True)
+    return kernel.div_(row_sum), -epsilon * (row_max + row_sum.log())[:, :, 0]
+
+
+def _times(vector: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """Batched ``vector @ matrix``: as a row vector, the fastest form of a batched product on CPU."""
+    return torch.bmm(vector[:, None, :], matrix)[:, 0, :]
+
+
 def _warm_start(cost, log_a, log_b, epsilon, annealing):
-    """Potentials after ε-scaling: one Sinkhorn step at each ε from the largest cost down."""
+    """Potentials after ε-scaling: one Sinkhorn step at each ε from the largest cost down.
+
+    Each step is one exponential pass: the row update is the absorbed kernel's normaliser, the
+    column update a product with it. A column whose kernel mass underflows (a point far from
+    every point of the other cloud at a small ``ε``) is updated in the log domain instead.
+    """
     f, g = torch.zeros_like(log_a), torch.zeros_like(log_b)
+    a, b = log_a.exp(), log_b.exp()
     eps = float(cost.max()) if annealing > 0 else epsilon
     while eps > epsilon:
-        f = _softmin(-cost / eps, log_b, g, eps)
-        g = _softmin(-cost.transpose(1, 2) / eps, log_a, f, eps)
+        kernel, f = _absorbed_kernel(cost / eps, g, log_b, eps)
+        g = torch.where(b > 0, g + eps * (b / _times(a, kernel)).log(), g)
+        lost = ~torch.isfinite(g).all(1)
+        if bool(lost.any()):
+            g[lost] = _softmin(-cost[lost].transpose(1, 2) / eps, log_a[lost], f[lost], eps)
         eps *= annealing
     return f, g
 
 
-def _column_error(kernel, kernel_t, f, g, log_a, log_b, b, epsilon) -> torch.Tensor:
-    """L1 error of the column marginals of the plan of potentials ``(T(g), g)``."""
-    f = _softmin(kernel, log_b, g, epsilon)
-    log_columns = log_b + (g - _softmin(kernel_t, log_a, f, epsilon)) / epsilon
-    return (log_columns.exp() - b).abs().sum(1)
+def _log_domain_steps(cost, f, g, log_a, log_b, epsilon, n_steps, omega):
+    """``n_steps`` over-relaxed Sinkhorn steps on the potentials, in the log domain."""
+    kernel = -cost / epsilon
+    kernel_t = kernel.transpose(1, 2)
+    for _ in range(n_steps):
+        f = (1 - omega) * f + omega * _softmin(kernel, log_b, g, epsilon)
+        g = (1 - omega) * g + omega * _softmin(kernel_t, log_a, f, epsilon)
+    return f, g
 
 
 def _iterate(cost, f, g, log_a, log_b, b, epsilon, max_iter, tol, check_every, over_relaxation):
-    """Over-relaxed log-domain Sinkhorn at the target ε, dropping each problem once it converges.
+    """Over-relaxed Sinkhorn at the target ε, dropping each problem once it converges.
+
+    The iterations run on scalings ``(u, v)`` of a kernel into which the potentials are
+    absorbed every ``check_every`` iterations (stabilised scaling Sinkhorn, Schmitzer 2019): a
+    step is two batched vector-matrix products instead of two log-sum-exps over the cost
+    matrices, and exponentials are taken once per absorption. The iterates are those of the
+    log-domain updates, reparametrised. Scalings that leave the floating-point range between
+    two absorptions (large moves of the potentials, as right after the warm start) are redone
+    in the log domain, which has no range to leave.
 
     Problems in a batch converge at very different speeds (clustered clouds are slow), so the
     finished ones leave the working set rather than be iterated until the slowest is done.
     """
-    kernel = -cost / epsilon
-    kernel_t = kernel.transpose(1, 2).contiguous()  # column updates then reduce over contiguous memory
+    omega = over_relaxation
+    a, mask_b = log_a.exp(), b > 0
     active = torch.arange(len(cost), device=cost.device)
-    state = [kernel, kernel_t, log_a, log_b, b, f.clone(), g.clone()]
+    state = [cost, cost / epsilon, log_a, log_b, a, b, mask_b, f.clone(), g.clone()]
     n_iter = 0
     while n_iter < max_iter and len(active):
-        k, k_t, la, lb, bb, fa, ga = state
-        fa = (1 - over_relaxation) * fa + over_relaxation * _softmin(k, lb, ga, epsilon)
-        ga = (1 - over_relaxation) * ga + over_relaxation * _softmin(k_t, la, fa, epsilon)
-        state[5:] = [fa, ga]
-        n_iter += 1
-        if n_iter % check_every == 0:
-            done = _column_error(k, k_t, fa, ga, la, lb, bb, epsilon) < tol
-            if bool(done.any()):
-                f[active[done]], g[active[done]] = fa[done], ga[done]
-                active, state = active[~done], [t[~done] for t in state]
-    if len(active):
-        f[active], g[active] = state[5], state[6]
+        c, scaled_cost, la, lb, aa, bb, mb, f_now, g_now = state
+        kernel, f_absorbed = _absorbed_kernel(scaled_cost, g_now, lb, epsilon)
+        kernel_t = kernel.transpose(1, 2).contiguous()
+        # the scalings carry on from the current potentials: absorbing changes no iterate
+        u, v = ((f_now - f_absorbed) / epsilon).exp(), torch.ones_like(g_now)
+        n_steps = min(check_every, max_iter - n_iter)
+        for _ in range(n_steps):
+            u = u ** (1 - omega) * _times(v, kernel_t) ** -omega
+            v = torch.where(mb, v ** (1 - omega) * (bb / _times(aa * u, kernel)) ** omega, 1)
+        n_iter += n_steps
+        # L1 error of the columns once one more row update makes the rows exact
+        columns = v * _times(aa / _times(v, kernel_t), kernel)
+        errors = torch.where(mb, columns - bb, 0).abs().sum(1)
+        f_now, g_now = f_absorbed + epsilon * u.log(), g_now + epsilon * v.log()
+        lost = ~(torch.isfinite(f_now).all(1) & torch.isfinite(g_now).all(1) & torch.isfinite(errors))
+        if bool(lost.any()):
+            f_before, g_before = state[7][lost], state[8][lost]
+            f_now[lost], g_now[lost] = _log_domain_steps(
+                c[lost], f_before, g_before, la[lost], lb[lost], epsilon, n_steps, omega
+            )
+            errors[lost] = torch.inf  # checked after the next round
+        f[active], g[active] = f_now, g_now
+        state[7:] = [f_now, g_now]
+        done = errors < tol
+        if bool(done.any()):
+            active, state = active[~done], [t[~done] for t in state]
     return f, g, n_iter, not len(active)
 
 

@@ -14,10 +14,12 @@ from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection
 
 from .._anndata import get_coordinates
+from .._docs import inject_docs
 from ..get import niche_clouds
 from ._utils import category_colors, chosen_cells, finish
 
 
+@inject_docs
 def niches(
     adata: AnnData,
     cells: Sequence[int | str] | None = None,
@@ -36,12 +38,10 @@ def niches(
 
     Parameters
     ----------
-    adata
-        Annotated data matrix on which :func:`spatialot.pp.niches` ran.
+    {adata_niches}
     cells
         Centre cells to show, as positions or ``obs_names``. Default: ``n_random`` random cells.
-    niche_key
-        The ``key_added`` of :func:`spatialot.pp.niches`.
+    {niche_key}
     color
         Column of ``.obs`` (categorical or numeric) or gene of ``.var_names`` (read from
         ``.X``) colouring the cells of the tissue. Categories take the colours scanpy gives

@@ -10,11 +10,13 @@ from anndata import AnnData
 from scanpy import logging as logg
 
 from .._anndata import check_writable, get_coordinates, get_features, get_library_codes, h5ad_params
+from .._docs import inject_docs
 from .._keys import NicheKeys
 from .._validation import check_int
 from ._build import graph_niche_indices, knn_niche_indices, member_matrix, radius_graph
 
 
+@inject_docs
 def niches(
     adata: AnnData,
     k: int = 8,
@@ -68,8 +70,7 @@ def niches(
         :func:`squidpy.gr.spatial_neighbors`); its neighbours define the niches.
     key_added
         Prefix of the keys written (see Returns).
-    copy
-        Return a modified copy instead of writing to ``adata``.
+    {copy}
 
     Returns
     -------

@@ -9,6 +9,7 @@ import numpy as np
 from anndata import AnnData
 
 from .._anndata import cell_positions
+from .._docs import inject_docs
 from ..get import niche_clouds
 from ..models._device import resolve_device
 from ..ot import paired_distances, pairwise_distances
@@ -16,6 +17,7 @@ from ..ot import paired_distances, pairwise_distances
 _METHODS = ("exact", "sinkhorn", "sinkhorn_divergence")
 
 
+@inject_docs
 def ot_distances(
     adata: AnnData,
     cells: Sequence[int | str] | np.ndarray,
@@ -36,14 +38,12 @@ def ot_distances(
 
     Parameters
     ----------
-    adata
-        Annotated data matrix on which :func:`spatialot.pp.niches` ran.
+    {adata_niches}
     cells
         Cells whose niches are compared: ``obs_names``, integer positions or a boolean mask.
     other
         Second set of cells. ``None`` compares ``cells`` with themselves.
-    niche_key
-        The ``key_added`` of :func:`spatialot.pp.niches`.
+    {niche_key}
     paired
         Compare ``cells[i]`` with ``other[i]`` only (both of the same length) instead of every
         cell with every other.
@@ -55,8 +55,7 @@ def ot_distances(
         Entropic regularisation of the Sinkhorn methods, in squared units of the niche features.
     device
         Device of the Sinkhorn methods: ``'auto'`` (CUDA when present), ``'cpu'`` or ``'cuda'``.
-    progress
-        Show a progress bar.
+    {progress}
 
     Returns
     -------

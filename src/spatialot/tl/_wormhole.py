@@ -7,6 +7,7 @@ from anndata import AnnData
 from scanpy import logging as logg
 
 from .._anndata import check_writable
+from .._docs import inject_docs
 from .._keys import ResultKeys
 from .._validation import check_int
 from ..get import niche_clouds
@@ -16,6 +17,7 @@ from ..models._wormhole import _OT_DISTANCES, OTDistance
 from ._utils import write_result
 
 
+@inject_docs
 def wormhole(
     adata: AnnData,
     *,
@@ -46,10 +48,8 @@ def wormhole(
 
     Parameters
     ----------
-    adata
-        Annotated data matrix on which :func:`spatialot.pp.niches` ran.
-    niche_key
-        The ``key_added`` of :func:`spatialot.pp.niches`.
+    {adata_niches}
+    {niche_key}
     n_components
         Dimension of the embedding.
     n_steps
@@ -77,16 +77,13 @@ def wormhole(
         barycentres, interpolation). Default: the mean niche size.
     model
         A trained model: skip training and embed with it.
-    device
-        ``'auto'`` (CUDA when present, else CPU), ``'cpu'`` or ``'cuda'``.
+    {device}
     random_state
         Seed of the initialisation and of the minibatches; training is reproducible on CPU.
-    progress
-        Show a progress bar with the running loss.
+    {progress_training}
     key_added
         Results go to ``.obsm['X_<key_added>']`` and ``.uns[key_added]``.
-    copy
-        Work on a copy of ``adata`` and return it with the model.
+    {copy_model}
 
     Returns
     -------
