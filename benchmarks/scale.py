@@ -24,9 +24,8 @@ the stage, ``process_peak_rss`` the largest over the run):
   Wormhole's (64 anchors would be 2 KiB per niche: 2 GiB at 10⁶, 20 GiB at 10⁷).
 - ``steps``: seconds per Wormhole training step against the batch size (8, 16, 32, 64): a
   12-step fit less a 2-step fit, over 10 (so the calibration before training is excluded), on
-  one process. Several processes (DDP under ``torchrun``) are to be measured once the DDP
-  training of issue 14 is in ``spatialot.models._training`` (``_ddp_hook`` is where); until
-  then only 1 is.
+  one process. Several processes (DDP under ``torchrun``) are not timed yet: ``_ddp_hook``
+  is where they would be (on a shared 2-core machine two processes only contend).
 - ``padding`` (smallest size only): Wormhole encoding of the first 20,000 radius niches
   (``radius=25``: sizes vary) with and without the within-stretch sort by size that pads each batch only to its own
   largest niche — niches/s and the padded slots computed.
@@ -194,10 +193,17 @@ class _Timed:
 
 
 def _ddp_hook() -> str | None:
-    """How to train on several processes, once ``spatialot.models._training`` supports DDP; ``None`` until then."""
+    """Where per-process step times would come from: DDP training under ``torchrun`` (issue 14), or ``None`` without it.
+
+    The hook for ``--processes``: spatialot's ``fit`` trains under ``torchrun --nproc_per_node=N``
+    when ``spatialot.models._training`` has ``world``; timing N > 1 processes here is left for a
+    machine with free cores (on the shared 2-core machine, two processes only contend).
+    """
     from spatialot.models import _training
 
-    return getattr(_training, "DDP_LAUNCH", None)
+    if not hasattr(_training, "world"):
+        return None
+    return "DDP available (torchrun --standalone --nproc_per_node=2 examples/torchrun_wormhole.py); not timed here"
 
 
 def measure_size(
@@ -295,7 +301,7 @@ def measure_size(
                 times[n_steps] = time.perf_counter() - start
             seconds = (times[2 + STEPS_TIMED] - times[2]) / STEPS_TIMED
             row["steps"].append({"batch_size": batch_size, "processes": 1, "step_s": seconds, "load": _load()})
-        row["ddp"] = _ddp_hook() or "not measured: DDP training (issue 14) is not in spatialot.models._training yet"
+        row["ddp"] = _ddp_hook() or "not measured: no DDP training in spatialot.models._training"
 
     if "padding" in stages:
         sot.pp.niches(adata, radius=25.0, key_added="radius")
