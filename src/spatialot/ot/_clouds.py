@@ -334,8 +334,10 @@ class IndexedClouds:
         """
         rows = np.asarray(self.indices[clouds])
         mask = self.mask[clouds]
-        used, local = np.unique(np.where(mask, rows, 0), return_inverse=True)
-        return IndexedClouds(self.read_features(used), local.reshape(rows.shape), mask)
+        used = np.unique(rows[mask])
+        # padded slots point at the first row read: their values are never used
+        local = np.searchsorted(used, np.where(mask, rows, used[0] if len(used) else 0))
+        return IndexedClouds(self.read_features(used), local, mask)
 
     def gather(
         self,
