@@ -8,25 +8,34 @@ from anndata import AnnData
 
 from ._validation import check_finite, check_float32_range
 
+_CHECK_ROWS = 1 << 16
+"""Rows checked at a time, so that a check never holds more than a block of a large table."""
+
 
 def get_features(adata: AnnData, *, use_rep: str | None = None, layer: str | None = None, check_values: bool = True):
     """Per-cell features: ``.obsm[use_rep]``, ``.layers[layer]`` or ``.X`` (dense or sparse, not copied).
 
+    The features may stay on disk: ``.X`` of an AnnData read with ``backed='r'`` (an
+    ``h5py.Dataset``, or anndata's sparse dataset) and memory-mapped arrays (``np.load(path,
+    mmap_mode='r')`` put in ``.obsm``, ``.layers`` or ``.X``) are returned as they are, and the
+    niches read from them only the rows they gather.
+
     Parameters
     ----------
     adata
-        Annotated data matrix.
+        Annotated data matrix, in memory or backed.
     use_rep, layer
         Where the features are; ``.X`` when both are ``None``.
     check_values
-        Refuse NaN, infinite values and values that overflow the models' float32.
+        Refuse NaN, infinite values and values that overflow the models' float32. The check
+        reads the table in blocks of ``2**16`` rows.
 
     Raises
     ------
     KeyError
         If ``use_rep`` or ``layer`` is not in the AnnData.
     ValueError
-        If both are given, the features are not a 2-D numeric matrix in memory, or (with
+        If both are given, the features are not a 2-D numeric matrix, or (with
         ``check_values``) hold NaN, infinite or too large values.
 
     Examples
@@ -52,22 +61,64 @@ def get_features(adata: AnnData, *, use_rep: str | None = None, layer: str | Non
         features, name = adata.X, "`adata.X` (the features when neither `use_rep` nor `layer` is given)"
     if hasattr(features, "to_numpy"):  # a DataFrame in .obsm
         features = features.to_numpy()
-    if not sp.issparse(features) and hasattr(features, "to_memory"):  # a sparse matrix on disk
-        raise ValueError(
-            f"{name} is a sparse matrix backed on disk, which niches cannot gather from: "
-            "load it with `adata = adata.to_memory()`, or pass `use_rep`."
-        )
-    if not sp.issparse(features):
+    if not (sp.issparse(features) or is_on_disk(features)):
         features = np.asarray(features)
-    if features.ndim != 2 or features.shape[1] == 0:
-        raise ValueError(f"{name} must be a 2-D matrix with at least one column, got shape {features.shape}.")
+    shape = tuple(features.shape)
+    if len(shape) != 2 or shape[1] == 0:
+        raise ValueError(f"{name} must be a 2-D matrix with at least one column, got shape {shape}.")
     if not np.issubdtype(features.dtype, np.number):
         raise ValueError(f"{name} must be numeric, got dtype {features.dtype}.")
     if check_values:
-        check_finite(features, name, "impute or drop them first")
-        if features.dtype.itemsize > 4:  # finite float32 (or narrower) values fit by construction
-            check_float32_range(features, name)
+        # a table on disk is read a block at a time; one in memory is checked at once
+        blocks = (
+            (features[start : start + _CHECK_ROWS] for start in range(0, shape[0], _CHECK_ROWS))
+            if is_on_disk(features)
+            else [features]
+        )
+        for block in blocks:
+            check_finite(block, name, "impute or drop them first")
+            if features.dtype.itemsize > 4:  # finite float32 (or narrower) values fit by construction
+                check_float32_range(block, name)
     return features
+
+
+def is_on_disk(features) -> bool:
+    """Whether ``features`` is a table on disk read by rows: an ``h5py.Dataset`` or anndata's backed sparse dataset."""
+    return (
+        hasattr(features, "shape")
+        and hasattr(features, "dtype")
+        and type(features).__module__.startswith(("h5py", "anndata"))
+    )
+
+
+def check_writable(adata: AnnData, copy: bool) -> None:
+    """Refuse, before any work is done, what anndata cannot write to when ``adata`` is backed on disk.
+
+    Raises
+    ------
+    ValueError
+        If ``adata`` is backed and ``copy`` is true (anndata copies a backed object only to
+        another file), or ``adata`` is a view of a backed object (writing into a view copies it).
+
+    Examples
+    --------
+    >>> import anndata as ad
+    >>> check_writable(ad.AnnData(np.zeros((2, 2))), True)
+    """
+    if not adata.isbacked:
+        return
+    if copy:
+        raise ValueError(
+            f"`copy=True` needs an AnnData in memory, but `adata` is backed on disk ({adata.filename}): pass "
+            "`copy=False` to write the results into `adata` (in memory beside the file; save them with "
+            "`adata.write()` when it was opened with backed='r+'), or load it with `adata.to_memory()`."
+        )
+    if adata.is_view:
+        raise ValueError(
+            f"`adata` is a view of an AnnData backed on disk ({adata.filename}), which results cannot be "
+            "written into: load the subset with `adata = adata.to_memory()` (the features of a subset are "
+            "read at once), or run on the whole backed AnnData."
+        )
 
 
 def get_coordinates(adata: AnnData, spatial_key: str) -> np.ndarray:

@@ -79,9 +79,19 @@ def show_progress(requested: bool = True) -> bool:
     return int(scanpy_settings.verbosity) > 0
 
 
-def progress_bar(iterable: Iterable, *, description: str, requested: bool = True) -> tqdm:
-    """The package's progress bar over ``iterable`` (a tqdm, disabled when :func:`show_progress` says so)."""
-    return tqdm(iterable, desc=description, disable=not show_progress(requested))
+def progress_bar(
+    iterable: Iterable | None = None,
+    *,
+    description: str,
+    requested: bool = True,
+    total: int | None = None,
+    unit: str = "it",
+) -> tqdm:
+    """The package's progress bar over ``iterable`` (a tqdm, disabled when :func:`show_progress` says so).
+
+    With ``iterable=None`` it is a bar of ``total`` ``unit`` that the caller advances with ``update``.
+    """
+    return tqdm(iterable, desc=description, total=total, unit=unit, disable=not show_progress(requested))
 
 
 @contextmanager

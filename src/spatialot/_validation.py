@@ -125,6 +125,10 @@ def check_key(name: str, value: Any) -> str:
     return value
 
 
+_CHECK_VALUES = 1 << 22
+"""Values :func:`check_finite` tests at once."""
+
+
 def check_finite(values: Any, what: str, remedy: str) -> None:
     """Raise a ``ValueError`` if ``values`` (array, sparse matrix or number) holds NaN or infinity.
 
@@ -145,7 +149,15 @@ def check_finite(values: Any, what: str, remedy: str) -> None:
     ValueError: `points` holds NaN or infinite values: drop the infinite points.
     """
     array = values.data if sp.issparse(values) else np.asarray(values)
-    if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
+    if not np.issubdtype(array.dtype, np.inexact):
+        return
+    # block by block along the first axis: the boolean temporary of a large array stays small
+    if array.ndim == 0 or array.size <= _CHECK_VALUES:
+        blocks = [array]
+    else:
+        rows = max(1, _CHECK_VALUES // (array.size // len(array)))
+        blocks = (array[start : start + rows] for start in range(0, len(array), rows))
+    if not all(np.isfinite(block).all() for block in blocks):
         raise ValueError(f"{what} holds NaN or infinite values: {remedy}.")
 
 

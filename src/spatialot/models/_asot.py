@@ -11,7 +11,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._settings import cpu_threads
 from .._validation import as_tensor, check_int
 from ..ot import IndexedClouds, PointClouds, exact_w2_squared
 from ..ot._anchor import (
@@ -23,7 +22,7 @@ from ..ot._anchor import (
     anchor_sinkhorn,
 )
 from ._base import Model
-from ._batches import CloudFamily, take
+from ._batches import CloudFamily, map_batches, map_stretches, stretch_size, take
 from ._device import resolve_device, seeded
 from ._training import CHECKPOINT_EVERY, restored_on_failure, train
 
@@ -358,40 +357,75 @@ class ASOT(Model):
 
     # ------------------------------------------------------------------ use
 
-    def transform(self, family: CloudFamily, *, batch_size: int = 4096) -> np.ndarray:
+    def transform(
+        self,
+        family: CloudFamily,
+        *,
+        batch_size: int = 4096,
+        progress: bool = False,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Weights of every cloud on the anchors: rows on the simplex, shape ``(n_clouds, k)``.
 
         Parameters
         ----------
         family
-            The clouds. For :class:`~spatialot.ot.IndexedClouds`, every row of the feature
-            table is coded once and each cloud averages the codes of its rows.
+            The clouds. :class:`~spatialot.ot.IndexedClouds` stream in stretches of clouds
+            (read from disk once per stretch when the features are there): every row a stretch
+            uses is coded once and each cloud averages the codes of its rows.
         batch_size
             Points (or clouds) coded at once.
+        progress
+            Show a progress bar.
+        out
+            Array ``(n_clouds, k)`` to write the weights into (e.g. a ``np.memmap``); a new
+            float32 array when ``None``.
 
         Returns
         -------
-        Float32 array; for ``'kmeans'`` the fraction of each cloud's mass nearest each anchor.
+        Float32 array (``out`` when given); for ``'kmeans'`` the fraction of each cloud's mass
+        nearest each anchor.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from spatialot.ot import PointClouds
+        >>> rng = np.random.default_rng(0)
+        >>> clouds = PointClouds.from_list([rng.normal(size=(8, 2)) for _ in range(20)])
+        >>> weights = ASOT(2, n_anchors=4).fit(clouds, random_state=0).transform(clouds)
+        >>> weights.shape, bool(np.allclose(weights.sum(1), 1))
+        ((20, 4), True)
         """
         self._check_fitted()
         self._check_family(family)
+        batch_size = check_int("batch_size", batch_size)
         device = self.device
-        with torch.no_grad(), cpu_threads():
-            if isinstance(family, IndexedClouds):
-                codes = []
-                for start in range(0, family.features.shape[0], batch_size):
-                    rows = family.features[start : start + batch_size]
-                    rows = rows.toarray() if hasattr(rows, "toarray") else np.asarray(rows)
-                    rows = as_tensor(rows, dtype=torch.float32, device=device)
-                    codes.append(self._codes(rows / self.scale).cpu())
-                codes = torch.cat(codes).numpy()
-                mask = family.mask
-                gathered = codes[np.where(mask, family.indices, 0)] * mask[..., None]
-                return (gathered.sum(1) / mask.sum(1, keepdims=True)).astype(np.float32)
-            out = []
-            for start in range(0, len(family), batch_size):
-                out.append(self._histograms(take(family, slice(start, start + batch_size), device)).cpu())
-            return torch.cat(out).numpy()
+        if not isinstance(family, IndexedClouds):
+            return map_batches(
+                self._histograms,
+                family,
+                batch_size=batch_size,
+                device=device,
+                progress=progress,
+                description="ASOT",
+                out=out,
+            )
+
+        def stretch_histograms(stretch: IndexedClouds) -> np.ndarray:
+            table = stretch.features
+            codes = np.empty((table.shape[0], self.n_anchors), dtype=np.float32)
+            for start in range(0, table.shape[0], batch_size):
+                rows = as_tensor(table[start : start + batch_size], dtype=torch.float32, device=device)
+                codes[start : start + batch_size] = self._codes(rows / self.scale).cpu().numpy()
+            mask = stretch.mask
+            gathered = codes[np.where(mask, stretch.indices, 0)] * mask[..., None]
+            return (gathered.sum(1) / mask.sum(1, keepdims=True)).astype(np.float32)
+
+        # a stretch holds its rows' features and codes, and the codes gathered per cloud
+        stretch = stretch_size(family, 1, family.max_size * (family.dim + 2 * self.n_anchors))
+        return map_stretches(
+            stretch_histograms, family, stretch=stretch, progress=progress, description="ASOT", out=out
+        )
 
     def _solver_kwargs(self, method: AnchorMethod, n_iter: int | None) -> dict:
         return {
@@ -512,8 +546,7 @@ def _weighted_points(family: CloudFamily) -> tuple[np.ndarray, np.ndarray]:
             family.features.shape[0],
         )
         used = np.flatnonzero(mass > 0)
-        rows = family.features[used]
-        rows = rows.toarray() if hasattr(rows, "toarray") else np.asarray(rows)
+        rows = family.read_features(used)
         return rows.astype(np.float64), mass[used]
     mask = family.mask.cpu().numpy()
     return family.points.detach().cpu().numpy()[mask].astype(np.float64), family.weights.detach().cpu().numpy()[mask]

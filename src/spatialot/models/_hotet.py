@@ -20,7 +20,7 @@ from .._validation import as_tensor, check_float32_range, check_int
 from ..ot import PointClouds
 from ..ot._gaussian import gaussian_map, sqrtm_psd
 from ._base import Model
-from ._batches import CloudFamily, family_moments, map_batches, take
+from ._batches import CloudFamily, map_batches, pooled_moments, take
 from ._blocks import SetTransformer, mlp, weighted_mean
 from ._device import resolve_device, seeded
 from ._icnn import BatchedICNN
@@ -246,13 +246,12 @@ class HOTET(Model):
 
     def _set_reference(self, clouds: CloudFamily, reference: np.ndarray | torch.Tensor | None, generator) -> None:
         dim = self.config["dim"]
-        means, covariances = (m.astype(np.float64) for m in family_moments(clouds, device=self.device))
+        # pooled over all points: the mean of the clouds' second moments E[x xᵀ], less the outer
+        # mean; streamed, so that no (n, dim, dim) array of covariances is held
+        mean, second, largest = pooled_moments(clouds, device=self.device)
         # the moments are float32, and the reference covariance is kept in float32 in data units:
         # features beyond about 1e19 overflow them, and would reach eigvalsh as inf
-        check_float32_range(covariances, "The covariance of the niches (squared feature units)")
-        # pooled over all points: the mean of the clouds' second moments E[x xᵀ], less the outer mean
-        second = (covariances + means[:, :, None] * means[:, None, :]).mean(0)
-        mean = means.mean(0)
+        check_float32_range(np.array([largest]), "The covariance of the niches (squared feature units)")
         cov = second - np.outer(mean, mean)
         cov = 0.5 * (cov + cov.T)
         check_float32_range(second, "The second moment of the niche points (squared feature units)")
@@ -483,13 +482,25 @@ class HOTET(Model):
         return mapped * clouds.mask[..., None] if points is clouds.points else mapped
 
     def _map(
-        self, clouds: CloudFamily, points, direction: str, batch_size: int, progress: bool, description: str
+        self,
+        clouds: CloudFamily,
+        points,
+        direction: str,
+        batch_size: int,
+        progress: bool,
+        description: str,
+        out: np.ndarray | None = None,
+        flatten: bool = False,
     ) -> np.ndarray:
         self._check_fitted()
         self._check_family(clouds)
         fixed = None
         if points is not None:
-            fixed = as_tensor(np.asarray(points), dtype=torch.float32, device=self.device)
+            fixed = as_tensor(
+                points if isinstance(points, torch.Tensor) else np.asarray(points),
+                dtype=torch.float32,
+                device=self.device,
+            )
             if fixed.ndim not in (2, 3) or fixed.shape[-1] != self.config["dim"]:
                 raise ValueError(
                     f"`points` must have shape (n_points, {self.config['dim']}) or (n_clouds, n_points, "
@@ -499,18 +510,32 @@ class HOTET(Model):
                 raise ValueError(f"`points` holds points for {len(fixed)} clouds, but there are {len(clouds)}.")
         if fixed is not None and fixed.ndim == 2:
             fixed = fixed.expand(len(clouds), *fixed.shape)  # the same points for every cloud, as a view
+        scale = 1 / math.sqrt(fixed.shape[1]) if flatten else 1.0
+
+        def mapped(batch: PointClouds, *points: torch.Tensor) -> torch.Tensor:
+            images = self._apply_map(batch, points[0] if points else None, direction)
+            return images.flatten(1) * scale if flatten else images
+
         return map_batches(
-            lambda batch, *points: self._apply_map(batch, points[0] if points else None, direction),
+            mapped,
             clouds,
             *(() if fixed is None else (fixed,)),
             batch_size=batch_size,
             device=self.device,
             progress=progress,
             description=description,
+            out=out,
+            trim=fixed is not None,  # maps of given points do not depend on the padding of the batch
         )
 
     def transport(
-        self, clouds: CloudFamily, points=None, *, batch_size: int = 256, progress: bool = False
+        self,
+        clouds: CloudFamily,
+        points=None,
+        *,
+        batch_size: int = 256,
+        progress: bool = False,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
         r"""Push each cloud onto the reference with its forward map :math:`\nabla\varphi_b`.
 
@@ -525,15 +550,24 @@ class HOTET(Model):
             Clouds per forward pass.
         progress
             Show a progress bar.
+        out
+            Array of the shape of the result to write it into (e.g. a ``np.memmap``); a new
+            float32 array when ``None``.
 
         Returns
         -------
         Array ``(n_clouds, n_points, dim)`` of transported points (zeros on padding when ``points`` is ``None``).
         """
-        return self._map(clouds, points, "forward", batch_size, progress, "HOTET transport")
+        return self._map(clouds, points, "forward", batch_size, progress, "HOTET transport", out)
 
     def inverse_transport(
-        self, clouds: CloudFamily, points=None, *, batch_size: int = 256, progress: bool = False
+        self,
+        clouds: CloudFamily,
+        points=None,
+        *,
+        batch_size: int = 256,
+        progress: bool = False,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
         r"""Push the reference onto each cloud with its inverse map :math:`\nabla\psi_b`.
 
@@ -548,16 +582,29 @@ class HOTET(Model):
             Clouds per forward pass.
         progress
             Show a progress bar.
+        out
+            Array of the shape of the result to write it into (e.g. a ``np.memmap``); a new
+            float32 array when ``None``.
 
         Returns
         -------
         Array ``(n_clouds, n_points, dim)``: the images of the reference points, a sample of each cloud's law.
         """
         self._check_fitted()
-        return self._map(clouds, self.anchors if points is None else points, "inverse", batch_size, progress, "HOTET")
+        points = self.anchors if points is None else points
+        return self._map(clouds, points, "inverse", batch_size, progress, "HOTET", out)
 
-    def embed(self, clouds: CloudFamily, *, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+    def embed(
+        self,
+        clouds: CloudFamily,
+        *,
+        batch_size: int = 256,
+        progress: bool = False,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Map representation: the inverse map on the anchors, flattened and divided by ``sqrt(n_anchors)``.
+
+        Streamed in batches into one preallocated array (see :meth:`~spatialot.models.Wormhole.encode`).
 
         Parameters
         ----------
@@ -567,14 +614,17 @@ class HOTET(Model):
             Clouds per forward pass.
         progress
             Show a progress bar.
+        out
+            Array ``(n_clouds, n_anchors * dim)`` to write the result into (e.g. a ``np.memmap``);
+            a new float32 array when ``None``.
 
         Returns
         -------
         Array ``(n_clouds, n_anchors * dim)`` whose squared Euclidean distances approximate
         :math:`W_2^2` between clouds under linearised OT (see the class notes).
         """
-        mapped = self.inverse_transport(clouds, batch_size=batch_size, progress=progress)
-        return mapped.reshape(len(mapped), -1) / math.sqrt(self.config["n_anchors"])
+        self._check_fitted()
+        return self._map(clouds, self.anchors, "inverse", batch_size, progress, "HOTET", out, flatten=True)
 
     def params_summary(self) -> dict[str, Any]:
         """Configuration and reference type, as plain values (for ``.uns``)."""

@@ -394,8 +394,20 @@ class Wormhole(Model):
         return self
 
     # ------------------------------------------------------------------ inference
-    def encode(self, family: CloudFamily, *, batch_size: int = 1024, progress: bool = False) -> np.ndarray:
+    def encode(
+        self,
+        family: CloudFamily,
+        *,
+        batch_size: int = 1024,
+        progress: bool = False,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
         r"""Embed clouds: :math:`\lVert z_i - z_j\rVert^2 \approx W_2^2(x_i, x_j)` in data units.
+
+        The clouds stream through the model in batches (see
+        :func:`~spatialot.models._batches.map_batches`): each stretch of clouds is batched by
+        increasing size and each batch padded only to its largest cloud; features on disk are
+        read a stretch at a time. Memory is that of the output plus one stretch.
 
         Parameters
         ----------
@@ -405,10 +417,23 @@ class Wormhole(Model):
             Clouds per forward pass.
         progress
             Show a progress bar.
+        out
+            Array ``(n_clouds, n_components)`` to write the embedding into (e.g. a ``np.memmap``
+            opened with ``mode='w+'``); a new float32 array when ``None``.
 
         Returns
         -------
-        Array of shape ``(n_clouds, n_components)``.
+        Array of shape ``(n_clouds, n_components)``: ``out`` when given.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from spatialot.ot import PointClouds
+        >>> rng = np.random.default_rng(0)
+        >>> clouds = PointClouds.from_list([rng.normal(size=(6, 2)) for _ in range(10)])
+        >>> model = Wormhole(2, n_components=4).fit(clouds, n_steps=5, batch_size=4, progress=False)
+        >>> model.encode(clouds).shape
+        (10, 4)
         """
         self._check_family(family)
         self.eval()
@@ -419,6 +444,8 @@ class Wormhole(Model):
             device=self.device,
             progress=progress,
             description="encoding",
+            out=out,
+            trim=True,
         )
 
     def decode(self, embedding: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -6,9 +6,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from .._validation import as_tensor
+
+_READ_ROWS = 1 << 16
+"""Most distinct rows requested from a feature table on disk at once (see :meth:`IndexedClouds.read_features`)."""
+
+_SLAB_VALUES = 1 << 24
+"""A contiguous slab of rows spanning at most this many values (64 MiB of float32) is read whole."""
 
 
 @dataclass(frozen=True)
@@ -209,7 +216,10 @@ class IndexedClouds:
     Parameters
     ----------
     features
-        Table of points, shape ``(n_points, dim)``: a numpy array or a scipy sparse matrix.
+        Table of points, shape ``(n_points, dim)``: a numpy array (memory-mapped ones included),
+        a scipy sparse matrix, or a table on disk that is indexed by rows — an ``h5py.Dataset``,
+        or the sparse dataset of an AnnData read with ``backed='r'``. A table on disk is read
+        only where clouds are gathered, at most ``2**16`` distinct rows at a time.
     indices
         Integer array of shape ``(n_clouds, max_size)``; padded slots may hold any value.
     mask
@@ -225,11 +235,20 @@ class IndexedClouds:
     (2, 2, [3, 2])
     >>> family[[1]].points.shape
     torch.Size([1, 3, 2])
+    >>> family.prefetch(slice(1, 2)).features  # the rows cloud 1 uses, and nothing else
+    array([[6., 7.],
+           [8., 9.]])
     """
 
     def __init__(self, features, indices: np.ndarray, mask: np.ndarray | None = None):
-        if features.ndim != 2:
-            raise ValueError(f"`features` must be 2-D (n_points, dim), got shape {features.shape}.")
+        shape = getattr(features, "shape", None)
+        if shape is None or not hasattr(features, "__getitem__"):
+            raise TypeError(
+                f"`features` must be an array, a sparse matrix or a table on disk indexed by rows, "
+                f"got {type(features).__name__}."
+            )
+        if len(shape) != 2:
+            raise ValueError(f"`features` must be 2-D (n_points, dim), got shape {tuple(shape)}.")
         if indices.ndim != 2:
             raise ValueError(f"`indices` must be 2-D (n_clouds, max_size), got shape {indices.shape}.")
         if mask is not None and mask.shape != indices.shape:
@@ -256,12 +275,77 @@ class IndexedClouds:
         """Number of points of every cloud."""
         return self.mask.sum(axis=1)
 
+    @property
+    def on_disk(self) -> bool:
+        """Whether the feature table is read from disk (neither a numpy array nor a scipy sparse matrix)."""
+        return not (isinstance(self.features, np.ndarray) or sp.issparse(self.features))
+
+    def read_features(self, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` of the feature table as a dense numpy array ``(len(rows), dim)``, in that order.
+
+        A numpy array or sparse matrix is indexed at once. A table on disk is read as its distinct
+        rows in increasing order (as h5py requires), ``2**16`` of them at a time: each group as
+        the contiguous slab of rows it spans when that slab holds at most twice its rows or
+        ``2**24`` values, else as a list of rows. A read therefore holds at most
+        ``max(2 * 2**16 rows, 2**24 values)``.
+
+        Parameters
+        ----------
+        rows
+            Integer row positions, in any order, repeats allowed.
+
+        Returns
+        -------
+        The rows, in the dtype of the table.
+        """
+        rows = np.asarray(rows, dtype=np.intp)
+        if not self.on_disk:
+            return _dense(self.features[rows])
+        distinct, inverse = np.unique(rows, return_inverse=True)
+        table = np.empty((len(distinct), self.dim), dtype=self.features.dtype)
+        for start in range(0, len(distinct), _READ_ROWS):
+            part = distinct[start : start + _READ_ROWS]
+            low, high = int(part[0]), int(part[-1]) + 1
+            # a slab is one read, far faster than a list of rows (from h5py as from anndata's
+            # sparse datasets); it is read when it holds at most twice the rows needed or 2**24 values
+            if high - low <= max(2 * len(part), _SLAB_VALUES // self.dim):
+                block = _dense(self.features[low:high])[part - low]
+            else:
+                block = _dense(self.features[part])
+            table[start : start + len(part)] = block
+        return table[inverse.ravel()]
+
+    def prefetch(self, clouds: slice | Sequence[int] | np.ndarray) -> IndexedClouds:
+        """The clouds ``clouds`` over an in-memory table of just the rows they use.
+
+        Streaming over a family whose features are on disk reads each stretch of clouds this
+        way: one read of its rows (:meth:`read_features`), then batches gathered from memory.
+        The gathered batches are those of the original family, bit for bit.
+
+        Parameters
+        ----------
+        clouds
+            Which clouds: a slice or positions.
+
+        Returns
+        -------
+        An :class:`IndexedClouds` of ``len(clouds)`` clouds with a dense table of at most
+        ``len(clouds) * max_size`` rows.
+        """
+        rows = np.asarray(self.indices[clouds])
+        mask = self.mask[clouds]
+        used = np.unique(rows[mask])
+        # padded slots point at the first row read: their values are never used
+        local = np.searchsorted(used, np.where(mask, rows, used[0] if len(used) else 0))
+        return IndexedClouds(self.read_features(used), local, mask)
+
     def gather(
         self,
         clouds: int | slice | Sequence[int] | np.ndarray | None = None,
         *,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
+        trim: bool = False,
     ) -> PointClouds:
         """Gather clouds into a padded batch with uniform weights.
 
@@ -273,6 +357,9 @@ class IndexedClouds:
             Floating dtype of the batch.
         device
             Device of the batch.
+        trim
+            Drop the padded slots that no cloud of the batch uses, so that the batch is padded to
+            its own largest cloud rather than to :attr:`max_size`.
 
         Returns
         -------
@@ -283,11 +370,17 @@ class IndexedClouds:
             selection = [selection]
         rows = np.asarray(self.indices[selection])
         mask = self.mask[selection]
+        if trim and mask.size and not mask.all():
+            used = mask.any(axis=0)
+            rows, mask = rows[:, used], mask[:, used]
         flat = np.where(mask, rows, 0).ravel()
-        points = self.features[flat]
-        points = points.toarray() if hasattr(points, "toarray") else np.asarray(points)
-        points = points.reshape(*rows.shape, self.dim)
+        points = self.read_features(flat).reshape(*rows.shape, self.dim)
         return PointClouds.from_padded(points, mask, dtype=dtype, device=device)
 
     def __getitem__(self, clouds) -> PointClouds:
         return self.gather(clouds)
+
+
+def _dense(block) -> np.ndarray:
+    """A block of rows read from a feature table, as a dense numpy array."""
+    return block.toarray() if hasattr(block, "toarray") else np.asarray(block)

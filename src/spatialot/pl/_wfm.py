@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.patches import Patch
@@ -92,8 +91,7 @@ def generated_niches(
             f"`cell_type_key`={cell_type_key!r} is not a column of `adata.obs` (columns: {list(adata.obs)})."
         )
     family = niche_clouds(adata, niche_key=params["niche_key"])
-    features = family.features.toarray() if sp.issparse(family.features) else np.asarray(family.features)
-    features = features.astype(np.float64)
+    features = family.read_features(np.arange(family.features.shape[0])).astype(np.float64)
 
     if generated_conditions is None:
         panels = [None]

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 from scanpy import logging as logg
 
-from .._anndata import get_coordinates, get_features, get_library_codes, h5ad_params
+from .._anndata import check_writable, get_coordinates, get_features, get_library_codes, h5ad_params
 from .._docs import inject_docs
 from .._keys import NicheKeys
 from .._validation import check_int
@@ -106,6 +106,7 @@ def niches(
     >>> sot.pp.niches(adata, k=8)
     >>> clouds = sot.get.niche_clouds(adata)[:16]  # a padded batch of 16 niches
     """
+    check_writable(adata, copy)
     start = logg.info("computing niches")
     keys = NicheKeys(key_added)
     if adata.n_obs == 0:

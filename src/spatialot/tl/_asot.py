@@ -8,7 +8,7 @@ import torch
 from anndata import AnnData
 from scanpy import logging as logg
 
-from .._anndata import h5ad_params
+from .._anndata import check_writable, h5ad_params
 from .._keys import GraphKeys, ResultKeys
 from .._validation import check_int
 from ..get import niche_clouds
@@ -95,6 +95,7 @@ def asot(
     >>> model = sot.tl.asot(adata, n_anchors=32)
     >>> sot.tl.asot_neighbors(adata, n_neighbors=15)
     """
+    check_writable(adata, copy)
     start = logg.info(f"computing ASOT ({method})")
     if method not in ASOT_METHODS:
         raise ValueError(f"`method` must be one of {ASOT_METHODS}, got {method!r}.")
@@ -111,7 +112,7 @@ def asot(
         device=device,
         progress=progress,
     )
-    weights = model.transform(family)
+    weights = model.transform(family, progress=progress)
     points, offsets = model.cost_geometry()
 
     adata = adata.copy() if copy else adata
@@ -227,6 +228,7 @@ def asot_neighbors(
     >>> sot.tl.asot_neighbors(adata, n_neighbors=15)  # doctest: +SKIP
     >>> sc.tl.leiden(adata, neighbors_key="asot_neighbors", key_added="asot_leiden")  # doctest: +SKIP
     """
+    check_writable(adata, copy)
     start = logg.info("computing ASOT neighbours")
     keys, graph_keys = ResultKeys(key, argument="key"), GraphKeys(key_added)
     if keys.uns not in adata.uns or keys.obsm not in adata.obsm or "cost" not in adata.uns[keys.uns]:

@@ -6,6 +6,7 @@ import numpy as np
 from anndata import AnnData
 from scanpy import logging as logg
 
+from .._anndata import check_writable
 from .._keys import ResultKeys
 from .._validation import check_int
 from ..get import niche_clouds
@@ -120,6 +121,7 @@ def hotet(
     >>> adata.obsm["X_hotet"].shape  # doctest: +SKIP
     (3039, 512)
     """
+    check_writable(adata, copy)
     start = logg.info("fitting HOTET maps to a reference")
     keys = ResultKeys(key_added)
     family = niche_clouds(adata, niche_key=niche_key)

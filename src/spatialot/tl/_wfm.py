@@ -10,6 +10,7 @@ import torch
 from anndata import AnnData
 from scanpy import logging as logg
 
+from .._anndata import check_writable
 from .._keys import ResultKeys
 from .._validation import check_int
 from ..get import niche_clouds
@@ -232,6 +233,7 @@ def wfm(
     >>> model = sot.tl.wfm(adata, source="left", n_steps=200)  # doctest: +SKIP
     >>> sot.tl.generate_niches(adata, model, source="left")  # doctest: +SKIP
     """
+    check_writable(adata, copy)
     start = logg.info("training Wasserstein flow matching")
     keys = ResultKeys(key_added)
     if mode not in _MODES:
@@ -419,6 +421,7 @@ def generate_niches(
     >>> model = sot.tl.wfm(adata, condition_key="X_latent", n_steps=200)  # doctest: +SKIP
     >>> sot.tl.generate_niches(adata, model, condition=adata.obsm["X_latent"][:10])  # doctest: +SKIP
     """
+    check_writable(adata, copy)
     start = logg.info("generating niches")
     keys = ResultKeys(key_added)
     if not isinstance(model, WassersteinFlowMatching | GaussianFlowMatching):

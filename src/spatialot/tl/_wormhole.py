@@ -6,6 +6,7 @@ import numpy as np
 from anndata import AnnData
 from scanpy import logging as logg
 
+from .._anndata import check_writable
 from .._docs import inject_docs
 from .._keys import ResultKeys
 from .._validation import check_int
@@ -103,6 +104,7 @@ def wormhole(
     >>> model = sot.tl.wormhole(adata, n_steps=500)
     >>> sot.pl.embedding(adata, color="eve")
     """
+    check_writable(adata, copy)
     keys = ResultKeys(key_added)
     family = niche_clouds(adata, niche_key=niche_key)
     if model is None:
