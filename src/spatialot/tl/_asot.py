@@ -9,6 +9,7 @@ from anndata import AnnData
 from scanpy import logging as logg
 
 from .._anndata import check_writable, h5ad_params
+from .._docs import inject_docs
 from .._keys import GraphKeys, ResultKeys
 from .._validation import check_int
 from ..get import niche_clouds
@@ -17,6 +18,7 @@ from ..ot._anchor import ANCHOR_METHODS, AnchorMethod, anchor_kneighbors
 from ._utils import check_result, write_result
 
 
+@inject_docs
 def asot(
     adata: AnnData,
     *,
@@ -46,10 +48,8 @@ def asot(
 
     Parameters
     ----------
-    adata
-        Annotated data matrix on which :func:`spatialot.pp.niches` ran.
-    niche_key
-        The ``key_added`` of :func:`spatialot.pp.niches`.
+    {adata_niches}
+    {niche_key}
     n_anchors
         Number of anchors ``k``: more anchors are more accurate and cost :math:`O(k^2)` per pair.
     method
@@ -63,14 +63,11 @@ def asot(
         Training of ``'ml'`` (see :meth:`spatialot.models.ASOT.fit`); ignored by ``'kmeans'``.
     key_added
         Key of the results (see Returns).
-    device
-        ``'auto'`` (CUDA when present), ``'cpu'`` or ``'cuda'``.
+    {device}
     random_state
         Seed of k-means, pair sampling and training.
-    progress
-        Show a progress bar.
-    copy
-        Work on a copy of ``adata`` and return it with the model.
+    {progress}
+    {copy_model}
 
     Returns
     -------
@@ -152,6 +149,7 @@ def asot(
     return (adata, model) if copy else model
 
 
+@inject_docs
 def asot_neighbors(
     adata: AnnData,
     *,
@@ -194,12 +192,9 @@ def asot_neighbors(
         Pairs solved at once; bounds the working memory.
     key_added
         Key of the graph (see Returns).
-    device
-        ``'auto'`` (CUDA when present), ``'cpu'`` or ``'cuda'``.
-    progress
-        Show a progress bar.
-    copy
-        Return a modified copy instead of writing to ``adata``.
+    {device}
+    {progress}
+    {copy}
 
     Returns
     -------

@@ -7,6 +7,7 @@ from anndata import AnnData
 from scanpy import logging as logg
 
 from .._anndata import check_writable
+from .._docs import inject_docs
 from .._keys import ResultKeys
 from .._validation import check_int
 from ..get import niche_clouds
@@ -15,6 +16,7 @@ from ..models._hotet import HOTET
 from ._utils import write_result
 
 
+@inject_docs
 def hotet(
     adata: AnnData,
     *,
@@ -46,10 +48,8 @@ def hotet(
 
     Parameters
     ----------
-    adata
-        Annotated data matrix on which :func:`spatialot.pp.niches` ran.
-    niche_key
-        The ``key_added`` of :func:`spatialot.pp.niches`.
+    {adata_niches}
+    {niche_key}
     reference
         ``'gaussian'``: the Gaussian with the mean and covariance of all niche points; or an
         array ``(n_points, dim)`` of reference points in the feature space of the niches.
@@ -76,14 +76,11 @@ def hotet(
         ``'gaussian'`` has 4–5× lower map error (L2-UVP) at every dimension from 2 to 64.
     key_added
         Key of the results (see Returns).
-    device
-        ``'auto'`` (CUDA when present, else CPU), ``'cpu'`` or ``'cuda'``.
+    {device}
     random_state
         Seed of the initial weights, batches and anchors.
-    progress
-        Show progress bars.
-    copy
-        Write into a copy of ``adata`` and return it with the model.
+    {progress}
+    {copy_model}
 
     Returns
     -------

@@ -11,6 +11,7 @@ from anndata import AnnData
 from scanpy import logging as logg
 
 from .._anndata import check_writable
+from .._docs import inject_docs
 from .._keys import ResultKeys
 from .._validation import check_int
 from ..get import niche_clouds
@@ -106,6 +107,7 @@ def _subset(family: IndexedClouds, cells: np.ndarray) -> IndexedClouds:
     return IndexedClouds(family.features, family.indices[cells], family.mask[cells])
 
 
+@inject_docs
 def wfm(
     adata: AnnData,
     *,
@@ -137,10 +139,8 @@ def wfm(
 
     Parameters
     ----------
-    adata
-        Annotated data matrix on which :func:`spatialot.pp.niches` ran.
-    niche_key
-        The ``key_added`` of :func:`spatialot.pp.niches`.
+    {adata_niches}
+    {niche_key}
     condition_key
         What conditions each niche, read at its centre cell: a column of ``.obs`` (categorical
         labels: a cell type, a region, a sample) or a key of ``.obsm`` (a continuous vector per
@@ -182,14 +182,11 @@ def wfm(
         ``generate_niches(..., source=...)``. Point-cloud mode.
     key_added
         Key of ``.uns`` written.
-    device
-        ``'auto'`` (CUDA when present, else CPU), ``'cpu'`` or ``'cuda'``.
+    {device}
     random_state
         Seed of the initialisation and of training.
-    progress
-        Show a progress bar.
-    copy
-        Write into a copy of ``adata`` and return it with the model.
+    {progress}
+    {copy_model}
 
     Returns
     -------
@@ -327,6 +324,7 @@ def wfm(
     return (adata, model) if copy else model
 
 
+@inject_docs
 def generate_niches(
     adata: AnnData,
     model: WFMModel,
@@ -384,8 +382,7 @@ def generate_niches(
         Key of ``.uns`` written.
     random_state
         Seed of the noise, the drawn conditions and sizes.
-    copy
-        Return a modified copy instead of writing to ``adata``.
+    {copy}
 
     Returns
     -------
