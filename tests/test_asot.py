@@ -197,9 +197,65 @@ def test_weights_are_on_the_simplex_and_ml_beats_kmeans():
     assert len(ml.history) == 150 and ml.history[-1] < ml.history[0]
 
 
+def _dl_on_a_known_dictionary(dictionary, *, n_layers=400):
+    """An ASOT-DL model whose dictionary is ``dictionary`` (centre 0, scale 1) and whose sparsity is 0."""
+    model = ASOT(dictionary.shape[1], dictionary.shape[0], method="dl", n_layers=n_layers)
+    with torch.no_grad():
+        model.anchors.copy_(torch.as_tensor(dictionary, dtype=torch.float32))
+        model.sparsity[-2].bias.fill_(-1e3)  # lambda(x) = relu(... - 1e3) = 0: plain non-negative least squares
+        model.fitted.fill_(True)
+    return model
+
+
+def test_dl_codes_points_on_the_dictionary_exactly():
+    rng = np.random.default_rng(0)
+    dictionary, _ = np.linalg.qr(rng.normal(size=(5, 3)))  # 3 orthonormal atoms in 5-D, as rows
+    dictionary = dictionary.T * np.array([[1.0], [2.0], [0.5]])
+    model = _dl_on_a_known_dictionary(dictionary)
+    codes = rng.random((40, 3)) * (rng.random((40, 3)) < 0.6)  # non-negative, some exactly 0
+    points = codes @ dictionary
+    found = model.sparse_codes(points)
+    # full column rank and lambda = 0: the non-negative least-squares code is unique, and ISTA reaches it
+    np.testing.assert_allclose(found, codes, atol=1e-5)
+    np.testing.assert_allclose(found @ dictionary, points, atol=1e-5)
+    # a cloud's weights are its points' codes, each normalised to sum 1, averaged
+    clouds = PointClouds.from_padded(points[:36].reshape(6, 6, 5))
+    expected = codes[:36] / np.maximum(codes[:36].sum(1, keepdims=True), 1e-30)
+    weights = model.transform(clouds)
+    assert (weights >= 0).all()
+    np.testing.assert_allclose(weights.sum(1), 1, atol=1e-5)
+    zero = codes[:36].sum(1) == 0  # a point coded all zero takes its nearest atom (the shortest, index 2)
+    expected[zero] = np.eye(3)[np.argmin((dictionary**2).sum(1))]
+    np.testing.assert_allclose(weights, expected.reshape(6, 6, 3).mean(1), atol=1e-5)
+
+
+def test_dl_codes_are_non_negative_and_fit_learns_a_clustered_family():
+    clouds = _clustered_clouds()
+    model = ASOT(clouds.dim, 6, method="dl").fit(clouds, n_steps=150, device="cpu", progress=False)
+    assert repr(model) == "ASOT(dim=4, n_anchors=6, method='dl', n_layers=20), trained on 120 clouds for 150 steps"
+    assert len(model.history) == 150 and np.mean(model.history[-10:]) < np.mean(model.history[:10])
+    points = clouds.points[clouds.mask].numpy()
+    codes = model.sparse_codes(points)
+    assert codes.shape == (len(points), 6) and (codes >= 0).all()
+    # the loss makes codes pick one atom with weight about 1, which reconstructs the point
+    center = model.center.numpy()
+    reconstruction = codes @ (model.anchor_positions() - center) + center
+    relative = ((reconstruction - points) ** 2).sum() / ((points - points.mean(0)) ** 2).sum()
+    assert relative < 0.2
+    h = model.transform(clouds)
+    assert h.shape == (len(clouds), 6) and (h >= 0).all()
+    np.testing.assert_allclose(h.sum(1), 1, atol=1e-5)
+    rng = np.random.default_rng(11)
+    first, second = rng.integers(0, len(clouds), 200), rng.integers(0, len(clouds), 200)
+    keep = first != second
+    exact = sot.ot.exact_w2_squared(clouds[first[keep]], clouds[second[keep]])
+    values = model.paired_distances(h[first[keep]], h[second[keep]])
+    assert np.corrcoef(values, exact)[0, 1] > 0.85  # 0.876 when written (6 anchors)
+
+
 def test_save_load_round_trip(tmp_path):
     clouds = _clustered_clouds(n_clouds=40)
-    for method in ("kmeans", "ml"):
+    for method in ("kmeans", "ml", "dl"):
         model = ASOT(clouds.dim, 5, method=method).fit(
             clouds, n_steps=5, n_train_pairs=64, device="cpu", progress=False
         )
@@ -208,12 +264,19 @@ def test_save_load_round_trip(tmp_path):
         np.testing.assert_array_equal(loaded.transform(clouds), model.transform(clouds))
         np.testing.assert_array_equal(loaded.cost().numpy(), model.cost().numpy())
         assert loaded.history == model.history
+        assert repr(loaded) == repr(model)
 
 
 def test_model_errors():
     clouds = _clustered_clouds(n_clouds=10, size=2)
     with pytest.raises(ValueError, match="method"):
-        ASOT(4, 8, method="dl")
+        ASOT(4, 8, method="deep")
+    with pytest.raises(ValueError, match="n_layers"):
+        ASOT(4, 8, method="dl", n_layers=0)
+    with pytest.raises(ValueError, match="method='dl'"):
+        ASOT(4, 4).fit(clouds, device="cpu").sparse_codes(np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="points"):
+        ASOT(4, 4, method="dl").fit(clouds, n_steps=2, device="cpu", progress=False).sparse_codes(np.zeros((2, 3)))
     with pytest.raises(ValueError, match="n_anchors"):
         ASOT(4, 0)
     with pytest.raises(ValueError, match="n_anchors"):

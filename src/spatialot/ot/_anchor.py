@@ -426,6 +426,7 @@ def anchor_kneighbors(
     tol: float | None = None,
     anchor_points: torch.Tensor | np.ndarray | None = None,
     anchor_offsets: torch.Tensor | np.ndarray | None = None,
+    debias: bool = False,
     batch_size: int | None = None,
     device: torch.device | str | None = None,
     progress: bool = False,
@@ -446,6 +447,14 @@ def anchor_kneighbors(
     never fill each other's neighbour lists (when there are fewer distinct histograms than
     ``n_neighbors``, all rows are used as they are).
 
+    With ``debias=True`` (``'sinkhorn'`` only) the distance is the debiased
+    :math:`\langle P_{ab}, C\rangle - \tfrac12 \langle P_{aa}, C\rangle - \tfrac12 \langle P_{bb}, C\rangle`
+    (the self terms of a Sinkhorn divergence, on the transport cost): the entropic blur of a
+    histogram with itself grows with its spread, so without it spread histograms look farther
+    from everything than concentrated ones, and a histogram is not at distance 0 from itself.
+    Debiased values can dip slightly below 0 for near-identical histograms; they are ordered as
+    computed and returned clipped at 0.
+
     Parameters
     ----------
     h
@@ -457,6 +466,9 @@ def anchor_kneighbors(
     anchor_points, anchor_offsets
         ``(k, dim)`` points and ``(k,)`` non-negative offsets with ``cost`` as above, to prune by
         the lower bound; all pairs are solved when ``anchor_points`` is ``None``.
+    debias
+        Subtract the mean of the two self-costs from every ``'sinkhorn'`` value (see above);
+        ignored by ``'exact'``, whose self-cost is 0.
 
     Returns
     -------
@@ -492,6 +504,7 @@ def anchor_kneighbors(
             tol=tol,
             anchor_points=anchor_points,
             anchor_offsets=anchor_offsets,
+            debias=debias,
             batch_size=batch_size,
             device=device,
             progress=progress,
@@ -505,21 +518,29 @@ def anchor_kneighbors(
     indices = np.empty((n, n_neighbors), dtype=np.int64)
     distances = np.empty((n, n_neighbors), dtype=np.float64)
     solve = (method, epsilon, n_iter, tol, device)
+    half_self = np.zeros(n)
+    if debias and method == "sinkhorn":
+        for start in range(0, n, batch_size):
+            chunk = h[start : start + batch_size]
+            half_self[start : start + batch_size] = 0.5 * _solve(chunk, chunk, cost, *solve)
     if anchor_points is None:
         for start, stop in progress_bar(
             _row_blocks(n, n, batch_size), description="anchor OT neighbours", requested=progress
         ):
-            block = _block(h, other, cost, start, stop, 0, *solve)
+            block = _block(h, other, cost, start, stop, 0, *solve) - half_self[start:stop, None] - half_self
             block[np.arange(stop - start), np.arange(start, stop)] = -np.inf  # the row itself comes first
             _keep_nearest(block, np.broadcast_to(np.arange(n), block.shape), indices, distances, start, stop)
     else:
-        bound = _MeanBound(h, anchor_points, anchor_offsets)
+        bound = _MeanBound(h, anchor_points, anchor_offsets, half_self)
         rows_per_block = max(1, min(n, batch_size // (4 * n_neighbors), 2**22 // n))
         blocks = range(0, n, rows_per_block)
         for start in progress_bar(blocks, description="anchor OT neighbours", requested=progress):
             stop = min(n, start + rows_per_block)
-            _pruned_block(h, cost, bound, start, stop, n_neighbors, batch_size, solve, indices, distances)
+            _pruned_block(
+                h, cost, bound, start, stop, n_neighbors, batch_size, solve, half_self, indices, distances
+            )
     distances[:, 0] = 0.0
+    np.maximum(distances, 0.0, out=distances)
     return indices, distances
 
 
@@ -533,9 +554,13 @@ def _keep_nearest(values, columns, indices, distances, start, stop) -> None:
 
 
 class _MeanBound:
-    """Lower bound of anchor OT from the means of the histograms: ``||m - m'||^2 + o + o'``."""
+    """Lower bound of anchor OT from the means of the histograms: ``||m - m'||^2 + o + o'``.
 
-    def __init__(self, h, anchor_points, anchor_offsets):
+    Any coupling's cost is at least the bound (Jensen), the entropic plan's included; a debiased
+    value is at least the bound minus the two half self-costs, which enter as negative offsets.
+    """
+
+    def __init__(self, h, anchor_points, anchor_offsets, half_self=None):
         points = torch.as_tensor(anchor_points, dtype=torch.float64)
         if points.ndim != 2 or points.shape[0] != h.shape[1]:
             raise ValueError(f"`anchor_points` must have shape ({h.shape[1]}, dim), got {tuple(points.shape)}.")
@@ -545,13 +570,15 @@ class _MeanBound:
         if anchor_offsets is not None:
             offsets = torch.as_tensor(anchor_offsets, dtype=torch.float64).reshape(-1)
         self.offsets = weights @ offsets
+        if half_self is not None:
+            self.offsets = self.offsets - torch.as_tensor(half_self, dtype=torch.float64)
 
     def __call__(self, start: int, stop: int) -> np.ndarray:
         gap = torch.cdist(self.means[start:stop], self.means) ** 2
         return (gap + self.offsets[start:stop, None] + self.offsets[None, :]).numpy()
 
 
-def _pruned_block(h, cost, bound, start, stop, n_neighbors, batch_size, solve, indices, distances) -> None:
+def _pruned_block(h, cost, bound, start, stop, n_neighbors, batch_size, solve, half_self, indices, distances) -> None:
     n, rows = len(h), np.arange(start, stop)
     lower = bound(start, stop)
     lower[rows - start, rows] = -np.inf
@@ -568,7 +595,7 @@ def _pruned_block(h, cost, bound, start, stop, n_neighbors, batch_size, solve, i
         for chunk in range(0, first.size, batch_size):
             part = slice(chunk, chunk + batch_size)
             values[part] = _solve(h[first[part]], h[columns.ravel()[part]], cost, *solve)
-        values = values.reshape(columns.shape)
+        values = values.reshape(columns.shape) - half_self[rows[local], None] - half_self[columns]
         values[columns == rows[local, None]] = -np.inf
         merged = np.concatenate([best[local], values], axis=1)
         merged_columns = np.concatenate([best_columns[local], columns], axis=1)
