@@ -299,17 +299,22 @@ def test_tl_asot_writes_results_that_survive_h5ad(fitted, tmp_path):
     result = adata.uns["asot"]
     assert result["anchors"].shape == (12, adata.obsm["X_latent"].shape[1])
     assert result["cost"].shape == (12, 12) and result["epsilon"] > 0
-    assert result["params"]["method"] == "kmeans"
+    assert result["params"]["method"] == "ml"  # the default
 
     distances = adata.obsp["asot_neighbors_distances"]
     connectivities = adata.obsp["asot_neighbors_connectivities"]
     assert (distances.getnnz(axis=1) <= 9).all() and distances.diagonal().sum() == 0
     assert abs(connectivities - connectivities.T).max() < 1e-6
     assert adata.uns["asot_neighbors"]["connectivities_key"] == "asot_neighbors_connectivities"
-    # the graph's distances are the model's ASOT distances
+    # the graph's distances are the model's ASOT distances, debiased by half of each self-cost
     rows, cols = distances.nonzero()
-    direct = model.paired_distances(weights[rows[:50]], weights[cols[:50]])
-    np.testing.assert_allclose(np.asarray(distances[rows[:50], cols[:50]]).ravel(), direct, rtol=1e-4)
+    rows, cols = rows[:50], cols[:50]
+    direct = model.paired_distances(weights[rows], weights[cols])
+    direct -= 0.5 * (model.paired_distances(weights[rows], weights[rows]) + model.paired_distances(weights[cols], weights[cols]))
+    stored = np.asarray(distances[rows, cols]).ravel()
+    np.testing.assert_allclose(stored, np.maximum(direct, 0), rtol=1e-3, atol=1e-5)
+    params = adata.uns["asot_neighbors"]["params"]
+    assert params["debias"] and params["tolerance"] > 0
 
     path = tmp_path / "asot.h5ad"
     adata.write_h5ad(path)

@@ -427,6 +427,7 @@ def anchor_kneighbors(
     anchor_points: torch.Tensor | np.ndarray | None = None,
     anchor_offsets: torch.Tensor | np.ndarray | None = None,
     debias: bool = False,
+    tolerance: float = 0.0,
     batch_size: int | None = None,
     device: torch.device | str | None = None,
     progress: bool = False,
@@ -455,6 +456,15 @@ def anchor_kneighbors(
     Debiased values can dip slightly below 0 for near-identical histograms; they are ordered as
     computed and returned clipped at 0.
 
+    With ``tolerance > 0``, histograms closer than ``tolerance`` count once too: a first pass
+    finds every histogram's neighbours, then, in row order, each histogram not yet taken
+    becomes a representative and takes the not yet taken histograms of its list closer than
+    ``tolerance``; a second pass chooses neighbours among representatives only, and every
+    histogram of a group gets its representative's neighbours (the representative itself
+    excluded), with its own distances to them. Small niches coded on anchors give many
+    histograms that differ only by which of two close anchors took a point; without this, they
+    fill each other's lists, and the graph falls into components of near-copies.
+
     Parameters
     ----------
     h
@@ -469,6 +479,9 @@ def anchor_kneighbors(
     debias
         Subtract the mean of the two self-costs from every ``'sinkhorn'`` value (see above);
         ignored by ``'exact'``, whose self-cost is 0.
+    tolerance
+        Histograms closer than this (in the units of ``cost``) count once (see above); 0 groups
+        identical histograms only.
 
     Returns
     -------
@@ -486,6 +499,8 @@ def anchor_kneighbors(
     """
     h, other, cost, device = _prepare(h, None, cost, method, epsilon, device)
     n_neighbors = check_int("n_neighbors", n_neighbors, maximum=len(h), why="the number of histograms")
+    if not (isinstance(tolerance, int | float) and tolerance >= 0):
+        raise ValueError(f"`tolerance` must be a non-negative number, got {tolerance!r}.")
     distinct, first, inverse = np.unique(h.cpu().numpy(), axis=0, return_index=True, return_inverse=True)
     if n_neighbors <= len(distinct) < len(h):
         # copies of one histogram (frequent with hard codes on small niches) would fill each
@@ -505,6 +520,7 @@ def anchor_kneighbors(
             anchor_points=anchor_points,
             anchor_offsets=anchor_offsets,
             debias=debias,
+            tolerance=tolerance,
             batch_size=batch_size,
             device=device,
             progress=progress,
@@ -513,6 +529,12 @@ def anchor_kneighbors(
         indices, distances = order[indices[classes]], distances[classes]
         indices[:, 0] = np.arange(len(h))
         return indices, distances
+    if tolerance > 0:
+        return _grouped_kneighbors(
+            h, cost, n_neighbors, tolerance, method=method, epsilon=epsilon, n_iter=n_iter, tol=tol,
+            anchor_points=anchor_points, anchor_offsets=anchor_offsets, debias=debias,
+            batch_size=batch_size, device=device, progress=progress,
+        )  # fmt: skip
     n = len(h)
     batch_size = _default_batch(batch_size, device, max(h.shape[1], other.shape[1]))
     indices = np.empty((n, n_neighbors), dtype=np.int64)
@@ -541,6 +563,59 @@ def anchor_kneighbors(
             )
     distances[:, 0] = 0.0
     np.maximum(distances, 0.0, out=distances)
+    return indices, distances
+
+
+def _grouped_kneighbors(h, cost, n_neighbors, tolerance, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """``anchor_kneighbors`` on distinct histograms with ``tolerance > 0``: near-copies count once."""
+    n = len(h)
+    indices, distances = anchor_kneighbors(h, cost, n_neighbors, **kwargs)
+    leader = np.full(n, -1, dtype=np.int64)
+    for row in range(n):  # greedy, in row order: every member is within `tolerance` of its leader
+        if leader[row] >= 0:
+            continue
+        leader[row] = row
+        close = indices[row, 1:][distances[row, 1:] < tolerance]
+        leader[close[leader[close] < 0]] = row
+    leaders = np.flatnonzero(leader == np.arange(n))
+    if not n_neighbors <= len(leaders) < n:
+        return indices, distances
+    rank = np.empty(n, dtype=np.int64)
+    rank[leaders] = np.arange(len(leaders))
+    kwargs["progress"] = False
+    leader_indices, leader_distances = anchor_kneighbors(h[torch.as_tensor(leaders)], cost, n_neighbors, **kwargs)
+    indices = leaders[leader_indices[rank[leader]]]
+    distances = leader_distances[rank[leader]].copy()
+    indices[:, 0] = np.arange(n)
+    members = np.flatnonzero(leader != np.arange(n))
+    if len(members):
+        # a member's own distances to its leader's neighbours, debiased as the rest, then sorted
+        first = np.repeat(members, n_neighbors - 1)
+        second = indices[members, 1:].ravel()
+        method, epsilon, n_iter, tol, device = (kwargs[key] for key in ("method", "epsilon", "n_iter", "tol", "device"))
+        batch_size = _default_batch(kwargs["batch_size"], device, h.shape[1])
+        values = np.concatenate(
+            [
+                _solve(h[first[c : c + batch_size]], h[second[c : c + batch_size]], cost, method, epsilon, n_iter, tol,
+                       device)  # fmt: skip
+                for c in range(0, len(first), batch_size)
+            ]
+        )
+        if kwargs["debias"] and method == "sinkhorn":
+            touched = np.unique(np.concatenate([first, second]))
+            half = np.zeros(n)
+            half[touched] = 0.5 * np.concatenate(
+                [
+                    _solve(h[touched[c : c + batch_size]], h[touched[c : c + batch_size]], cost, method, epsilon,
+                           n_iter, tol, device)  # fmt: skip
+                    for c in range(0, len(touched), batch_size)
+                ]
+            )
+            values = values - half[first] - half[second]
+        values = np.maximum(values, 0.0).reshape(len(members), n_neighbors - 1)
+        order = np.argsort(values, axis=1, kind="stable")
+        indices[members, 1:] = np.take_along_axis(indices[members, 1:], order, axis=1)
+        distances[members, 1:] = np.take_along_axis(values, order, axis=1)
     return indices, distances
 
 
