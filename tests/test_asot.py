@@ -151,6 +151,44 @@ def test_kneighbors_count_identical_histograms_once():
     np.testing.assert_allclose(distances[0], [0, 0, 0], atol=1e-9)
 
 
+def test_kneighbors_debiased_match_all_pairs_minus_self_costs():
+    rng = np.random.default_rng(8)
+    points = rng.normal(size=(8, 3))
+    h = _histograms(50, 8, seed=9)
+    cost = anchor_cost(points)
+    kwargs = {"epsilon": 0.1 * float(cost.max()), "n_iter": 30}
+    matrix = anchor_pairwise_distances(h, h, cost, **kwargs)
+    self_cost = anchor_paired_distances(h, h, cost, **kwargs)
+    assert self_cost.min() > 0  # the entropic plan of a histogram with itself moves mass
+    debiased = matrix - 0.5 * self_cost[:, None] - 0.5 * self_cost[None, :]
+    np.fill_diagonal(debiased, -np.inf)
+    expected = np.maximum(np.sort(debiased, axis=1)[:, :4], 0)
+    for extra in ({}, {"anchor_points": points}):
+        indices, distances = anchor_kneighbors(h, cost, 4, debias=True, batch_size=61, **kwargs, **extra)
+        np.testing.assert_allclose(distances, expected, rtol=1e-4, atol=1e-6)
+    # exact OT has no self-cost: debias changes nothing
+    plain = anchor_kneighbors(h[:12], cost, 3, method="exact")
+    debiased_exact = anchor_kneighbors(h[:12], cost, 3, method="exact", debias=True)
+    np.testing.assert_array_equal(plain[0], debiased_exact[0])
+
+
+def test_kneighbors_count_near_copies_once_within_the_tolerance():
+    # 1-D anchors, exact W2^2 known: delta_0.1 is 0.01 from delta_0 (a near-copy at tolerance
+    # 0.05); h5 = 0.4 delta_3 + 0.6 delta_4 is 0.6 from delta_3 and 0.4 from delta_4
+    cost = anchor_cost(np.array([[0.0], [0.1], [3.0], [4.0], [6.0]]))
+    delta = np.eye(5)
+    h = np.stack([delta[0], delta[1], delta[2], delta[3], delta[4], 0.4 * delta[2] + 0.6 * delta[3]])
+    indices, _ = anchor_kneighbors(h, cost, 3, method="exact")
+    np.testing.assert_array_equal(indices[:2, 1], [1, 0])  # without a tolerance they fill each other's lists
+    indices, distances = anchor_kneighbors(h, cost, 3, method="exact", tolerance=0.05)
+    # row 1 joins row 0's group: it takes row 0's neighbours among representatives, with its own distances
+    np.testing.assert_array_equal(indices, [[0, 2, 5], [1, 2, 5], [2, 5, 3], [3, 5, 2], [4, 3, 5], [5, 3, 2]])
+    expected = [[0, 9, 13.2], [0, 8.41, 12.49], [0, 0.6, 1], [0, 0.4, 1], [0, 4, 6], [0, 0.4, 0.6]]
+    np.testing.assert_allclose(distances, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="tolerance"):
+        anchor_kneighbors(h, cost, 3, method="exact", tolerance=-1.0)
+
+
 def test_solver_errors():
     h = torch.tensor(_histograms(3, 4), dtype=torch.float32)
     cost = anchor_cost(np.eye(4))
