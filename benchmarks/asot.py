@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_pairs": n_pairs,
         "variants": args.variants,
         "ml_training": f"{n_steps} Adam steps, 2048 training pairs (half random, half near), lr 1e-2, 256 pairs/step",
-        "dl_training": f"{n_steps} Adam steps on 256 points/step, lr 1e-2, 20 ISTA layers, dictionary started at k-means",
+        "dl_training": f"{n_steps} Adam steps, 256 points/step, lr 1e-2, 20 ISTA layers, dictionary started at k-means",
         "tl_asot_default": f"method={DEFAULT[0]!r}, n_anchors={DEFAULT[1]}",
         "torch_threads": args.threads,
         "cost": "squared Euclidean everywhere: values are W2^2 (the ASOT paper uses the Euclidean cost)",

@@ -348,7 +348,9 @@ def test_tl_asot_writes_results_that_survive_h5ad(fitted, tmp_path):
     rows, cols = distances.nonzero()
     rows, cols = rows[:50], cols[:50]
     direct = model.paired_distances(weights[rows], weights[cols])
-    direct -= 0.5 * (model.paired_distances(weights[rows], weights[rows]) + model.paired_distances(weights[cols], weights[cols]))
+    direct -= 0.5 * (
+        model.paired_distances(weights[rows], weights[rows]) + model.paired_distances(weights[cols], weights[cols])
+    )
     stored = np.asarray(distances[rows, cols]).ravel()
     np.testing.assert_allclose(stored, np.maximum(direct, 0), rtol=1e-3, atol=1e-5)
     params = adata.uns["asot_neighbors"]["params"]

@@ -296,7 +296,7 @@ class ASOT(Model):
         device: torch.device | str = "auto",
         progress: bool = True,
     ) -> ASOT:
-        """Place the anchors by k-means; then, for ``'ml'``, learn codes and cost against exact OT, for ``'dl'`` the dictionary.
+        """Place the anchors by k-means; ``'ml'`` then learns codes and cost against exact OT, ``'dl'`` a dictionary.
 
         Parameters
         ----------

@@ -558,9 +558,7 @@ def anchor_kneighbors(
         blocks = range(0, n, rows_per_block)
         for start in progress_bar(blocks, description="anchor OT neighbours", requested=progress):
             stop = min(n, start + rows_per_block)
-            _pruned_block(
-                h, cost, bound, start, stop, n_neighbors, batch_size, solve, half_self, indices, distances
-            )
+            _pruned_block(h, cost, bound, start, stop, n_neighbors, batch_size, solve, half_self, indices, distances)
     distances[:, 0] = 0.0
     np.maximum(distances, 0.0, out=distances)
     return indices, distances
@@ -590,27 +588,22 @@ def _grouped_kneighbors(h, cost, n_neighbors, tolerance, **kwargs) -> tuple[np.n
     members = np.flatnonzero(leader != np.arange(n))
     if len(members):
         # a member's own distances to its leader's neighbours, debiased as the rest, then sorted
-        first = np.repeat(members, n_neighbors - 1)
-        second = indices[members, 1:].ravel()
-        method, epsilon, n_iter, tol, device = (kwargs[key] for key in ("method", "epsilon", "n_iter", "tol", "device"))
-        batch_size = _default_batch(kwargs["batch_size"], device, h.shape[1])
-        values = np.concatenate(
-            [
-                _solve(h[first[c : c + batch_size]], h[second[c : c + batch_size]], cost, method, epsilon, n_iter, tol,
-                       device)  # fmt: skip
+        solve = tuple(kwargs[key] for key in ("method", "epsilon", "n_iter", "tol", "device"))
+        batch_size = _default_batch(kwargs["batch_size"], kwargs["device"], h.shape[1])
+
+        def chunked(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+            parts = [
+                _solve(h[first[c : c + batch_size]], h[second[c : c + batch_size]], cost, *solve)
                 for c in range(0, len(first), batch_size)
             ]
-        )
-        if kwargs["debias"] and method == "sinkhorn":
+            return np.concatenate(parts)
+
+        first, second = np.repeat(members, n_neighbors - 1), indices[members, 1:].ravel()
+        values = chunked(first, second)
+        if kwargs["debias"] and kwargs["method"] == "sinkhorn":
             touched = np.unique(np.concatenate([first, second]))
             half = np.zeros(n)
-            half[touched] = 0.5 * np.concatenate(
-                [
-                    _solve(h[touched[c : c + batch_size]], h[touched[c : c + batch_size]], cost, method, epsilon,
-                           n_iter, tol, device)  # fmt: skip
-                    for c in range(0, len(touched), batch_size)
-                ]
-            )
+            half[touched] = 0.5 * chunked(touched, touched)
             values = values - half[first] - half[second]
         values = np.maximum(values, 0.0).reshape(len(members), n_neighbors - 1)
         order = np.argsort(values, axis=1, kind="stable")

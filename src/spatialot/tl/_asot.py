@@ -93,9 +93,10 @@ def asot(
         ``'params'`` (the arguments, ``niche_key`` included), ``'loss'`` (training loss per step;
         empty for ``'kmeans'``), ``'anchors'`` (``(n_anchors, dim)`` anchor positions in the
         niche features), ``'cost'`` (the shared ``(n_anchors, n_anchors)`` squared-Euclidean cost,
-        learnt for ``'ml'``, between the learnt atoms for ``'dl'``), ``'cost_anchors'`` and ``'cost_offsets'`` (points ``p`` and offsets
-        ``o`` with ``cost = ||p_i - p_j||^2 + o_i + o_j``; the anchors and zeros for ``'kmeans'``)
-        and ``'epsilon'`` (the absolute Sinkhorn regularisation).
+        learnt for ``'ml'``, between the learnt atoms for ``'dl'``), ``'cost_anchors'`` and
+        ``'cost_offsets'`` (points ``p`` and offsets ``o`` with
+        ``cost = ||p_i - p_j||^2 + o_i + o_j``; the anchors and zeros for ``'kmeans'`` and
+        ``'dl'``) and ``'epsilon'`` (the absolute Sinkhorn regularisation).
 
     Examples
     --------
