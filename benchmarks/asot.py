@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import sys
 import time
 import warnings
@@ -295,6 +296,7 @@ def clustering_only(args) -> int:
         f"sot.pp.niches(adata, k={size}, use_rep='X_latent')"
     )
     payload = {
+        "loadavg_end": list(os.getloadavg()),
         "benchmark": "asot-clustering",
         "machine": machine_info("cpu"),
         "params": {"data": data, "variants": args.variants, "n_steps": args.n_steps, "torch_threads": args.threads},
@@ -362,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         "memory": "all_pairs_peak_rss_extra_bytes: resident-set high-water mark during the all-pairs call minus the "
         "resident set before it, the float64 n x n output (matrix_bytes) included",
     }
+    params["loadavg_start"] = list(os.getloadavg())
     payload: dict[str, Any] = {"benchmark": "asot", "machine": machine_info("cpu"), "params": params, "datasets": {}}
     if args.keep_existing and Path(out).exists():
         payload["datasets"] = json.loads(Path(out).read_text())["datasets"]
@@ -392,7 +395,13 @@ def main(argv: list[str] | None = None) -> int:
             log(f"  {row}")
         for row in rows:
             row["speedup_vs_exact"] = exact_per_pair / row["per_pair_us"]
-        entry: dict[str, Any] = {"data": description, "n_niches": n, "n_pairs_all": n_all, "rows": rows}
+        entry: dict[str, Any] = {
+            "data": description,
+            "n_niches": n,
+            "n_pairs_all": n_all,
+            "rows": rows,
+            "loadavg_after": list(os.getloadavg()),  # the machine is shared: timings move with its load
+        }
         if name == "simulated":
             entry["clustering"] = bench_clustering(adata, models, umap=not args.no_umap)
         payload["datasets"][name] = entry
