@@ -195,11 +195,11 @@ def asot_neighbors(
     Without them, near-copies (niches of the same cell types that differ only by which of two
     close anchors took a point) fill each other's neighbour lists and the graph falls apart
     into components of near-copies: on the simulated tissue of ``benchmarks/asot.py`` (10,000
-    cells, niches of 8, 32 anchors, 15 neighbours) the plain graph has 16 connected components
-    and Leiden returns 59 clusters at resolution 0.1 for 5 niche types (ARI 0.13); with both,
-    one component and 4 clusters (ARI 0.40). The same data also showed the limit of OT
-    geometry on niches this small: k-means on the anchor weights (Euclidean, told the number of
-    types) scores higher (ARI 0.61), see ``benchmarks/README.md``.
+    cells, niches of 8, ASOT-k with 32 anchors, 15 neighbours) the plain graph has 16 connected
+    components and Leiden returns 59 clusters at resolution 0.1 for 5 niche types (ARI 0.13);
+    with both, 8 clusters (ARI 0.27). OT geometry on niches this small stays behind k-means on
+    the anchor weights (Euclidean, told the number of types: ARI 0.61) there, see
+    ``benchmarks/README.md``.
 
     Parameters
     ----------
