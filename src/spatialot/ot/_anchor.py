@@ -26,6 +26,8 @@ CPU_BATCH_ENTRIES = 2**18
 working set of a chunk then stays in cache."""
 GPU_BATCH_ENTRIES = 2**26
 """Histogram entries (pairs × anchors) solved together on a GPU when ``batch_size`` is not given."""
+_GROUP_CANDIDATES = 4
+"""``anchor_kneighbors`` with a tolerance looks for near-copies among this many times ``n_neighbors``."""
 _KERNEL_LIMIT = {torch.float32: 30.0, torch.float64: 300.0}
 """Largest ``max(C) / epsilon`` at which ``exp(-C / epsilon)`` and the scalings stay finite."""
 
@@ -457,7 +459,7 @@ def anchor_kneighbors(
     computed and returned clipped at 0.
 
     With ``tolerance > 0``, histograms closer than ``tolerance`` count once too: a first pass
-    finds every histogram's neighbours, then, in row order, each histogram not yet taken
+    finds every histogram's ``4 * n_neighbors`` nearest, then, in row order, each histogram not yet taken
     becomes a representative and takes the not yet taken histograms of its list closer than
     ``tolerance``; a second pass chooses neighbours among representatives only, and every
     histogram of a group gets its representative's neighbours (the representative itself
@@ -567,7 +569,9 @@ def anchor_kneighbors(
 def _grouped_kneighbors(h, cost, n_neighbors, tolerance, **kwargs) -> tuple[np.ndarray, np.ndarray]:
     """``anchor_kneighbors`` on distinct histograms with ``tolerance > 0``: near-copies count once."""
     n = len(h)
-    indices, distances = anchor_kneighbors(h, cost, n_neighbors, **kwargs)
+    # groups are found among a longer list than the graph keeps: a clump of near-copies larger
+    # than n_neighbors would otherwise be split into many groups
+    indices, distances = anchor_kneighbors(h, cost, min(n, _GROUP_CANDIDATES * n_neighbors), **kwargs)
     leader = np.full(n, -1, dtype=np.int64)
     for row in range(n):  # greedy, in row order: every member is within `tolerance` of its leader
         if leader[row] >= 0:
@@ -577,7 +581,7 @@ def _grouped_kneighbors(h, cost, n_neighbors, tolerance, **kwargs) -> tuple[np.n
         leader[close[leader[close] < 0]] = row
     leaders = np.flatnonzero(leader == np.arange(n))
     if not n_neighbors <= len(leaders) < n:
-        return indices, distances
+        return indices[:, :n_neighbors], distances[:, :n_neighbors]
     rank = np.empty(n, dtype=np.int64)
     rank[leaders] = np.arange(len(leaders))
     kwargs["progress"] = False
