@@ -197,7 +197,7 @@ def asot_neighbors(
     into components of near-copies: on the simulated tissue of ``benchmarks/asot.py`` (10,000
     cells, niches of 8, ASOT-k with 32 anchors, 15 neighbours) the plain graph has 16 connected
     components and Leiden returns 59 clusters at resolution 0.1 for 5 niche types (ARI 0.13);
-    with both, 8 clusters (ARI 0.27). OT geometry on niches this small stays behind k-means on
+    with both, 5 clusters (ARI 0.29). OT geometry on niches this small stays behind k-means on
     the anchor weights (Euclidean, told the number of types: ARI 0.61) there, see
     ``benchmarks/README.md``.
 
