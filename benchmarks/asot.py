@@ -5,8 +5,9 @@ Data: (1) BDTNP, ``sot.datasets.bdtnp()`` (3,039 cells × 84 genes), niches
 niches ``sot.pp.niches(adata, k=8, use_rep='X_latent')`` (the 8-D latent space the simulation
 draws expression from).
 
-Speed: for each ASOT variant (ASOT-k = k-means anchors, ASOT-ML = learnt codes and cost; anchor
-counts in the table), the time and peak memory of the full all-pairs distance matrix
+Speed: for each ASOT variant (ASOT-k = k-means anchors, ASOT-ML = learnt codes and cost, ASOT-DL =
+sparse codes on a learnt dictionary; anchor counts in the table; the row of ``sot.tl.asot``'s
+defaults is marked), the time and peak memory of the full all-pairs distance matrix
 (``model.pairwise_distances``: anchor Sinkhorn, batched, upper triangle), plus fit and transform
 time; against exact W2² (POT network simplex through ``sot.ot.paired_distances(method='exact')``,
 timed on the sample pairs and extrapolated to all pairs) and batched Sinkhorn on the raw clouds
@@ -31,7 +32,9 @@ kmeans:32,ml:16`` (writes ``results/asot-clustering-k32-cpu.json``).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import os
 import sys
 import time
 import warnings
@@ -52,6 +55,10 @@ import spatialot as sot  # noqa: E402
 from spatialot.models import ASOT  # noqa: E402
 
 RESOLUTIONS = (0.1, 0.3, 1.0)
+LABELS = {"kmeans": "k", "ml": "ML", "dl": "DL"}
+_DEFAULTS = inspect.signature(sot.tl.asot).parameters
+DEFAULT = (_DEFAULTS["method"].default, _DEFAULTS["n_anchors"].default)
+"""The method and anchor count of ``sot.tl.asot``'s defaults."""
 
 
 def log(message: str) -> None:
@@ -138,7 +145,7 @@ def bench_asot(
     n = len(family)
     n_all = n * (n - 1) // 2
     row: dict[str, Any] = {
-        "method": f"ASOT-{'k' if method == 'kmeans' else 'ML'}",
+        "method": f"ASOT-{LABELS[method]}" + (" (tl.asot default)" if (method, n_anchors) == DEFAULT else ""),
         "anchors": n_anchors,
         "n_iter": model.config["n_iter"],
         "epsilon_rel_max_cost": model.config["epsilon"],
@@ -149,8 +156,10 @@ def bench_asot(
         "anchor_exact_pearson_500": float(np.corrcoef(exact_anchor, exact[:500])[0, 1]),
         "anchor_exact_rel_rmse_500": accuracy(exact_anchor, exact[:500])["rel_rmse"],
     }
+    if method in ("ml", "dl"):
+        row |= {"n_steps": n_steps, "final_loss": float(np.mean(model.history[-20:]))}
     if method == "ml":
-        row |= {"n_steps": n_steps, "n_train_pairs": 2048, "final_loss": float(np.mean(model.history[-20:]))}
+        row["n_train_pairs"] = 2048
     if full:
         memory = measure_peak_memory(lambda: model.pairwise_distances(weights), trace=False)
         row |= {
@@ -287,6 +296,7 @@ def clustering_only(args) -> int:
         f"sot.pp.niches(adata, k={size}, use_rep='X_latent')"
     )
     payload = {
+        "loadavg_end": list(os.getloadavg()),
         "benchmark": "asot-clustering",
         "machine": machine_info("cpu"),
         "params": {"data": data, "variants": args.variants, "n_steps": args.n_steps, "torch_threads": args.threads},
@@ -305,8 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="JSON output (default benchmarks/results/asot-cpu.json)")
     parser.add_argument("--n-cells", type=int, default=10_000, help="cells of the simulated tissue")
     parser.add_argument("--n-pairs", type=int, default=2000, help="pairs compared with exact OT")
-    parser.add_argument("--variants", default="kmeans:32,kmeans:64,ml:16,ml:32", help="method:anchors, comma-separated")
-    parser.add_argument("--n-steps", type=int, default=300, help="ASOT-ML training steps")
+    parser.add_argument(
+        "--variants", default="kmeans:32,kmeans:64,ml:16,ml:32,ml:64,dl:32", help="method:anchors, comma-separated"
+    )
+    parser.add_argument("--n-steps", type=int, default=300, help="ASOT-ML and ASOT-DL training steps")
     parser.add_argument(
         "--full-budget",
         type=float,
@@ -342,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         "n_pairs": n_pairs,
         "variants": args.variants,
         "ml_training": f"{n_steps} Adam steps, 2048 training pairs (half random, half near), lr 1e-2, 256 pairs/step",
+        "dl_training": f"{n_steps} Adam steps, 256 points/step, lr 1e-2, 20 ISTA layers, dictionary started at k-means",
+        "tl_asot_default": f"method={DEFAULT[0]!r}, n_anchors={DEFAULT[1]}",
         "torch_threads": args.threads,
         "cost": "squared Euclidean everywhere: values are W2^2 (the ASOT paper uses the Euclidean cost)",
         "asot_solver": "anchor Sinkhorn, kernel mode, epsilon = 0.04 x max anchor cost, 10 iterations (defaults)",
@@ -350,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         "memory": "all_pairs_peak_rss_extra_bytes: resident-set high-water mark during the all-pairs call minus the "
         "resident set before it, the float64 n x n output (matrix_bytes) included",
     }
+    params["loadavg_start"] = list(os.getloadavg())
     payload: dict[str, Any] = {"benchmark": "asot", "machine": machine_info("cpu"), "params": params, "datasets": {}}
     if args.keep_existing and Path(out).exists():
         payload["datasets"] = json.loads(Path(out).read_text())["datasets"]
@@ -380,7 +395,13 @@ def main(argv: list[str] | None = None) -> int:
             log(f"  {row}")
         for row in rows:
             row["speedup_vs_exact"] = exact_per_pair / row["per_pair_us"]
-        entry: dict[str, Any] = {"data": description, "n_niches": n, "n_pairs_all": n_all, "rows": rows}
+        entry: dict[str, Any] = {
+            "data": description,
+            "n_niches": n,
+            "n_pairs_all": n_all,
+            "rows": rows,
+            "loadavg_after": list(os.getloadavg()),  # the machine is shared: timings move with its load
+        }
         if name == "simulated":
             entry["clustering"] = bench_clustering(adata, models, umap=not args.no_umap)
         payload["datasets"][name] = entry

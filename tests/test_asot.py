@@ -151,6 +151,44 @@ def test_kneighbors_count_identical_histograms_once():
     np.testing.assert_allclose(distances[0], [0, 0, 0], atol=1e-9)
 
 
+def test_kneighbors_debiased_match_all_pairs_minus_self_costs():
+    rng = np.random.default_rng(8)
+    points = rng.normal(size=(8, 3))
+    h = _histograms(50, 8, seed=9)
+    cost = anchor_cost(points)
+    kwargs = {"epsilon": 0.1 * float(cost.max()), "n_iter": 30}
+    matrix = anchor_pairwise_distances(h, h, cost, **kwargs)
+    self_cost = anchor_paired_distances(h, h, cost, **kwargs)
+    assert self_cost.min() > 0  # the entropic plan of a histogram with itself moves mass
+    debiased = matrix - 0.5 * self_cost[:, None] - 0.5 * self_cost[None, :]
+    np.fill_diagonal(debiased, -np.inf)
+    expected = np.maximum(np.sort(debiased, axis=1)[:, :4], 0)
+    for extra in ({}, {"anchor_points": points}):
+        indices, distances = anchor_kneighbors(h, cost, 4, debias=True, batch_size=61, **kwargs, **extra)
+        np.testing.assert_allclose(distances, expected, rtol=1e-4, atol=1e-6)
+    # exact OT has no self-cost: debias changes nothing
+    plain = anchor_kneighbors(h[:12], cost, 3, method="exact")
+    debiased_exact = anchor_kneighbors(h[:12], cost, 3, method="exact", debias=True)
+    np.testing.assert_array_equal(plain[0], debiased_exact[0])
+
+
+def test_kneighbors_count_near_copies_once_within_the_tolerance():
+    # 1-D anchors, exact W2^2 known: delta_0.1 is 0.01 from delta_0 (a near-copy at tolerance
+    # 0.05); h5 = 0.4 delta_3 + 0.6 delta_4 is 0.6 from delta_3 and 0.4 from delta_4
+    cost = anchor_cost(np.array([[0.0], [0.1], [3.0], [4.0], [6.0]]))
+    delta = np.eye(5)
+    h = np.stack([delta[0], delta[1], delta[2], delta[3], delta[4], 0.4 * delta[2] + 0.6 * delta[3]])
+    indices, _ = anchor_kneighbors(h, cost, 3, method="exact")
+    np.testing.assert_array_equal(indices[:2, 1], [1, 0])  # without a tolerance they fill each other's lists
+    indices, distances = anchor_kneighbors(h, cost, 3, method="exact", tolerance=0.05)
+    # row 1 joins row 0's group: it takes row 0's neighbours among representatives, with its own distances
+    np.testing.assert_array_equal(indices, [[0, 2, 5], [1, 2, 5], [2, 5, 3], [3, 5, 2], [4, 3, 5], [5, 3, 2]])
+    expected = [[0, 9, 13.2], [0, 8.41, 12.49], [0, 0.6, 1], [0, 0.4, 1], [0, 4, 6], [0, 0.4, 0.6]]
+    np.testing.assert_allclose(distances, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="tolerance"):
+        anchor_kneighbors(h, cost, 3, method="exact", tolerance=-1.0)
+
+
 def test_solver_errors():
     h = torch.tensor(_histograms(3, 4), dtype=torch.float32)
     cost = anchor_cost(np.eye(4))
@@ -197,9 +235,65 @@ def test_weights_are_on_the_simplex_and_ml_beats_kmeans():
     assert len(ml.history) == 150 and ml.history[-1] < ml.history[0]
 
 
+def _dl_on_a_known_dictionary(dictionary, *, n_layers=400):
+    """An ASOT-DL model whose dictionary is ``dictionary`` (centre 0, scale 1) and whose sparsity is 0."""
+    model = ASOT(dictionary.shape[1], dictionary.shape[0], method="dl", n_layers=n_layers)
+    with torch.no_grad():
+        model.anchors.copy_(torch.as_tensor(dictionary, dtype=torch.float32))
+        model.sparsity[-2].bias.fill_(-1e3)  # lambda(x) = relu(... - 1e3) = 0: plain non-negative least squares
+        model.fitted.fill_(True)
+    return model
+
+
+def test_dl_codes_points_on_the_dictionary_exactly():
+    rng = np.random.default_rng(0)
+    dictionary, _ = np.linalg.qr(rng.normal(size=(5, 3)))  # 3 orthonormal atoms in 5-D, as rows
+    dictionary = dictionary.T * np.array([[1.0], [2.0], [0.5]])
+    model = _dl_on_a_known_dictionary(dictionary)
+    codes = rng.random((40, 3)) * (rng.random((40, 3)) < 0.6)  # non-negative, some exactly 0
+    points = codes @ dictionary
+    found = model.sparse_codes(points)
+    # full column rank and lambda = 0: the non-negative least-squares code is unique, and ISTA reaches it
+    np.testing.assert_allclose(found, codes, atol=1e-5)
+    np.testing.assert_allclose(found @ dictionary, points, atol=1e-5)
+    # a cloud's weights are its points' codes, each normalised to sum 1, averaged
+    clouds = PointClouds.from_padded(points[:36].reshape(6, 6, 5))
+    expected = codes[:36] / np.maximum(codes[:36].sum(1, keepdims=True), 1e-30)
+    weights = model.transform(clouds)
+    assert (weights >= 0).all()
+    np.testing.assert_allclose(weights.sum(1), 1, atol=1e-5)
+    zero = codes[:36].sum(1) == 0  # a point coded all zero takes its nearest atom (the shortest, index 2)
+    expected[zero] = np.eye(3)[np.argmin((dictionary**2).sum(1))]
+    np.testing.assert_allclose(weights, expected.reshape(6, 6, 3).mean(1), atol=1e-5)
+
+
+def test_dl_codes_are_non_negative_and_fit_learns_a_clustered_family():
+    clouds = _clustered_clouds()
+    model = ASOT(clouds.dim, 6, method="dl").fit(clouds, n_steps=150, device="cpu", progress=False)
+    assert repr(model) == "ASOT(dim=4, n_anchors=6, method='dl', n_layers=20), trained on 120 clouds for 150 steps"
+    assert len(model.history) == 150 and np.mean(model.history[-10:]) < np.mean(model.history[:10])
+    points = clouds.points[clouds.mask].numpy()
+    codes = model.sparse_codes(points)
+    assert codes.shape == (len(points), 6) and (codes >= 0).all()
+    # the loss makes codes pick one atom with weight about 1, which reconstructs the point
+    center = model.center.numpy()
+    reconstruction = codes @ (model.anchor_positions() - center) + center
+    relative = ((reconstruction - points) ** 2).sum() / ((points - points.mean(0)) ** 2).sum()
+    assert relative < 0.2
+    h = model.transform(clouds)
+    assert h.shape == (len(clouds), 6) and (h >= 0).all()
+    np.testing.assert_allclose(h.sum(1), 1, atol=1e-5)
+    rng = np.random.default_rng(11)
+    first, second = rng.integers(0, len(clouds), 200), rng.integers(0, len(clouds), 200)
+    keep = first != second
+    exact = sot.ot.exact_w2_squared(clouds[first[keep]], clouds[second[keep]])
+    values = model.paired_distances(h[first[keep]], h[second[keep]])
+    assert np.corrcoef(values, exact)[0, 1] > 0.85  # 0.876 when written (6 anchors)
+
+
 def test_save_load_round_trip(tmp_path):
     clouds = _clustered_clouds(n_clouds=40)
-    for method in ("kmeans", "ml"):
+    for method in ("kmeans", "ml", "dl"):
         model = ASOT(clouds.dim, 5, method=method).fit(
             clouds, n_steps=5, n_train_pairs=64, device="cpu", progress=False
         )
@@ -208,12 +302,19 @@ def test_save_load_round_trip(tmp_path):
         np.testing.assert_array_equal(loaded.transform(clouds), model.transform(clouds))
         np.testing.assert_array_equal(loaded.cost().numpy(), model.cost().numpy())
         assert loaded.history == model.history
+        assert repr(loaded) == repr(model)
 
 
 def test_model_errors():
     clouds = _clustered_clouds(n_clouds=10, size=2)
     with pytest.raises(ValueError, match="method"):
-        ASOT(4, 8, method="dl")
+        ASOT(4, 8, method="deep")
+    with pytest.raises(ValueError, match="n_layers"):
+        ASOT(4, 8, method="dl", n_layers=0)
+    with pytest.raises(ValueError, match="method='dl'"):
+        ASOT(4, 4).fit(clouds, device="cpu").sparse_codes(np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="points"):
+        ASOT(4, 4, method="dl").fit(clouds, n_steps=2, device="cpu", progress=False).sparse_codes(np.zeros((2, 3)))
     with pytest.raises(ValueError, match="n_anchors"):
         ASOT(4, 0)
     with pytest.raises(ValueError, match="n_anchors"):
@@ -236,17 +337,24 @@ def test_tl_asot_writes_results_that_survive_h5ad(fitted, tmp_path):
     result = adata.uns["asot"]
     assert result["anchors"].shape == (12, adata.obsm["X_latent"].shape[1])
     assert result["cost"].shape == (12, 12) and result["epsilon"] > 0
-    assert result["params"]["method"] == "kmeans"
+    assert result["params"]["method"] == "ml"  # the default
 
     distances = adata.obsp["asot_neighbors_distances"]
     connectivities = adata.obsp["asot_neighbors_connectivities"]
     assert (distances.getnnz(axis=1) <= 9).all() and distances.diagonal().sum() == 0
     assert abs(connectivities - connectivities.T).max() < 1e-6
     assert adata.uns["asot_neighbors"]["connectivities_key"] == "asot_neighbors_connectivities"
-    # the graph's distances are the model's ASOT distances
+    # the graph's distances are the model's ASOT distances, debiased by half of each self-cost
     rows, cols = distances.nonzero()
-    direct = model.paired_distances(weights[rows[:50]], weights[cols[:50]])
-    np.testing.assert_allclose(np.asarray(distances[rows[:50], cols[:50]]).ravel(), direct, rtol=1e-4)
+    rows, cols = rows[:50], cols[:50]
+    direct = model.paired_distances(weights[rows], weights[cols])
+    direct -= 0.5 * (
+        model.paired_distances(weights[rows], weights[rows]) + model.paired_distances(weights[cols], weights[cols])
+    )
+    stored = np.asarray(distances[rows, cols]).ravel()
+    np.testing.assert_allclose(stored, np.maximum(direct, 0), rtol=1e-3, atol=1e-5)
+    params = adata.uns["asot_neighbors"]["params"]
+    assert params["debias"] and params["tolerance"] > 0
 
     path = tmp_path / "asot.h5ad"
     adata.write_h5ad(path)

@@ -26,6 +26,8 @@ CPU_BATCH_ENTRIES = 2**18
 working set of a chunk then stays in cache."""
 GPU_BATCH_ENTRIES = 2**26
 """Histogram entries (pairs × anchors) solved together on a GPU when ``batch_size`` is not given."""
+_GROUP_CANDIDATES = 4
+"""``anchor_kneighbors`` with a tolerance looks for near-copies among this many times ``n_neighbors``."""
 _KERNEL_LIMIT = {torch.float32: 30.0, torch.float64: 300.0}
 """Largest ``max(C) / epsilon`` at which ``exp(-C / epsilon)`` and the scalings stay finite."""
 
@@ -426,6 +428,8 @@ def anchor_kneighbors(
     tol: float | None = None,
     anchor_points: torch.Tensor | np.ndarray | None = None,
     anchor_offsets: torch.Tensor | np.ndarray | None = None,
+    debias: bool = False,
+    tolerance: float = 0.0,
     batch_size: int | None = None,
     device: torch.device | str | None = None,
     progress: bool = False,
@@ -446,6 +450,23 @@ def anchor_kneighbors(
     never fill each other's neighbour lists (when there are fewer distinct histograms than
     ``n_neighbors``, all rows are used as they are).
 
+    With ``debias=True`` (``'sinkhorn'`` only) the distance is the debiased
+    :math:`\langle P_{ab}, C\rangle - \tfrac12 \langle P_{aa}, C\rangle - \tfrac12 \langle P_{bb}, C\rangle`
+    (the self terms of a Sinkhorn divergence, on the transport cost): the entropic blur of a
+    histogram with itself grows with its spread, so without it spread histograms look farther
+    from everything than concentrated ones, and a histogram is not at distance 0 from itself.
+    Debiased values can dip slightly below 0 for near-identical histograms; they are ordered as
+    computed and returned clipped at 0.
+
+    With ``tolerance > 0``, histograms closer than ``tolerance`` count once too: a first pass
+    finds every histogram's ``4 * n_neighbors`` nearest, then, in row order, each histogram not yet taken
+    becomes a representative and takes the not yet taken histograms of its list closer than
+    ``tolerance``; a second pass chooses neighbours among representatives only, and every
+    histogram of a group gets its representative's neighbours (the representative itself
+    excluded), with its own distances to them. Small niches coded on anchors give many
+    histograms that differ only by which of two close anchors took a point; without this, they
+    fill each other's lists, and the graph falls into components of near-copies.
+
     Parameters
     ----------
     h
@@ -457,6 +478,12 @@ def anchor_kneighbors(
     anchor_points, anchor_offsets
         ``(k, dim)`` points and ``(k,)`` non-negative offsets with ``cost`` as above, to prune by
         the lower bound; all pairs are solved when ``anchor_points`` is ``None``.
+    debias
+        Subtract the mean of the two self-costs from every ``'sinkhorn'`` value (see above);
+        ignored by ``'exact'``, whose self-cost is 0.
+    tolerance
+        Histograms closer than this (in the units of ``cost``) count once (see above); 0 groups
+        identical histograms only.
 
     Returns
     -------
@@ -474,6 +501,8 @@ def anchor_kneighbors(
     """
     h, other, cost, device = _prepare(h, None, cost, method, epsilon, device)
     n_neighbors = check_int("n_neighbors", n_neighbors, maximum=len(h), why="the number of histograms")
+    if not (isinstance(tolerance, int | float) and tolerance >= 0):
+        raise ValueError(f"`tolerance` must be a non-negative number, got {tolerance!r}.")
     distinct, first, inverse = np.unique(h.cpu().numpy(), axis=0, return_index=True, return_inverse=True)
     if n_neighbors <= len(distinct) < len(h):
         # copies of one histogram (frequent with hard codes on small niches) would fill each
@@ -492,6 +521,8 @@ def anchor_kneighbors(
             tol=tol,
             anchor_points=anchor_points,
             anchor_offsets=anchor_offsets,
+            debias=debias,
+            tolerance=tolerance,
             batch_size=batch_size,
             device=device,
             progress=progress,
@@ -500,26 +531,88 @@ def anchor_kneighbors(
         indices, distances = order[indices[classes]], distances[classes]
         indices[:, 0] = np.arange(len(h))
         return indices, distances
+    if tolerance > 0:
+        return _grouped_kneighbors(
+            h, cost, n_neighbors, tolerance, method=method, epsilon=epsilon, n_iter=n_iter, tol=tol,
+            anchor_points=anchor_points, anchor_offsets=anchor_offsets, debias=debias,
+            batch_size=batch_size, device=device, progress=progress,
+        )  # fmt: skip
     n = len(h)
     batch_size = _default_batch(batch_size, device, max(h.shape[1], other.shape[1]))
     indices = np.empty((n, n_neighbors), dtype=np.int64)
     distances = np.empty((n, n_neighbors), dtype=np.float64)
     solve = (method, epsilon, n_iter, tol, device)
+    half_self = np.zeros(n)
+    if debias and method == "sinkhorn":
+        for start in range(0, n, batch_size):
+            chunk = h[start : start + batch_size]
+            half_self[start : start + batch_size] = 0.5 * _solve(chunk, chunk, cost, *solve)
     if anchor_points is None:
         for start, stop in progress_bar(
             _row_blocks(n, n, batch_size), description="anchor OT neighbours", requested=progress
         ):
-            block = _block(h, other, cost, start, stop, 0, *solve)
+            block = _block(h, other, cost, start, stop, 0, *solve) - half_self[start:stop, None] - half_self
             block[np.arange(stop - start), np.arange(start, stop)] = -np.inf  # the row itself comes first
             _keep_nearest(block, np.broadcast_to(np.arange(n), block.shape), indices, distances, start, stop)
     else:
-        bound = _MeanBound(h, anchor_points, anchor_offsets)
+        bound = _MeanBound(h, anchor_points, anchor_offsets, half_self)
         rows_per_block = max(1, min(n, batch_size // (4 * n_neighbors), 2**22 // n))
         blocks = range(0, n, rows_per_block)
         for start in progress_bar(blocks, description="anchor OT neighbours", requested=progress):
             stop = min(n, start + rows_per_block)
-            _pruned_block(h, cost, bound, start, stop, n_neighbors, batch_size, solve, indices, distances)
+            _pruned_block(h, cost, bound, start, stop, n_neighbors, batch_size, solve, half_self, indices, distances)
     distances[:, 0] = 0.0
+    np.maximum(distances, 0.0, out=distances)
+    return indices, distances
+
+
+def _grouped_kneighbors(h, cost, n_neighbors, tolerance, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """``anchor_kneighbors`` on distinct histograms with ``tolerance > 0``: near-copies count once."""
+    n = len(h)
+    # groups are found among a longer list than the graph keeps: a clump of near-copies larger
+    # than n_neighbors would otherwise be split into many groups
+    indices, distances = anchor_kneighbors(h, cost, min(n, _GROUP_CANDIDATES * n_neighbors), **kwargs)
+    leader = np.full(n, -1, dtype=np.int64)
+    for row in range(n):  # greedy, in row order: every member is within `tolerance` of its leader
+        if leader[row] >= 0:
+            continue
+        leader[row] = row
+        close = indices[row, 1:][distances[row, 1:] < tolerance]
+        leader[close[leader[close] < 0]] = row
+    leaders = np.flatnonzero(leader == np.arange(n))
+    if not n_neighbors <= len(leaders) < n:
+        return indices[:, :n_neighbors], distances[:, :n_neighbors]
+    rank = np.empty(n, dtype=np.int64)
+    rank[leaders] = np.arange(len(leaders))
+    kwargs["progress"] = False
+    leader_indices, leader_distances = anchor_kneighbors(h[torch.as_tensor(leaders)], cost, n_neighbors, **kwargs)
+    indices = leaders[leader_indices[rank[leader]]]
+    distances = leader_distances[rank[leader]].copy()
+    indices[:, 0] = np.arange(n)
+    members = np.flatnonzero(leader != np.arange(n))
+    if len(members):
+        # a member's own distances to its leader's neighbours, debiased as the rest, then sorted
+        solve = tuple(kwargs[key] for key in ("method", "epsilon", "n_iter", "tol", "device"))
+        batch_size = _default_batch(kwargs["batch_size"], kwargs["device"], h.shape[1])
+
+        def chunked(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+            parts = [
+                _solve(h[first[c : c + batch_size]], h[second[c : c + batch_size]], cost, *solve)
+                for c in range(0, len(first), batch_size)
+            ]
+            return np.concatenate(parts)
+
+        first, second = np.repeat(members, n_neighbors - 1), indices[members, 1:].ravel()
+        values = chunked(first, second)
+        if kwargs["debias"] and kwargs["method"] == "sinkhorn":
+            touched = np.unique(np.concatenate([first, second]))
+            half = np.zeros(n)
+            half[touched] = 0.5 * chunked(touched, touched)
+            values = values - half[first] - half[second]
+        values = np.maximum(values, 0.0).reshape(len(members), n_neighbors - 1)
+        order = np.argsort(values, axis=1, kind="stable")
+        indices[members, 1:] = np.take_along_axis(indices[members, 1:], order, axis=1)
+        distances[members, 1:] = np.take_along_axis(values, order, axis=1)
     return indices, distances
 
 
@@ -533,9 +626,13 @@ def _keep_nearest(values, columns, indices, distances, start, stop) -> None:
 
 
 class _MeanBound:
-    """Lower bound of anchor OT from the means of the histograms: ``||m - m'||^2 + o + o'``."""
+    """Lower bound of anchor OT from the means of the histograms: ``||m - m'||^2 + o + o'``.
 
-    def __init__(self, h, anchor_points, anchor_offsets):
+    Any coupling's cost is at least the bound (Jensen), the entropic plan's included; a debiased
+    value is at least the bound minus the two half self-costs, which enter as negative offsets.
+    """
+
+    def __init__(self, h, anchor_points, anchor_offsets, half_self=None):
         points = as_tensor(anchor_points, dtype=torch.float64)
         if points.ndim != 2 or points.shape[0] != h.shape[1]:
             raise ValueError(f"`anchor_points` must have shape ({h.shape[1]}, dim), got {tuple(points.shape)}.")
@@ -545,13 +642,15 @@ class _MeanBound:
         if anchor_offsets is not None:
             offsets = as_tensor(anchor_offsets, dtype=torch.float64).reshape(-1)
         self.offsets = weights @ offsets
+        if half_self is not None:
+            self.offsets = self.offsets - torch.as_tensor(half_self, dtype=torch.float64)
 
     def __call__(self, start: int, stop: int) -> np.ndarray:
         gap = torch.cdist(self.means[start:stop], self.means) ** 2
         return (gap + self.offsets[start:stop, None] + self.offsets[None, :]).numpy()
 
 
-def _pruned_block(h, cost, bound, start, stop, n_neighbors, batch_size, solve, indices, distances) -> None:
+def _pruned_block(h, cost, bound, start, stop, n_neighbors, batch_size, solve, half_self, indices, distances) -> None:
     n, rows = len(h), np.arange(start, stop)
     lower = bound(start, stop)
     lower[rows - start, rows] = -np.inf
@@ -568,7 +667,7 @@ def _pruned_block(h, cost, bound, start, stop, n_neighbors, batch_size, solve, i
         for chunk in range(0, first.size, batch_size):
             part = slice(chunk, chunk + batch_size)
             values[part] = _solve(h[first[part]], h[columns.ravel()[part]], cost, *solve)
-        values = values.reshape(columns.shape)
+        values = values.reshape(columns.shape) - half_self[rows[local], None] - half_self[columns]
         values[columns == rows[local, None]] = -np.inf
         merged = np.concatenate([best[local], values], axis=1)
         merged_columns = np.concatenate([best_columns[local], columns], axis=1)
