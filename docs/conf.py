@@ -8,13 +8,13 @@ copyright = "2026, spatialot developers"
 release = _package_version("spatialot")
 
 extensions = [
-    "myst_parser",
+    "myst_nb",
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
 ]
-source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 exclude_patterns = ["_build", "generated/*.md"]
 templates_path = ["_templates"]
 
@@ -34,6 +34,9 @@ autodoc_typehints = "description"
 # Returns section, which napoleon renders as written (see napoleon_custom_sections)
 autodoc_typehints_description_target = "documented"
 myst_enable_extensions = ["dollarmath"]
+# The tutorials (tutorials/*.ipynb, reached through the docs/tutorials symlink) are rendered with
+# the outputs they were committed with, from their full settings; the docs never run them.
+nb_execution_mode = "off"
 
 nitpicky = False
 
