@@ -9,5 +9,6 @@
 
 from ._bdtnp import bdtnp
 from ._simulated import simulated_tissue
+from ._w2bench import ConvexMapFamily, w2_benchmark
 
-__all__ = ["bdtnp", "simulated_tissue"]
+__all__ = ["ConvexMapFamily", "bdtnp", "simulated_tissue", "w2_benchmark"]
