@@ -183,9 +183,7 @@ class HOTET(Model):
         n_anchors: int = 64,
         base: str = "gaussian",
         shrinkage: float = 0.1,
-        holdout: float = 0.0,
-        forward_loss: str = "dual",
-        conjugate_steps: int = 0,
+        conjugate_steps: int = 3,
         random_state: int | None = 0,
         device: torch.device | str = "auto",
     ):
@@ -195,6 +193,7 @@ class HOTET(Model):
             raise ValueError(f"`shrinkage` must lie in [0, 1], got {shrinkage!r}.")
         dim = check_int("dim", dim)
         n_anchors = check_int("n_anchors", n_anchors)
+        conjugate_steps = check_int("conjugate_steps", conjugate_steps, minimum=0)
         hidden = None if hidden is None else [check_int("hidden", h) for h in hidden]
         super().__init__(
             dim=dim,
@@ -208,8 +207,6 @@ class HOTET(Model):
             n_anchors=n_anchors,
             base=base,
             shrinkage=shrinkage,
-            holdout=holdout,
-            forward_loss=forward_loss,
             conjugate_steps=conjugate_steps,
             random_state=random_state,
         )
@@ -332,85 +329,87 @@ class HOTET(Model):
             matrix, shift = gaussian_map(ref_mean, ref_cov, mean, cov, floor=1e-6)
         return sqrtm_psd(matrix), shift
 
-    def _conjugate(self, points, params, base, candidates, values, start, precondition, n_steps, candidate_weights=None):
-        """Conjugate of a potential at ``points``: the best of the batch candidates and of refined warm starts.
+    def _conjugate(
+        self,
+        points: torch.Tensor,
+        potential: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None],
+        candidates: torch.Tensor,
+        candidate_weights: torch.Tensor,
+        values: torch.Tensor,
+        start: torch.Tensor,
+        precondition: tuple[torch.Tensor, torch.Tensor] | None,
+        n_steps: int,
+    ) -> torch.Tensor:
+        r"""Convex conjugate :math:`f^*(p) = \max_q \langle p, qangle - f(q)` of an ICNN at ``points``.
 
-        The arg-max is found without gradients (the best batch candidate, and ``start`` improved by
-        ``n_steps`` preconditioned ascent steps, each accepted only where it improves), then the
-        conjugate is evaluated there with gradients to the potential's parameters (envelope theorem).
+        The arg-max is searched without gradients: the best batch candidate (MM-B), against
+        ``start`` (the other direction's map, which is the arg-max when both maps are right)
+        improved by ``n_steps`` ascent steps :math:`q \leftarrow q + t\,P(p - 
+abla f(q))`, each
+        kept only where it raises the objective (else ``t`` is halved there); ``P`` is the
+        Gaussian base matrix of the other direction (the inverse of the Gaussian Hessian of
+        ``f``), or the identity. The value at the arg-max :math:`\hat q` is then
+        :math:`\langle p, \hat qangle - f(\hat q)` with gradients to ``f``'s parameters only
+        (envelope theorem). Every candidate gives a lower bound of :math:`f^*`, so the best one
+        is the tightest available.
         """
+        params, base = potential
+        frozen = (params.detach(), None if base is None else tuple(b.detach() for b in base))
+
+        def value_and_gradient(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.enable_grad():
+                q = q.detach().requires_grad_(True)
+                value = self.icnn.potential(q, *frozen)
+                (grad,) = torch.autograd.grad(value.sum(), q)
+            return value.detach(), grad
+
         with torch.no_grad():
             scores = torch.bmm(points, candidates.transpose(1, 2)) - values.detach()[:, None, :]
-            if candidate_weights is not None:
-                scores = scores.masked_fill(candidate_weights[:, None, :] <= 0, float("-inf"))
-            best_value, best = scores.max(dim=2)
-            best = torch.gather(candidates, 1, best[..., None].expand(-1, -1, points.shape[-1]))
+            scores = scores.masked_fill(candidate_weights[:, None, :] <= 0, float("-inf"))
+            best_score, rows = scores.max(dim=2)
+            best = torch.gather(candidates, 1, rows[..., None].expand(-1, -1, points.shape[-1]))
             matrix = None if precondition is None else precondition[0] @ precondition[0].transpose(1, 2)
-            y = start.clone()
-            step = torch.ones(y.shape[:2], dtype=y.dtype, device=y.device)
-            with torch.enable_grad():
-                y_ = y.requires_grad_(True)
-                value = self.icnn.potential(y_, params.detach(), None if base is None else tuple(b.detach() for b in base))
-                (grad,) = torch.autograd.grad(value.sum(), y_)
-            current = (points * y).sum(-1) - value.detach()
+            q = start
+            value, grad = value_and_gradient(q)
+            score = (points * q).sum(-1) - value
+            size = torch.ones_like(score)
             for _ in range(n_steps):
                 direction = points - grad
                 if matrix is not None:
                     direction = torch.einsum("bnd,bkd->bnk", direction, matrix)
-                trial = (y + step[..., None] * direction).detach()
-                with torch.enable_grad():
-                    trial_ = trial.requires_grad_(True)
-                    trial_value = self.icnn.potential(
-                        trial_, params.detach(), None if base is None else tuple(b.detach() for b in base)
-                    )
-                    (trial_grad,) = torch.autograd.grad(trial_value.sum(), trial_)
-                trial_score = (points * trial).sum(-1) - trial_value.detach()
-                better = trial_score > current
-                y = torch.where(better[..., None], trial, y.detach())
+                trial = q + size[..., None] * direction
+                trial_value, trial_grad = value_and_gradient(trial)
+                trial_score = (points * trial).sum(-1) - trial_value
+                better = trial_score > score
+                q = torch.where(better[..., None], trial, q)
                 grad = torch.where(better[..., None], trial_grad, grad)
-                current = torch.where(better, trial_score, current)
-                step = torch.where(better, step, 0.5 * step)
-            argmax = torch.where((current > best_value)[..., None], y, best).detach()
+                score = torch.where(better, trial_score, score)
+                size = torch.where(better, size, 0.5 * size)
+            argmax = torch.where((score > best_score)[..., None], q, best)
         return (points * argmax).sum(-1) - self.icnn.potential(argmax, params, base)
 
-    def _step_loss(self, batch: PointClouds, reference: torch.Tensor, rng: np.random.Generator | None = None) -> torch.Tensor:
+    def _step_loss(self, batch: PointClouds, reference: torch.Tensor) -> torch.Tensor:
         x = self._normalise(batch.points) * batch.mask[..., None]
         y = self._normalise(reference)
         uniform = torch.full(y.shape[:2], 1.0 / y.shape[1], device=y.device)
-        given, held = batch.weights, batch.weights
-        holdout = self.config.get("holdout", 0.0)
-        if holdout > 0 and rng is not None:
-            # the networks see one part of each cloud, the loss scores the other part
-            draw = torch.as_tensor(rng.random(tuple(batch.weights.shape)), device=x.device) < holdout
-            real = batch.weights > 0
-            # keep at least one point on each side
-            first = torch.argmax(real.float(), dim=1)
-            rows = torch.arange(len(x), device=x.device)
-            draw[rows, first] = False
-            held_mask = draw & real
-            none = ~held_mask.any(1)
-            last = real.float().cumsum(1).argmax(1)
-            held_mask[rows[none], last[none]] = True
-            given = torch.where(held_mask, 0.0, batch.weights)
-            held = torch.where(held_mask, batch.weights, 0.0)
-            given, held = given / given.sum(1, keepdim=True), held / held.sum(1, keepdim=True)
-        x_in = x * (given[..., None] > 0)
-        phi_params, phi_base = self.forward_net(x_in, given), self._base(x_in, given, "forward")
-        psi_params, psi_base = self.inverse_net(x_in, given), self._base(x_in, given, "inverse")
+        weights = batch.weights
+        phi_params, phi_base = self.forward_net(x, weights), self._base(x, weights, "forward")
+        psi_params, psi_base = self.inverse_net(x, weights), self._base(x, weights, "inverse")
+        phi = self.icnn.potential(x, phi_params, phi_base)
         psi = self.icnn.potential(y, psi_params, psi_base)
-        refine = self.config.get("conjugate_steps", 0)
-        if refine:
-            with torch.no_grad():
-                # warm starts of the conjugates: each direction's argmax proposed by the other map
-                to_ref = self.icnn.gradient(x, phi_params, phi_base)
-                to_cloud = self.icnn.gradient(y, psi_params, psi_base)
-            psi_star = self._conjugate(x, psi_params, psi_base, y, psi, to_ref, phi_base, refine)
-            phi = self.icnn.potential(x, phi_params, phi_base)
-            phi_star = self._conjugate(y, phi_params, phi_base, x, phi, to_cloud, psi_base, refine, held)
-            inverse = (uniform * psi).sum(1) + (held * psi_star).sum(1)
-            forward = (held * phi).sum(1) + (uniform * phi_star).sum(1)
+        n_steps = self.config["conjugate_steps"]
+        if n_steps == 0:  # the paper's MM-B: conjugates by the maximum over the batch
+            forward = batch_dual_loss(phi, x, weights, y, uniform)
+            inverse = batch_dual_loss(psi, y, uniform, x, weights)
             return 0.5 * (forward + inverse).mean()
-        inverse = batch_dual_loss(psi, y, uniform, x, held)
+        with torch.no_grad():
+            # each map proposes the arg-max of the other direction's conjugate
+            to_reference = self.icnn.gradient(x, phi_params, phi_base)
+            to_cloud = self.icnn.gradient(y, psi_params, psi_base)
+        phi_star = self._conjugate(y, (phi_params, phi_base), x, weights, phi, to_cloud, psi_base, n_steps)
+        psi_star = self._conjugate(x, (psi_params, psi_base), y, uniform, psi, to_reference, phi_base, n_steps)
+        forward = (weights * phi).sum(1) + (uniform * phi_star).sum(1)
+        inverse = (uniform * psi).sum(1) + (weights * psi_star).sum(1)
         return 0.5 * (forward + inverse).mean()
 
     def fit(
@@ -486,7 +485,7 @@ class HOTET(Model):
             def step_loss(step: int) -> torch.Tensor:
                 rows = rng.choice(len(clouds), size=batch_size, replace=len(clouds) < batch_size)
                 batch = take(clouds, np.sort(rows), self.device)
-                return self._step_loss(batch, self._draw_reference(batch_size, n_reference_samples, rng), rng)
+                return self._step_loss(batch, self._draw_reference(batch_size, n_reference_samples, rng))
 
             train(
                 self,
