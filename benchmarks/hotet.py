@@ -158,9 +158,7 @@ def w2_benchmark(
     clouds = sot.ot.PointClouds.from_padded(train_family.sample(n_points, seed + 1).astype(np.float32))
     model = HOTET(dim, base=base, random_state=seed, device=device)
     start = time.perf_counter()
-    model.fit(
-        clouds, reference=(np.zeros(dim), np.eye(dim)), n_steps=steps, random_state=seed, progress=False
-    )
+    model.fit(clouds, reference=(np.zeros(dim), np.eye(dim)), n_steps=steps, random_state=seed, progress=False)
     fit_s = time.perf_counter() - start
 
     test = sot.ot.PointClouds.from_padded(test_family.sample(n_points, seed + 2).astype(np.float32))
