@@ -338,7 +338,8 @@ def run_w2(args: argparse.Namespace, device: str) -> None:
             row = w2_benchmark(dim, base, steps, args.w2_train, args.w2_points, device)
             payload["rows"].append(row)
             print(
-                f"d={dim} base={base}: forward {row['forward_l2_uvp']:.2f}% (Gaussian {row['forward_gaussian_l2_uvp']:.2f}%)"
+                f"d={dim} base={base}: forward {row['forward_l2_uvp']:.2f}% "
+                f"(Gaussian {row['forward_gaussian_l2_uvp']:.2f}%)"
                 f"  inverse {row['inverse_l2_uvp']:.2f}% (Gaussian {row['inverse_gaussian_l2_uvp']:.2f}%)"
                 f"  ({row['fit_s']:.0f} s)",
                 flush=True,

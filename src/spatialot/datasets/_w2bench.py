@@ -75,19 +75,19 @@ class ConvexMapFamily:
         return points, self.shifts[:, None, :], self.directions, self.offsets[:, None, :], self.heights[:, None, :]
 
     def potential(self, points: np.ndarray) -> np.ndarray:
-        r""":math:`\varphi_b(z_{bi})` of reference points ``(n_measures, n_points, dim)``, shape ``(n_measures, n_points)``."""
+        r"""The potentials :math:`\varphi_b(z_{bi})`, ``(n_measures, n)``, at points ``(n_measures, n, dim)``."""
         z, m, a, c, w = self._rows(points)
         ridges = (w * _softplus(np.einsum("bnd,bkd->bnk", z, a) + c)).sum(-1)
         return 0.5 * (z**2).sum(-1) + (z * m).sum(-1) + ridges
 
     def forward(self, points: np.ndarray) -> np.ndarray:
-        r"""The OT map :math:`\nabla\varphi_b` from the reference onto :math:`\mu_b`, applied to ``(n_measures, n_points, dim)``."""
+        r"""The OT map :math:`\nabla\varphi_b` from the reference onto :math:`\mu_b`, at ``(n_measures, n, dim)``."""
         z, m, a, c, w = self._rows(points)
         gates = w * _sigmoid(np.einsum("bnd,bkd->bnk", z, a) + c)
         return z + m + np.einsum("bnk,bkd->bnd", gates, a)
 
     def inverse(self, points: np.ndarray, *, tol: float = 1e-10, max_iter: int = 50) -> np.ndarray:
-        r"""The OT map :math:`(\nabla\varphi_b)^{-1}` from :math:`\mu_b` onto the reference, applied to ``(n_measures, n_points, dim)``.
+        r"""The OT map :math:`(\nabla\varphi_b)^{-1}` from :math:`\mu_b` onto the reference at ``(n_measures, n, dim)``.
 
         Solves :math:`\nabla\varphi_b(z) = x` by damped Newton steps on the strongly convex
         :math:`\varphi_b(z) - \langle x, z\rangle`, to a residual below ``tol``.

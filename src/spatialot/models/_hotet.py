@@ -362,20 +362,17 @@ class HOTET(Model):
         precondition: tuple[torch.Tensor, torch.Tensor] | None,
         n_steps: int,
     ) -> torch.Tensor:
-        r"""Convex conjugate :math:`f^*(p) = \max_q \langle p, q
-        angle - f(q)` of an ICNN at ``points``.
+        r"""Convex conjugate :math:`f^*(p) = \max_q \langle p, q\rangle - f(q)` of an ICNN at ``points``.
 
-                The arg-max is searched without gradients: the best batch candidate (MM-B), against
-                ``start`` (the other direction's map, which is the arg-max when both maps are right)
-                improved by ``n_steps`` ascent steps :math:`q \leftarrow q + t\,P(p -
-        abla f(q))`, each
-                kept only where it raises the objective (else ``t`` is halved there); ``P`` is the
-                Gaussian base matrix of the other direction (the inverse of the Gaussian Hessian of
-                ``f``), or the identity. The value at the arg-max :math:`\hat q` is then
-                :math:`\langle p, \hat q
-        angle - f(\hat q)` with gradients to ``f``'s parameters only
-                (envelope theorem). Every candidate gives a lower bound of :math:`f^*`, so the best one
-                is the tightest available.
+        The arg-max is searched without gradients: the best batch candidate (MM-B), against
+        ``start`` (the other direction's map, which is the arg-max when both maps are right)
+        improved by ``n_steps`` ascent steps :math:`q \leftarrow q + t\,P(p - \nabla f(q))`, each
+        kept only where it raises the objective (else ``t`` is halved there); ``P`` is the
+        Gaussian base matrix of the other direction (the inverse of the Gaussian Hessian of
+        ``f``), or the identity. The value at the arg-max :math:`\hat q` is then
+        :math:`\langle p, \hat q\rangle - f(\hat q)` with gradients to ``f``'s parameters only
+        (envelope theorem). Every candidate gives a lower bound of :math:`f^*`, so the best one
+        is the tightest available.
         """
         params, base = potential
         frozen = (params.detach(), None if base is None else tuple(b.detach() for b in base))
