@@ -37,7 +37,7 @@ class ConvexMapFamily:
         + \sum_k w_{bk}\,\mathrm{softplus}(\langle a_{bk}, z\rangle + c_{bk}),
         \qquad w_{bk} \ge 0,
 
-    a quadratic plus "ridges": :math:`\nabla\varphi_b(z) = z + m_b + \sum_k w_{bk}\,
+    a quadratic plus ridges: :math:`\nabla\varphi_b(z) = z + m_b + \sum_k w_{bk}\,
     \sigma(\langle a_{bk}, z\rangle + c_{bk})\,a_{bk}` shifts the reference by a smooth step of
     height :math:`w_{bk}\lVert a_{bk}\rVert` along each ridge direction. Its Jacobian is
     :math:`I + \sum_k w_{bk}\sigma'(\cdot)\,a_{bk}a_{bk}^\top \succeq I`, so :math:`\varphi_b` is
@@ -53,6 +53,16 @@ class ConvexMapFamily:
         :math:`c_{bk}`, ``(n_measures, n_ridges)``.
     heights
         :math:`w_{bk} \ge 0`, ``(n_measures, n_ridges)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import spatialot as sot
+    >>> family = sot.datasets.w2_benchmark(2, 3)
+    >>> z = np.random.default_rng(0).normal(size=(2, 4, 3))  # reference points
+    >>> x = family.forward(z)  # their images in each measure: the exact OT map
+    >>> np.allclose(family.inverse(x), z)
+    True
     """
 
     shifts: np.ndarray
