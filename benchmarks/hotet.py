@@ -64,6 +64,8 @@ from spatialot.models._hotet import batch_dual_loss  # noqa: E402
 from spatialot.models._icnn import BatchedICNN  # noqa: E402
 from spatialot.models._training import train  # noqa: E402
 
+CONJUGATE_STEPS = 3  # HOTET's default; --conjugate-steps 0 is the paper's batch maximum (MM-B)
+
 # ---------------------------------------------------------------------------- Gaussian benchmark
 
 
@@ -96,7 +98,7 @@ def gaussian_benchmark(
     ref_mean, ref_cov = (a[0] for a in random_gaussians(rng, 1, dim))
     means, covs = random_gaussians(rng, 500, dim)
     clouds = sot.ot.PointClouds.from_padded(sample(rng, means, covs, n_points))
-    model = HOTET(dim, base=base, random_state=seed, device=device)
+    model = HOTET(dim, base=base, conjugate_steps=CONJUGATE_STEPS, random_state=seed, device=device)
     start = time.perf_counter()
     model.fit(
         clouds,
@@ -156,7 +158,7 @@ def w2_benchmark(
     family = sot.datasets.w2_benchmark(n_train + 50, dim, random_state=seed + dim)
     train_family, test_family = family.subset(slice(0, n_train)), family.subset(slice(n_train, None))
     clouds = sot.ot.PointClouds.from_padded(train_family.sample(n_points, seed + 1).astype(np.float32))
-    model = HOTET(dim, base=base, random_state=seed, device=device)
+    model = HOTET(dim, base=base, conjugate_steps=CONJUGATE_STEPS, random_state=seed, device=device)
     start = time.perf_counter()
     model.fit(clouds, reference=(np.zeros(dim), np.eye(dim)), n_steps=steps, random_state=seed, progress=False)
     fit_s = time.perf_counter() - start
@@ -238,7 +240,7 @@ def bdtnp_benchmark(steps: int, per_niche_steps: int, device: str, quick: bool) 
     results: dict[str, Any] = {"n_train_niches": len(train_family), "n_test_niches": len(test_family)}
     models = {}
     for base in ("identity", "gaussian"):
-        model = models[base] = HOTET(8, base=base, device=device)
+        model = models[base] = HOTET(8, base=base, conjugate_steps=CONJUGATE_STEPS, device=device)
         start = time.perf_counter()
         model.fit(train_family, n_steps=steps, n_reference_samples=256, progress=False)
         fit_s = time.perf_counter() - start
@@ -329,6 +331,7 @@ def run_w2(args: argparse.Namespace, device: str) -> None:
         "anchor": "closed-form Gaussian map between each measure's sample moments (shrinkage 0.1, as the model's "
         "Gaussian base) and N(0, I); identity map",
         "target": "L2-UVP below the Gaussian baseline at every d; below 5 % at d <= 8 and 15 % at d = 64",
+        "conjugate_steps": args.conjugate_steps,
         "budget": f"{steps} steps per row, batch 8 measures, 256 reference points per measure and step, HOTET "
         "defaults otherwise (Adam 1e-3 halved every steps/3), 1 torch thread",
         "rows": [],
@@ -374,6 +377,7 @@ def main() -> None:
     parser.add_argument("--per-niche-steps", type=int, default=500)
     parser.add_argument("--bases", nargs="+", default=["identity", "gaussian"])
     parser.add_argument("--skip-gaussian", action="store_true")
+    parser.add_argument("--conjugate-steps", type=int, default=3, help="HOTET(conjugate_steps=...); 0 = MM-B")
     parser.add_argument("--only-w2", action="store_true", help="run the Wasserstein-2 benchmark alone")
     parser.add_argument("--w2-dims", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64])
     parser.add_argument("--w2-steps", type=int, default=300)
@@ -385,6 +389,8 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    global CONJUGATE_STEPS
+    CONJUGATE_STEPS = args.conjugate_steps
     device = resolve_device(args.device)
     dims = [2, 8] if args.quick else args.dims
 
@@ -399,6 +405,8 @@ def main() -> None:
         "benchmark": "hotet",
         "machine": machine_info(device),
         "note": "CPU timings on a shared machine (four jobs on 2 cores), torch threads as in machine.",
+        "conjugate_steps": args.conjugate_steps,
+        "load_before": list(os.getloadavg()),
         "gaussian": {
             "data": "reference and 500 training sources: means U[0,3]^d, covariances W W^T/(2d), W d x 2d N(0,1); "
             "each source a fixed sample of n_points; 50 unseen test sources, maps predicted from a fresh "
