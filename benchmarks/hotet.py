@@ -21,16 +21,29 @@
    reach 0). Then the
    Pearson / Spearman correlation of squared map-representation distances with exact W2²
    between unseen niches (2,000 random pairs).
-3. **Speed**: seconds per map for unseen niches (one forward pass of the trained model, batched)
+3. **Wasserstein-2 benchmark** (Korotin et al. 2021 construction, ``sot.datasets.w2_benchmark``):
+   reference ν = N(0, I_d), each measure μ_b = (∇φ_b)#ν with φ_b = ½‖z‖² + ⟨m_b, z⟩ + six
+   softplus ridges (non-negative weights), so ∇φ_b is the exact OT map ν → μ_b and its inverse
+   the exact map μ_b → ν; the maps are not affine. ``--w2-train`` training measures of
+   ``--w2-points`` points each; 50 unseen measures, each map predicted from a fresh sample of
+   ``--w2-points`` points and scored on 1,000 further points: L2-UVP = 100 · E‖T̂ − T*‖² /
+   Var(target) and the cosine of the displacements, for the forward map (μ_b → ν, target
+   variance d) and the inverse map (ν → μ_b, target variance tr Cov μ_b). Baseline: the
+   closed-form Gaussian map between each measure's own sample moments (shrunk as the model's
+   Gaussian base: ``shrinkage`` 0.1) and N(0, I). Targets (issue 13): below the baseline at
+   every d, below 5 % at d ≤ 8 and 15 % at d = 64.
+4. **Speed**: seconds per map for unseen niches (one forward pass of the trained model, batched)
    against fitting one ICNN per niche (free parameters, the same forward loss, ``--per-niche-steps``
    Adam steps), with the W2² reached by each.
 
-Run ``python benchmarks/hotet.py [--quick] [--dims 2 4 8 16 32 64] [--threads 1] [--out PATH]``.
+Run ``python benchmarks/hotet.py [--quick] [--dims 2 4 8 16 32 64] [--threads 1] [--out PATH]``;
+``--only-w2`` runs part 3 alone (``--w2-dims``, ``--w2-steps``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import warnings
 from typing import Any
@@ -50,6 +63,8 @@ from spatialot.models import HOTET, Model  # noqa: E402
 from spatialot.models._hotet import batch_dual_loss  # noqa: E402
 from spatialot.models._icnn import BatchedICNN  # noqa: E402
 from spatialot.models._training import train  # noqa: E402
+
+CONJUGATE_STEPS = 3  # HOTET's default; --conjugate-steps 0 is the paper's batch maximum (MM-B)
 
 # ---------------------------------------------------------------------------- Gaussian benchmark
 
@@ -83,7 +98,7 @@ def gaussian_benchmark(
     ref_mean, ref_cov = (a[0] for a in random_gaussians(rng, 1, dim))
     means, covs = random_gaussians(rng, 500, dim)
     clouds = sot.ot.PointClouds.from_padded(sample(rng, means, covs, n_points))
-    model = HOTET(dim, base=base, random_state=seed, device=device)
+    model = HOTET(dim, base=base, conjugate_steps=CONJUGATE_STEPS, random_state=seed, device=device)
     start = time.perf_counter()
     model.fit(
         clouds,
@@ -129,6 +144,71 @@ def gaussian_benchmark(
     return row
 
 
+# ---------------------------------------------------------------------------- Wasserstein-2 benchmark
+
+
+def cosine(predicted: np.ndarray, truth: np.ndarray, points: np.ndarray) -> np.ndarray:
+    moved, true_moved = predicted - points, truth - points
+    return (moved * true_moved).sum((1, 2)) / np.sqrt((moved**2).sum((1, 2)) * (true_moved**2).sum((1, 2)))
+
+
+def w2_benchmark(
+    dim: int, base: str, steps: int, n_train: int, n_points: int, device: str, seed: int = 0
+) -> dict[str, Any]:
+    family = sot.datasets.w2_benchmark(n_train + 50, dim, random_state=seed + dim)
+    train_family, test_family = family.subset(slice(0, n_train)), family.subset(slice(n_train, None))
+    clouds = sot.ot.PointClouds.from_padded(train_family.sample(n_points, seed + 1).astype(np.float32))
+    model = HOTET(dim, base=base, conjugate_steps=CONJUGATE_STEPS, random_state=seed, device=device)
+    start = time.perf_counter()
+    model.fit(clouds, reference=(np.zeros(dim), np.eye(dim)), n_steps=steps, random_state=seed, progress=False)
+    fit_s = time.perf_counter() - start
+
+    test = sot.ot.PointClouds.from_padded(test_family.sample(n_points, seed + 2).astype(np.float32))
+    z = np.random.default_rng(seed + 3).standard_normal((len(test_family), 1000, dim))
+    x = test_family.forward(z)  # x ~ μ_b, z = (∇φ_b)⁻¹(x) ~ ν: both true maps on one sample
+    target_var = ((x - x.mean(1, keepdims=True)) ** 2).sum(-1).mean(1)
+    forward = model.transport(test, x.astype(np.float32))
+    inverse = model.inverse_transport(test, z.astype(np.float32))
+
+    # baseline: the closed-form Gaussian map between the sample moments (shrunk as the model's base) and N(0, I)
+    means, covs = (t.double() for t in sot.ot.gaussian_moments(test.to(dtype=torch.float64)))
+    level = torch.diagonal(covs, dim1=1, dim2=2).mean(1)[:, None, None]
+    eye = torch.eye(dim, dtype=torch.float64)
+    covs = 0.9 * covs + 0.1 * level * eye + 1e-6 * eye
+    zero, identity = torch.zeros_like(means), eye.expand_as(covs)
+    to_ref = sot.ot.gaussian_map(means, covs, zero, identity)
+    to_measure = sot.ot.gaussian_map(zero, identity, means, covs)
+
+    def apply(affine, points):
+        return points @ affine[0].numpy().transpose(0, 2, 1) + affine[1].numpy()[:, None, :]
+
+    rows = {}
+    for name, predicted, baseline, points, truth, variance in (
+        ("forward", forward, apply(to_ref, x), x, z, np.full(len(x), float(dim))),
+        ("inverse", inverse, apply(to_measure, z), z, x, target_var),
+    ):
+        uvp = 100 * ((predicted - truth) ** 2).sum(-1).mean(1) / variance
+        base_uvp = 100 * ((baseline - truth) ** 2).sum(-1).mean(1) / variance
+        rows[name] = {
+            "l2_uvp": float(uvp.mean()),
+            "cosine": float(cosine(predicted, truth, points).mean()),
+            "gaussian_l2_uvp": float(base_uvp.mean()),
+            "gaussian_cosine": float(cosine(baseline, truth, points).mean()),
+            "identity_l2_uvp": float((100 * ((points - truth) ** 2).sum(-1).mean(1) / variance).mean()),
+        }
+    return {
+        "dim": dim,
+        "base": base,
+        "steps": steps,
+        "n_train": n_train,
+        "n_points": n_points,
+        "fit_s": fit_s,
+        "final_loss": float(np.mean(model.history[-50:])),
+        "load_after": list(os.getloadavg()),
+        **{f"{direction}_{key}": value for direction, row in rows.items() for key, value in row.items()},
+    }
+
+
 # ---------------------------------------------------------------------------- BDTNP niches
 
 
@@ -160,7 +240,7 @@ def bdtnp_benchmark(steps: int, per_niche_steps: int, device: str, quick: bool) 
     results: dict[str, Any] = {"n_train_niches": len(train_family), "n_test_niches": len(test_family)}
     models = {}
     for base in ("identity", "gaussian"):
-        model = models[base] = HOTET(8, base=base, device=device)
+        model = models[base] = HOTET(8, base=base, conjugate_steps=CONJUGATE_STEPS, device=device)
         start = time.perf_counter()
         model.fit(train_family, n_steps=steps, n_reference_samples=256, progress=False)
         fit_s = time.perf_counter() - start
@@ -233,6 +313,59 @@ def bdtnp_benchmark(steps: int, per_niche_steps: int, device: str, quick: bool) 
     return results
 
 
+def run_w2(args: argparse.Namespace, device: str) -> None:
+    """Part 3 alone, written to ``hotet-w2bench-<device>.json`` unless ``--out`` is given."""
+    out = args.out or default_out("hotet-w2bench", device, args.quick)
+    dims = [2, 8] if args.quick else args.w2_dims
+    steps = 50 if args.quick else args.w2_steps
+    payload: dict[str, Any] = {
+        "benchmark": "hotet-w2bench",
+        "machine": machine_info(device),
+        "load_before": list(os.getloadavg()),
+        "data": "sot.datasets.w2_benchmark defaults: reference N(0, I_d); mu_b = grad(phi_b)#N(0, I), phi_b = "
+        "|z|^2/2 + <m_b, z> + sum of 6 softplus ridges (directions of norm 4, weights U[0.5, 1.5], offsets N(0, 1), "
+        f"m_b ~ N(0, 0.25 I)); {args.w2_train} training measures of {args.w2_points} points; 50 unseen measures, "
+        f"maps predicted from a fresh {args.w2_points}-point sample, scored on 1,000 further points",
+        "metric": "L2-UVP = 100 E||T_hat - T*||^2 / Var(target) (forward: mu_b -> nu, Var = d; inverse: nu -> mu_b, "
+        "Var = tr Cov mu_b), mean over unseen measures; cosine of the displacements T_hat - id and T* - id",
+        "anchor": "closed-form Gaussian map between each measure's sample moments (shrinkage 0.1, as the model's "
+        "Gaussian base) and N(0, I); identity map",
+        "target": "L2-UVP below the Gaussian baseline at every d; below 5 % at d <= 8 and 15 % at d = 64",
+        "conjugate_steps": args.conjugate_steps,
+        "budget": f"{steps} steps per row, batch 8 measures, 256 reference points per measure and step, HOTET "
+        "defaults otherwise (Adam 1e-3 halved every steps/3), 1 torch thread",
+        "rows": [],
+    }
+    for dim in dims:
+        for base in args.bases:
+            row = w2_benchmark(dim, base, steps, args.w2_train, args.w2_points, device)
+            payload["rows"].append(row)
+            print(
+                f"d={dim} base={base}: forward {row['forward_l2_uvp']:.2f}% "
+                f"(Gaussian {row['forward_gaussian_l2_uvp']:.2f}%)"
+                f"  inverse {row['inverse_l2_uvp']:.2f}% (Gaussian {row['inverse_gaussian_l2_uvp']:.2f}%)"
+                f"  ({row['fit_s']:.0f} s)",
+                flush=True,
+            )
+            write_json(out, payload)
+    print_table(
+        payload["rows"],
+        [
+            ("dim", "d"),
+            ("base", "base", "<"),
+            ("forward_l2_uvp", "fwd UVP %"),
+            ("forward_cosine", "fwd cos"),
+            ("forward_gaussian_l2_uvp", "fwd Gauss %"),
+            ("inverse_l2_uvp", "inv UVP %"),
+            ("inverse_cosine", "inv cos"),
+            ("inverse_gaussian_l2_uvp", "inv Gauss %"),
+            ("fit_s", "fit s"),
+        ],
+        title="Wasserstein-2 benchmark (unseen measures)",
+    )
+    print(f"wrote {write_json(out, payload)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few dimensions and few steps")
@@ -244,12 +377,20 @@ def main() -> None:
     parser.add_argument("--per-niche-steps", type=int, default=500)
     parser.add_argument("--bases", nargs="+", default=["identity", "gaussian"])
     parser.add_argument("--skip-gaussian", action="store_true")
+    parser.add_argument("--conjugate-steps", type=int, default=3, help="HOTET(conjugate_steps=...); 0 = MM-B")
+    parser.add_argument("--only-w2", action="store_true", help="run the Wasserstein-2 benchmark alone")
+    parser.add_argument("--w2-dims", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64])
+    parser.add_argument("--w2-steps", type=int, default=300)
+    parser.add_argument("--w2-train", type=int, default=400)
+    parser.add_argument("--w2-points", type=int, default=128)
     parser.add_argument("--skip-bdtnp", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    global CONJUGATE_STEPS
+    CONJUGATE_STEPS = args.conjugate_steps
     device = resolve_device(args.device)
     dims = [2, 8] if args.quick else args.dims
 
@@ -264,6 +405,8 @@ def main() -> None:
         "benchmark": "hotet",
         "machine": machine_info(device),
         "note": "CPU timings on a shared machine (four jobs on 2 cores), torch threads as in machine.",
+        "conjugate_steps": args.conjugate_steps,
+        "load_before": list(os.getloadavg()),
         "gaussian": {
             "data": "reference and 500 training sources: means U[0,3]^d, covariances W W^T/(2d), W d x 2d N(0,1); "
             "each source a fixed sample of n_points; 50 unseen test sources, maps predicted from a fresh "
@@ -278,6 +421,9 @@ def main() -> None:
             "rows": [],
         },
     }
+    if args.only_w2:
+        run_w2(args, device)
+        return
     out = args.out or default_out("hotet", device, args.quick)
     if not args.skip_gaussian:
         for dim in dims:

@@ -6,6 +6,7 @@ import torch
 
 import spatialot as sot
 from spatialot.models import HOTET
+from spatialot.models._hotet import batch_dual_loss
 from spatialot.models._icnn import BatchedICNN
 
 SMALL = {"hidden": [16, 16], "width": 16, "n_layers": 1, "n_heads": 2, "mlp_width": 32, "hyper_width": 32}
@@ -227,3 +228,126 @@ def test_training_is_reproducible():
     runs = [HOTET(2, **SMALL, device="cpu").fit(clouds, n_steps=3, progress=False) for _ in range(2)]
     assert runs[0].history == runs[1].history
     np.testing.assert_array_equal(runs[0].embed(clouds), runs[1].embed(clouds))
+
+
+# ---------------------------------------------------------------------------- Wasserstein-2 benchmark family
+
+
+def test_w2_benchmark_maps_are_the_exact_ot_maps():
+    """The pairing (z, ∇φ(z)) is an optimal assignment (cyclical monotonicity), as POT's exact solver finds."""
+    ot = pytest.importorskip("ot")
+    family = sot.datasets.w2_benchmark(3, 3, random_state=1)
+    z = np.random.default_rng(2).standard_normal((3, 60, 3))
+    x = family.forward(z)
+    uniform = np.full(60, 1 / 60)
+    for b in range(3):
+        cost = ot.dist(z[b], x[b])  # squared Euclidean
+        plan = ot.emd(uniform, uniform, cost)
+        np.testing.assert_allclose(plan, np.eye(60) / 60, atol=1e-12)
+        known = ((x[b] - z[b]) ** 2).sum(-1).mean()
+        assert known == pytest.approx(ot.emd2(uniform, uniform, cost), rel=1e-9)
+        # a map that is not the gradient of a convex function does not pass: a rotation by 90°
+        rotated = z[b] @ np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]).T
+        assert ((rotated - z[b]) ** 2).sum(-1).mean() > 1.01 * ot.emd2(uniform, uniform, ot.dist(z[b], rotated))
+    # the maps are far from affine: the best affine fit leaves a sizeable residual
+    design = np.concatenate([z[0], np.ones((60, 1))], 1)
+    residual = x[0] - design @ np.linalg.lstsq(design, x[0], rcond=None)[0]
+    assert (residual**2).sum(-1).mean() > 0.02 * ((x[0] - x[0].mean(0)) ** 2).sum(-1).mean()
+
+
+def test_w2_benchmark_inverse_and_potential():
+    family = sot.datasets.w2_benchmark(4, 5, n_ridges=3, random_state=0)
+    assert len(family) == 4 and family.dim == 5 and family.directions.shape == (4, 3, 5)
+    z = np.random.default_rng(1).standard_normal((4, 20, 5))
+    x = family.forward(z)
+    np.testing.assert_allclose(family.inverse(x), z, atol=1e-8)
+    np.testing.assert_allclose(family.forward(family.inverse(z)), z, atol=1e-8)
+    # the map is the gradient of the potential (central differences)
+    step = 1e-6
+    for k in range(5):
+        shift = np.zeros(5)
+        shift[k] = step
+        numeric = (family.potential(z + shift) - family.potential(z - shift)) / (2 * step)
+        np.testing.assert_allclose(numeric, x[..., k], atol=1e-6)
+    # no ridges: a translation
+    plain = sot.datasets.w2_benchmark(2, 5, n_ridges=0, random_state=0)
+    np.testing.assert_allclose(plain.forward(z[:2]), z[:2] + plain.shifts[:, None, :])
+    assert family.sample(7, 0).shape == (4, 7, 5)
+    np.testing.assert_array_equal(family.sample(7, 3), family.sample(7, 3))
+    assert len(family.subset(slice(1, 3))) == 2
+    with pytest.raises(ValueError, match="`points` must have shape"):
+        family.forward(z[:2])
+    with pytest.raises(ValueError, match="`sharpness`"):
+        sot.datasets.w2_benchmark(2, 2, sharpness=0)
+    with pytest.raises(ValueError, match="`height`"):
+        sot.datasets.w2_benchmark(2, 2, height=(1.0, 0.5))
+    with pytest.raises(ValueError, match="`n_measures`"):
+        sot.datasets.w2_benchmark(0, 2)
+
+
+# ---------------------------------------------------------------------------- conjugates of the dual loss
+
+
+def _quadratic_model(dim):
+    """A HOTET whose ICNNs are pure quadratics (hidden units switched off), so conjugates are closed-form."""
+    model = HOTET(dim, **SMALL, device="cpu")
+    params = model.icnn.initial_params(torch.Generator().manual_seed(0))[None].double()
+    pieces = model.icnn.split(params)
+    pieces["u"].fill_(-1.0)  # ReLU(u) = 0: no hidden contribution
+    pieces["v"].copy_(torch.tensor([[0.3, -0.2, 0.1]]))
+    pieces["M"].copy_(torch.tensor([[[0.2, 0.1, 0.0], [0.0, -0.1, 0.0], [0.05, 0.0, 0.3]]]))
+    return model, params
+
+
+def test_refined_conjugate_reaches_the_closed_form_and_beats_the_batch_maximum():
+    model, params = _quadratic_model(3)
+    rng = np.random.default_rng(0)
+    root = torch.as_tensor(np.linalg.cholesky(np.array([[2.0, 0.3, 0.0], [0.3, 1.0, 0.2], [0.0, 0.2, 1.5]])).T)[None]
+    base = (root, torch.tensor([[0.5, 0.0, -0.5]], dtype=torch.float64))
+    pieces = model.icnn.split(params)
+    matrix = (root + pieces["M"])[0].T @ (root + pieces["M"])[0]  # f(q) = ½ qᵀ A q + ⟨v + shift, q⟩
+    linear = pieces["v"][0] + base[1][0]
+    points = torch.as_tensor(rng.normal(size=(1, 40, 3)))
+    candidates = torch.as_tensor(rng.normal(size=(1, 30, 3)))
+    values = model.icnn.potential(candidates, params, base)
+    weights = torch.full((1, 30), 1 / 30, dtype=torch.float64)
+    exact = 0.5 * torch.einsum("bnd,de,bne->bn", points - linear, torch.linalg.inv(matrix), points - linear)
+    batch = (torch.bmm(points, candidates.transpose(1, 2)) - values[:, None, :]).max(2).values
+    # from a poor start (the origin), preconditioned by a rough inverse Hessian
+    precondition = (torch.eye(3, dtype=torch.float64)[None] * 0.8, None)
+    start = torch.zeros_like(points)
+    refined = model._conjugate(points, (params, base), candidates, weights, values, start, precondition, 40)
+    torch.testing.assert_close(refined, exact, atol=1e-6, rtol=1e-6)
+    assert bool((batch < exact - 1e-3).all())  # the batch maximum is a loose lower bound
+    # no refinement: the best of the batch and of the start, never above the exact conjugate
+    crude = model._conjugate(points, (params, base), candidates, weights, values, start, None, 0)
+    assert bool((crude <= exact + 1e-9).all()) and bool((crude >= batch - 1e-12).all())
+
+
+def test_conjugate_steps_zero_is_the_papers_batch_loss():
+    rng = np.random.default_rng(4)
+    clouds = sot.ot.PointClouds.from_padded(rng.normal(size=(4, 12, 2)).astype(np.float32))
+    model = HOTET(2, **SMALL, conjugate_steps=0, device="cpu")
+    model.fit(clouds, n_steps=1, learning_rate=1e-12, progress=False)
+    batch = clouds.to(dtype=torch.float32)
+    reference = model.sample_reference(4, 16, np.random.default_rng(0))
+    loss = model._step_loss(batch, reference)
+    x = model._normalise(batch.points) * batch.mask[..., None]
+    y = model._normalise(reference)
+    uniform = torch.full((4, 16), 1 / 16)
+    phi = model.icnn.potential(x, model.forward_net(x, batch.weights), model._base(x, batch.weights, "forward"))
+    psi = model.icnn.potential(y, model.inverse_net(x, batch.weights), model._base(x, batch.weights, "inverse"))
+    expected = (
+        0.5
+        * (
+            batch_dual_loss(phi, x, batch.weights, y, uniform) + batch_dual_loss(psi, y, uniform, x, batch.weights)
+        ).mean()
+    )
+    torch.testing.assert_close(loss, expected)
+    # refined conjugates are tighter lower bounds of the same conjugates: the loss can only rise
+    refined = HOTET(2, **SMALL, device="cpu")
+    refined.load_state_dict(model.state_dict())
+    assert refined.config["conjugate_steps"] == 3
+    assert float(refined._step_loss(batch, reference).detach()) >= float(loss.detach()) - 1e-6
+    with pytest.raises(ValueError, match="`conjugate_steps`"):
+        HOTET(2, conjugate_steps=-1)
