@@ -255,7 +255,8 @@ class ASOT(Model):
         squared = (
             (points**2).sum(-1, keepdim=True) + (self.anchors**2).sum(-1) - 2 * points @ self.anchors.T
         ).clamp_min(0)
-        nearest = nn.functional.one_hot(squared.argmin(-1), self.n_anchors).to(points.dtype)
+        # a scatter rather than one_hot, which reads its indices' range back from the device
+        nearest = torch.zeros_like(squared).scatter_(-1, squared.argmin(-1, keepdim=True), 1.0)
         if self.method == "kmeans":
             return nearest
         if self.method == "dl":
