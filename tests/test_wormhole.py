@@ -378,3 +378,13 @@ def test_a_tenth_of_the_decoder_gradient_reaches_the_embedding():
     for alone, tenth, full, none in zip(distance_only, default, joint, detached, strict=True):
         torch.testing.assert_close(none, alone)
         torch.testing.assert_close(tenth, alone + 0.1 * (full - alone), rtol=1e-4, atol=1e-7)
+
+
+def test_encoding_does_not_depend_on_the_batch_size():
+    # the default batch (128 clouds on CPU) sorts clouds by size and trims padding per batch
+    rng = np.random.default_rng(3)
+    clouds = PointClouds.from_list([rng.normal(size=(int(rng.integers(3, 12)), 2)) for _ in range(300)])
+    model = Wormhole(2, n_components=4, width=16, n_layers=1, mlp_width=16).fit(clouds, n_steps=3, progress=False)
+    default = model.encode(clouds)
+    np.testing.assert_allclose(model.encode(clouds, batch_size=7), default, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.encode(clouds, batch_size=1000), default, rtol=1e-5, atol=1e-6)
