@@ -32,6 +32,12 @@ progress
 progress
     Show a progress bar with the running loss (when the settings allow it: see
     :class:`spatialot.settings`).""",
+    "checkpoint": """\
+checkpoint
+    File to write a training checkpoint to every ``checkpoint_every`` steps and at the end;
+    when it exists, training resumes from it (see :doc:`/training`).
+checkpoint_every
+    Steps between two checkpoints.""",
     "copy": """\
 copy
     Return a modified copy instead of writing to ``adata``.""",

@@ -431,6 +431,19 @@ class ASOT(Model):
             goal = target[torch.as_tensor(chosen, device=device)]
             return ((value - goal) ** 2).mean() / (goal**2).mean().clamp_min(1e-12)
 
+        self._train_steps(
+            step_loss,
+            n_steps,
+            learning_rate,
+            progress,
+            "ASOT-ML",
+            rng=rng,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+        )
+
+    def _train_steps(self, step_loss, n_steps, learning_rate, progress, description, **options) -> None:
+        """The shared training loop with ASOT's schedule: halve the rate twice, clip at 10."""
         train(
             self,
             step_loss,
@@ -440,10 +453,8 @@ class ASOT(Model):
             decay_every=max(1, n_steps // 3),
             max_grad_norm=10.0,
             progress=progress,
-            description="ASOT-ML",
-            rng=rng,
-            checkpoint=checkpoint,
-            checkpoint_every=checkpoint_every,
+            description=description,
+            **options,
         )
 
     def _train_dl(self, points, weights, centers, rng, n_steps, batch_size, learning_rate, progress) -> None:
@@ -464,17 +475,7 @@ class ASOT(Model):
             unit_l1 = (codes.sum(-1) - 1) ** 2
             return (reconstruction + unit_l2 + unit_l1).mean()
 
-        train(
-            self,
-            step_loss,
-            n_steps=n_steps,
-            learning_rate=learning_rate,
-            decay_rate=0.5,
-            decay_every=max(1, n_steps // 3),
-            max_grad_norm=10.0,
-            progress=progress,
-            description="ASOT-DL",
-        )
+        self._train_steps(step_loss, n_steps, learning_rate, progress, "ASOT-DL")
 
     def _training_pairs(self, family, rng: np.random.Generator, n_pairs: int) -> tuple[np.ndarray, np.ndarray]:
         from sklearn.neighbors import NearestNeighbors

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._docs import inject_docs
 from .._validation import as_tensor, check_float32_range, check_int
 from ..ot import PointClouds
 from ..ot._gaussian import gaussian_map, sqrtm_psd
@@ -441,6 +442,7 @@ class HOTET(Model):
             inverse = (uniform * psi.float()).sum(1) + (weights * psi_star.float()).sum(1)
             return 0.5 * (forward + inverse).mean()
 
+    @inject_docs
     def fit(
         self,
         clouds: CloudFamily,
@@ -486,11 +488,7 @@ class HOTET(Model):
             Seed of the batches and reference samples.
         progress
             Show a progress bar.
-        checkpoint
-            File to write a training checkpoint to every ``checkpoint_every`` steps and at the end;
-            when it exists, training resumes from it (see :doc:`/training`).
-        checkpoint_every
-            Steps between two checkpoints.
+        {checkpoint}
         precision
             ``'float32'``, or ``'bfloat16'`` for bf16 autocast of the networks (the Gaussian base
             maps and the dual loss stay float32).

@@ -20,6 +20,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from .._docs import inject_docs
 from .._settings import cpu_threads
 from .._validation import check_float32_range, check_int
 from ..ot import (
@@ -532,6 +533,7 @@ class WassersteinFlowMatching(Model):
         if self.history and not bool(self.from_source):
             raise ValueError("This model was trained from noise: leave `source=None` to continue training it.")
 
+    @inject_docs
     def fit(
         self,
         family: CloudFamily,
@@ -596,11 +598,7 @@ class WassersteinFlowMatching(Model):
             Seed of minibatches, noise, times and condition dropout.
         progress
             Show a progress bar with the running loss.
-        checkpoint
-            File to write a training checkpoint to every ``checkpoint_every`` steps and at the end;
-            when it exists, training resumes from it (see :doc:`/training`).
-        checkpoint_every
-            Steps between two checkpoints.
+        {checkpoint}
         precision
             ``'float32'``, or ``'bfloat16'`` for bf16 autocast of the velocity network (the OT
             matching and the loss stay float32).

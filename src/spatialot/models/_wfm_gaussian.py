@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._docs import inject_docs
 from .._settings import cpu_threads
 from .._validation import as_tensor, check_float32_range, check_int
 from ..ot import gaussian_map
@@ -201,6 +202,7 @@ class GaussianFlowMatching(Model):
             raise ValueError("`means` and `covariances` must be finite.")
         return means, 0.5 * (covariances + covariances.transpose(1, 2))
 
+    @inject_docs
     def fit(
         self,
         means: np.ndarray | torch.Tensor,
@@ -248,11 +250,7 @@ class GaussianFlowMatching(Model):
             Seed of minibatches, noise, times and label dropout.
         progress
             Show a progress bar with the running loss.
-        checkpoint
-            File to write a training checkpoint to every ``checkpoint_every`` steps and at the end;
-            when it exists, training resumes from it (see :doc:`/training`).
-        checkpoint_every
-            Steps between two checkpoints.
+        {checkpoint}
         precision
             ``'float32'``, or ``'bfloat16'`` for bf16 autocast of the velocity network (the
             Bures–Wasserstein targets and the loss stay float32).

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._docs import inject_docs
 from .._validation import as_tensor, check_float32_range, check_int
 from ..ot import PointClouds, exact_w2_squared, sinkhorn
 from ._base import Model
@@ -300,6 +301,7 @@ class Wormhole(Model):
         check_float32_range(np.array([scale]), "The cost scale (largest distance between points of two clouds)")
         self.scale.fill_(scale)
 
+    @inject_docs
     def fit(
         self,
         family: CloudFamily,
@@ -340,11 +342,7 @@ class Wormhole(Model):
             Seed of the initialisation-independent randomness of training (minibatches, dropout).
         progress
             Show a progress bar with the running loss.
-        checkpoint
-            File to write a training checkpoint to every ``checkpoint_every`` steps and at the end;
-            when it exists, training resumes from it (see :doc:`/training`).
-        checkpoint_every
-            Steps between two checkpoints.
+        {checkpoint}
         precision
             ``'float32'``, or ``'bfloat16'`` for bf16 autocast of the networks (the OT targets
             and the loss stay float32).
