@@ -312,7 +312,7 @@ def test_scaling_iterations_follow_the_log_domain_iterates():
     log_a = torch.where(x.mask, x.weights.log(), -torch.inf)
     log_b = torch.where(y.mask, y.weights.log(), -torch.inf)
     f, g = _warm_start(cost, log_a, log_b, 0.01, 0.5)
-    reference = _log_domain_steps(cost, f, g, log_a, log_b, 0.01, 30, 1.6)
+    reference = _log_domain_steps(cost / 0.01, f, g, log_a, log_b, 0.01, 30, 1.6)
     ours_f, ours_g, n_iter, _ = _iterate(cost, f.clone(), g.clone(), log_a, log_b, y.weights, 0.01, 30, 0.0, 7, 1.6)
     assert n_iter == 30
     np.testing.assert_allclose(ours_f[x.mask].numpy(), reference[0][x.mask].numpy(), rtol=1e-9, atol=1e-12)

@@ -231,9 +231,9 @@ def _warm_start(cost, log_a, log_b, epsilon, annealing):
     return f, g
 
 
-def _log_domain_steps(cost, f, g, log_a, log_b, epsilon, n_steps, omega):
-    """``n_steps`` over-relaxed Sinkhorn steps on the potentials, in the log domain."""
-    kernel = -cost / epsilon
+def _log_domain_steps(scaled_cost, f, g, log_a, log_b, epsilon, n_steps, omega):
+    """``n_steps`` over-relaxed Sinkhorn steps on the potentials, in the log domain; ``scaled_cost`` is ``C / ε``."""
+    kernel = -scaled_cost
     kernel_t = kernel.transpose(1, 2)
     for _ in range(n_steps):
         f = (1 - omega) * f + omega * _softmin(kernel, log_b, g, epsilon)
@@ -258,10 +258,10 @@ def _iterate(cost, f, g, log_a, log_b, b, epsilon, max_iter, tol, check_every, o
     omega = over_relaxation
     a, mask_b = log_a.exp(), b > 0
     active = torch.arange(len(cost), device=cost.device)
-    state = [cost, cost / epsilon, log_a, log_b, a, b, mask_b, f.clone(), g.clone()]
+    state = [cost / epsilon, log_a, log_b, a, b, mask_b, f.clone(), g.clone()]
     n_iter = 0
     while n_iter < max_iter and len(active):
-        c, scaled_cost, la, lb, aa, bb, mb, f_now, g_now = state
+        scaled_cost, la, lb, aa, bb, mb, f_now, g_now = state
         kernel, f_absorbed = _absorbed_kernel(scaled_cost, g_now, lb, epsilon)
         kernel_t = kernel.transpose(1, 2).contiguous()
         # the scalings carry on from the current potentials: absorbing changes no iterate
@@ -277,13 +277,13 @@ def _iterate(cost, f, g, log_a, log_b, b, epsilon, max_iter, tol, check_every, o
         f_now, g_now = f_absorbed + epsilon * u.log(), g_now + epsilon * v.log()
         lost = ~(torch.isfinite(f_now).all(1) & torch.isfinite(g_now).all(1) & torch.isfinite(errors))
         if bool(lost.any()):
-            f_before, g_before = state[7][lost], state[8][lost]
+            f_before, g_before = state[6][lost], state[7][lost]
             f_now[lost], g_now[lost] = _log_domain_steps(
-                c[lost], f_before, g_before, la[lost], lb[lost], epsilon, n_steps, omega
+                scaled_cost[lost], f_before, g_before, la[lost], lb[lost], epsilon, n_steps, omega
             )
             errors[lost] = torch.inf  # checked after the next round
         f[active], g[active] = f_now, g_now
-        state[7:] = [f_now, g_now]
+        state[6:] = [f_now, g_now]
         done = errors < tol
         if bool(done.any()):
             active, state = active[~done], [t[~done] for t in state]
