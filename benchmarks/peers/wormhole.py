@@ -288,7 +288,7 @@ def run_spatialot(args, checkpoints, train_points, train_mask, test_points, test
     train = PointClouds.from_padded(train_points, train_mask)
     test = PointClouds.from_padded(test_points, test_mask)
     config = json.loads(args.config)
-    fit_options = {k: config.pop(k) for k in ("learning_rate", "batch_size", "decay_every") if k in config}
+    fit_options = {k: config.pop(k) for k in ("learning_rate", "batch_size", "decay_every", "decay_rate", "schedule", "warmup_steps") if k in config}
     torch.manual_seed(SEED)
     model = Wormhole(train.dim, **config)
     for name in filter(None, args.ablation.split(",")):
