@@ -271,6 +271,12 @@ def _read_checkpoint(path: Path, model: Model, run: dict[str, Any], n_steps: int
                 f"`{argument}`={run[argument]!r} differs from the {written!r} of the run in {where}: "
                 "resume with the same training arguments, or pass a new path."
             )
+    if run["schedule"] == "cosine" and contents["run"].get("n_steps") != n_steps:
+        raise ValueError(
+            f"`n_steps`={n_steps} differs from the {contents['run'].get('n_steps')!r} of the run in {where}: a cosine "
+            "schedule ends at `n_steps`, so resume with the same `n_steps`, or pass a new path (or use "
+            "`schedule='step'` to extend runs)."
+        )
     if contents["world_size"] != world_size:
         raise ValueError(
             f"{where} was written by {contents['world_size']} process(es), and this run has {world_size}: each "
@@ -449,6 +455,7 @@ def train(
         "decay_every": decay_every,
         "schedule": schedule,
         "warmup_steps": warmup_steps,
+        "n_steps": n_steps,
         "max_grad_norm": max_grad_norm,
         "precision": precision,
     }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from anndata import AnnData
 from scanpy import logging as logg
@@ -13,6 +15,7 @@ from .._validation import check_int
 from ..get import niche_clouds
 from ..models import Wormhole
 from ..models._device import resolve_device, seeded
+from ..models._training import CHECKPOINT_EVERY, Precision
 from ..models._wormhole import _OT_DISTANCES, OTDistance
 from ._utils import write_result
 
@@ -34,6 +37,9 @@ def wormhole(
     device: str = "auto",
     random_state: int | None = 0,
     progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = CHECKPOINT_EVERY,
+    precision: Precision = "float32",
     key_added: str = "wormhole",
     copy: bool = False,
 ) -> Wormhole | tuple[AnnData, Wormhole]:
@@ -81,6 +87,10 @@ def wormhole(
     random_state
         Seed of the initialisation and of the minibatches; training is reproducible on CPU.
     {progress_training}
+    {checkpoint}
+    precision
+        ``'float32'``, or ``'bfloat16'`` for bf16 autocast of the transformer (on a GPU; the OT
+        targets and the loss stay float32, see :doc:`/training`).
     key_added
         Results go to ``.obsm['X_<key_added>']`` and ``.uns[key_added]``.
     {copy_model}
@@ -143,6 +153,9 @@ def wormhole(
             device=resolved,
             random_state=random_state,
             progress=progress,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            precision=precision,
         )
     else:
         model.to(resolved)
@@ -151,7 +164,13 @@ def wormhole(
     adata = adata.copy() if copy else adata
     params = {**model.config, "niche_key": niche_key, "trained": trained_here, "device": str(resolved)}
     if trained_here:
-        params.update(n_steps=n_steps, batch_size=batch_size, learning_rate=learning_rate, random_state=random_state)
+        params.update(
+            n_steps=n_steps,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            random_state=random_state,
+            precision=precision,
+        )
     write_result(adata, keys, params=params, embedding=embedding, loss=np.asarray(model.history))
     logg.info(
         "    finished",
