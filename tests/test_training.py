@@ -213,7 +213,7 @@ def test_a_checkpoint_of_another_model_or_run_is_refused_saying_what_differs(fam
         _fit("Wormhole", wider, family, n_steps=4, checkpoint=path)
     with pytest.raises(ValueError, match="written by a Wormhole.*but this model is a HOTET"):
         _fit("HOTET", _build("HOTET"), family, n_steps=4, checkpoint=path)
-    with pytest.raises(ValueError, match="`learning_rate`=0.01 differs from the 0.0001 of the run"):
+    with pytest.raises(ValueError, match="`learning_rate`=0.01 differs from the 0.001 of the run"):
         _fit("Wormhole", _build("Wormhole"), family, n_steps=4, learning_rate=1e-2, checkpoint=path)
     with pytest.raises(ValueError, match="holds 4 steps of its run, more than `n_steps`=2"):
         _fit("Wormhole", _build("Wormhole"), family, n_steps=2, checkpoint=path)
@@ -231,7 +231,7 @@ def test_a_checkpoint_of_another_model_or_run_is_refused_saying_what_differs(fam
 
 def test_a_checkpoint_is_replaced_whole_or_not_at_all(family, tmp_path, monkeypatch):
     path = tmp_path / "wormhole.pt"
-    _fit("Wormhole", _build("Wormhole"), family, n_steps=3, checkpoint=path)
+    _fit("Wormhole", _build("Wormhole"), family, n_steps=3, schedule="step", checkpoint=path)
     written = path.read_bytes()
     real_save = torch.save
 
@@ -242,7 +242,7 @@ def test_a_checkpoint_is_replaced_whole_or_not_at_all(family, tmp_path, monkeypa
 
     monkeypatch.setattr(torch, "save", dies_half_way)
     with pytest.raises(OSError, match="disk full"):
-        _fit("Wormhole", _build("Wormhole"), family, n_steps=6, checkpoint=path, checkpoint_every=2)
+        _fit("Wormhole", _build("Wormhole"), family, n_steps=6, schedule="step", checkpoint=path, checkpoint_every=2)
     assert path.read_bytes() == written
     assert list(tmp_path.iterdir()) == [path]
 

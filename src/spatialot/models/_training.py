@@ -271,12 +271,6 @@ def _read_checkpoint(path: Path, model: Model, run: dict[str, Any], n_steps: int
                 f"`{argument}`={run[argument]!r} differs from the {written!r} of the run in {where}: "
                 "resume with the same training arguments, or pass a new path."
             )
-    if run["schedule"] == "cosine" and contents["run"].get("n_steps") != n_steps:
-        raise ValueError(
-            f"`n_steps`={n_steps} differs from the {contents['run'].get('n_steps')!r} of the run in {where}: a cosine "
-            "schedule ends at `n_steps`, so resume with the same `n_steps`, or pass a new path (or use "
-            "`schedule='step'` to extend runs)."
-        )
     if contents["world_size"] != world_size:
         raise ValueError(
             f"{where} was written by {contents['world_size']} process(es), and this run has {world_size}: each "
@@ -286,6 +280,12 @@ def _read_checkpoint(path: Path, model: Model, run: dict[str, Any], n_steps: int
         raise ValueError(
             f"{where} holds {contents['step']} steps of its run, more than `n_steps`={n_steps}: pass at least "
             f"`n_steps`={contents['step']}, or a new path."
+        )
+    if run["schedule"] == "cosine" and contents["run"].get("n_steps") != n_steps:
+        raise ValueError(
+            f"`n_steps`={n_steps} differs from the {contents['run'].get('n_steps')!r} of the run in {where}: a cosine "
+            "schedule ends at `n_steps`, so resume with the same `n_steps`, or pass a new path (or use "
+            "`schedule='step'` to extend runs)."
         )
     return contents
 
