@@ -38,7 +38,15 @@ CHECKPOINT_EVERY = 500
 _FORMAT = "spatialot training checkpoint"
 _FORMAT_VERSION = 1
 # the training arguments a resumed run must share with the run that wrote the checkpoint
-_RUN_ARGUMENTS = ("learning_rate", "decay_rate", "decay_every", "schedule", "warmup_steps", "max_grad_norm", "precision")
+_RUN_ARGUMENTS = (
+    "learning_rate",
+    "decay_rate",
+    "decay_every",
+    "schedule",
+    "warmup_steps",
+    "max_grad_norm",
+    "precision",
+)
 # what a checkpoint written before an argument existed ran with
 _RUN_DEFAULTS = {"schedule": "step", "warmup_steps": 0}
 Schedule = Literal["step", "cosine"]
