@@ -345,10 +345,10 @@ class Wormhole(Model):
             rate along half a cosine to ``decay_rate * learning_rate`` at ``n_steps``; ``'step'``
             multiplies it by ``decay_rate`` every ``decay_every`` steps, as the official code
             does (1e-4, ×0.99 every 2,000 steps, no warm-up). The defaults (1e-3, warm-up of
-            100 steps, cosine to 0) deviate from the paper's: side by side with the official code
-            at 1,000 steps (``benchmarks/peers/wormhole.py``), the official schedule reaches
-            held-out Pearson 0.992 on BDTNP niches and ours 0.995, and a constant 1e-3 without
-            warm-up diverges early (0.967). A cosine run ends at its ``n_steps``: a checkpoint
+            100 steps, cosine to 0) deviate from the paper's: at 1,000 steps on BDTNP niches
+            (``benchmarks/peers/wormhole.py``) this model reaches held-out Pearson 0.992 with
+            the official schedule and 0.995 with this one (the official code: 0.990), and a
+            constant 1e-3 without warm-up only 0.967. A cosine run ends at its ``n_steps``: a checkpoint
             resumes only a run of the same budget (extend runs with ``schedule='step'``).
         decay_rate, decay_every
             The learning rate's final fraction (``'cosine'``), or its factor every
