@@ -49,6 +49,10 @@ def fit(wormhole: Wormhole, batch_size: int, n_steps: int = N_STEPS, **options) 
         n_steps=n_steps,
         batch_size=batch_size,
         learning_rate=1e-2,
+        # a step schedule does not depend on the budget: the half-way checkpoint can be resumed to N_STEPS
+        schedule="step",
+        decay_rate=0.99,
+        warmup_steps=0,
         device="cpu",
         progress=False,
         **options,

@@ -95,6 +95,58 @@ def _failing_at(monkeypatch, step: int):
     monkeypatch.setattr(_training, "_gradient_norm", failing)
 
 
+# --------------------------------------------------------------------------- learning-rate schedules
+
+
+def test_the_learning_rate_factor_warms_up_linearly_then_follows_half_a_cosine_to_the_decay_rate():
+    factor = lambda step, **options: _training.learning_rate_factor(step, n_steps=110, **options)  # noqa: E731
+    cosine = {"schedule": "cosine", "warmup_steps": 10, "decay_rate": 0.2}
+    assert [factor(step, **cosine) for step in range(3)] == pytest.approx([0.1, 0.2, 0.3])
+    assert factor(9, **cosine) == pytest.approx(1.0)
+    # after the warm-up: 0.2 + 0.8 * (1 + cos(pi * (step - 10) / 100)) / 2
+    for step in (10, 35, 60, 85, 110, 500):
+        progress = min((step - 10) / 100, 1.0)
+        assert factor(step, **cosine) == pytest.approx(0.2 + 0.4 * (1 + np.cos(np.pi * progress)))
+    # the step schedule is torch's StepLR
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=1.0)
+    step_lr = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.5)
+    for step in range(30):
+        assert factor(step, decay_rate=0.5, decay_every=7) == pytest.approx(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        step_lr.step()
+
+
+def test_training_runs_each_step_at_the_scheduled_learning_rate(family, monkeypatch):
+    seen = []
+    step = torch.optim.Adam.step
+
+    def recording(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording)
+    options = {"schedule": "cosine", "warmup_steps": 3, "decay_rate": 0.0, "learning_rate": 2e-3}
+    _fit("Wormhole", _build("Wormhole"), family, n_steps=9, **options)
+    # steps 0-2 warm up to the full rate, steps 3-8 follow the cosine down towards 0 at step 9
+    expected = [2e-3 * (i + 1) / 3 for i in range(3)] + [1e-3 * (1 + np.cos(np.pi * (i - 3) / 6)) for i in range(3, 9)]
+    assert seen == pytest.approx(expected)
+    assert seen[-1] == pytest.approx(2e-3 * 0.5 * (1 + np.cos(np.pi * 5 / 6)))
+
+
+def test_a_cosine_run_refuses_a_checkpoint_of_another_budget(family, tmp_path):
+    path = tmp_path / "cosine.pt"
+    _fit("Wormhole", _build("Wormhole"), family, n_steps=4, schedule="cosine", checkpoint=path)
+    with pytest.raises(ValueError, match=r"`n_steps`=10 differs from the 4 of the run.*cosine schedule ends at"):
+        _fit("Wormhole", _build("Wormhole"), family, n_steps=10, schedule="cosine", checkpoint=path)
+    with pytest.raises(ValueError, match="`schedule`='step' differs from the 'cosine' of the run"):
+        _fit("Wormhole", _build("Wormhole"), family, n_steps=4, schedule="step", checkpoint=path)
+    with pytest.raises(ValueError, match="`schedule` must be one of"):
+        _fit("Wormhole", _build("Wormhole"), family, n_steps=4, schedule="linear")
+    with pytest.raises(ValueError, match="warmup_steps"):
+        _fit("Wormhole", _build("Wormhole"), family, n_steps=4, warmup_steps=-1)
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 
@@ -124,7 +176,8 @@ def test_an_interrupted_and_resumed_wormhole_run_ends_with_the_weights_of_an_uni
 
 
 def test_a_run_split_in_two_calls_ends_as_one_call(family, tmp_path):
-    options = {"random_state": 1, "learning_rate": 1e-3}
+    # a step schedule does not depend on the budget, so a run can be extended
+    options = {"random_state": 1, "learning_rate": 1e-3, "schedule": "step"}
     whole = _fit("Wormhole", _build("Wormhole"), family, n_steps=10, **options)
     path = tmp_path / "split.pt"
     _fit("Wormhole", _build("Wormhole"), family, n_steps=4, checkpoint=path, **options)
@@ -160,7 +213,7 @@ def test_a_checkpoint_of_another_model_or_run_is_refused_saying_what_differs(fam
         _fit("Wormhole", wider, family, n_steps=4, checkpoint=path)
     with pytest.raises(ValueError, match="written by a Wormhole.*but this model is a HOTET"):
         _fit("HOTET", _build("HOTET"), family, n_steps=4, checkpoint=path)
-    with pytest.raises(ValueError, match="`learning_rate`=0.01 differs from the 0.0001 of the run"):
+    with pytest.raises(ValueError, match="`learning_rate`=0.01 differs from the 0.001 of the run"):
         _fit("Wormhole", _build("Wormhole"), family, n_steps=4, learning_rate=1e-2, checkpoint=path)
     with pytest.raises(ValueError, match="holds 4 steps of its run, more than `n_steps`=2"):
         _fit("Wormhole", _build("Wormhole"), family, n_steps=2, checkpoint=path)
@@ -178,7 +231,7 @@ def test_a_checkpoint_of_another_model_or_run_is_refused_saying_what_differs(fam
 
 def test_a_checkpoint_is_replaced_whole_or_not_at_all(family, tmp_path, monkeypatch):
     path = tmp_path / "wormhole.pt"
-    _fit("Wormhole", _build("Wormhole"), family, n_steps=3, checkpoint=path)
+    _fit("Wormhole", _build("Wormhole"), family, n_steps=3, schedule="step", checkpoint=path)
     written = path.read_bytes()
     real_save = torch.save
 
@@ -189,7 +242,7 @@ def test_a_checkpoint_is_replaced_whole_or_not_at_all(family, tmp_path, monkeypa
 
     monkeypatch.setattr(torch, "save", dies_half_way)
     with pytest.raises(OSError, match="disk full"):
-        _fit("Wormhole", _build("Wormhole"), family, n_steps=6, checkpoint=path, checkpoint_every=2)
+        _fit("Wormhole", _build("Wormhole"), family, n_steps=6, schedule="step", checkpoint=path, checkpoint_every=2)
     assert path.read_bytes() == written
     assert list(tmp_path.iterdir()) == [path]
 

@@ -380,8 +380,26 @@ def test_a_tenth_of_the_decoder_gradient_reaches_the_embedding():
         torch.testing.assert_close(tenth, alone + 0.1 * (full - alone), rtol=1e-4, atol=1e-7)
 
 
+def test_the_default_encoding_batch_holds_a_fixed_number_of_points(monkeypatch):
+    from spatialot.models import _wormhole
+
+    batch_sizes = []
+    map_batches = _wormhole.map_batches
+
+    def recording(*args, **options):
+        batch_sizes.append(options["batch_size"])
+        return map_batches(*args, **options)
+
+    monkeypatch.setattr(_wormhole, "map_batches", recording)
+    rng = np.random.default_rng(0)
+    model = Wormhole(2, n_components=4, width=16, n_layers=1, mlp_width=16)
+    for size in (9, 48, 10_000):
+        model.encode(PointClouds.from_padded(rng.normal(size=(3, size, 2))))
+    assert batch_sizes == [4608 // 9, 4608 // 48, 1] == [512, 96, 1]
+
+
 def test_encoding_does_not_depend_on_the_batch_size():
-    # the default batch (128 clouds on CPU) sorts clouds by size and trims padding per batch
+    # the default batch (4,608 points' worth of clouds on CPU) sorts clouds by size and trims padding per batch
     rng = np.random.default_rng(3)
     clouds = PointClouds.from_list([rng.normal(size=(int(rng.integers(3, 12)), 2)) for _ in range(300)])
     model = Wormhole(2, n_components=4, width=16, n_layers=1, mlp_width=16).fit(clouds, n_steps=3, progress=False)

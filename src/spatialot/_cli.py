@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     demo.add_argument("--out", default="spatialot_demo", help="output folder (default: %(default)s)")
     demo.add_argument("-k", "--k", type=int, default=8, help="cells per niche (default: %(default)s)")
-    demo.add_argument("--steps", type=int, default=2000, help="Wormhole training steps (default: %(default)s)")
+    demo.add_argument("--steps", type=int, default=1000, help="Wormhole training steps (default: %(default)s)")
     demo.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda' (default: %(default)s)")
     demo.add_argument(
         "--n-pairs", type=int, default=1000, help="niche pairs checked against exact OT (default: %(default)s)"

@@ -21,6 +21,12 @@ _STRETCH_VALUES = 1 << 24
 """Most feature values (64 MiB of float32) one stretch may hold in memory."""
 
 
+def mean_size(family: CloudFamily) -> float:
+    """The mean number of points of the clouds of ``family``."""
+    sizes = family.sizes
+    return float(sizes.double().mean()) if isinstance(sizes, torch.Tensor) else float(np.mean(sizes))
+
+
 def take(family: CloudFamily, clouds: np.ndarray | slice, device: torch.device, *, trim: bool = False) -> PointClouds:
     """Clouds ``clouds`` of ``family`` as a float32 :class:`PointClouds` batch on ``device``.
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import copy
 import inspect
+import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -37,7 +38,19 @@ CHECKPOINT_EVERY = 500
 _FORMAT = "spatialot training checkpoint"
 _FORMAT_VERSION = 1
 # the training arguments a resumed run must share with the run that wrote the checkpoint
-_RUN_ARGUMENTS = ("learning_rate", "decay_rate", "decay_every", "max_grad_norm", "precision")
+_RUN_ARGUMENTS = (
+    "learning_rate",
+    "decay_rate",
+    "decay_every",
+    "schedule",
+    "warmup_steps",
+    "max_grad_norm",
+    "precision",
+)
+# what a checkpoint written before an argument existed ran with
+_RUN_DEFAULTS = {"schedule": "step", "warmup_steps": 0}
+Schedule = Literal["step", "cosine"]
+SCHEDULES: tuple[str, ...] = ("step", "cosine")
 
 
 @contextmanager
@@ -260,9 +273,10 @@ def _read_checkpoint(path: Path, model: Model, run: dict[str, Any], n_steps: int
             + ": resume with the model that wrote it, or pass a new path."
         )
     for argument in _RUN_ARGUMENTS:
-        if contents["run"][argument] != run[argument]:
+        written = contents["run"].get(argument, _RUN_DEFAULTS.get(argument))
+        if written != run[argument]:
             raise ValueError(
-                f"`{argument}`={run[argument]!r} differs from the {contents['run'][argument]!r} of the run in {where}: "
+                f"`{argument}`={run[argument]!r} differs from the {written!r} of the run in {where}: "
                 "resume with the same training arguments, or pass a new path."
             )
     if contents["world_size"] != world_size:
@@ -274,6 +288,12 @@ def _read_checkpoint(path: Path, model: Model, run: dict[str, Any], n_steps: int
         raise ValueError(
             f"{where} holds {contents['step']} steps of its run, more than `n_steps`={n_steps}: pass at least "
             f"`n_steps`={contents['step']}, or a new path."
+        )
+    if run["schedule"] == "cosine" and contents["run"].get("n_steps") != n_steps:
+        raise ValueError(
+            f"`n_steps`={n_steps} differs from the {contents['run'].get('n_steps')!r} of the run in {where}: a cosine "
+            "schedule ends at `n_steps`, so resume with the same `n_steps`, or pass a new path (or use "
+            "`schedule='step'` to extend runs)."
         )
     return contents
 
@@ -291,6 +311,54 @@ def _load_checkpoint(model: Model, contents: dict[str, Any], optimizer, schedule
 # ---------------------------------------------------------------------------- the loop
 
 
+def learning_rate_factor(
+    step: int,
+    *,
+    n_steps: int,
+    schedule: Schedule = "step",
+    warmup_steps: int = 0,
+    decay_rate: float = 1.0,
+    decay_every: int = 1000,
+) -> float:
+    """The learning rate of step ``step`` (from 0) as a fraction of the initial one.
+
+    A linear warm-up over ``warmup_steps`` steps, then either a step decay (``decay_rate`` every
+    ``decay_every`` steps, counted from the start) or half a cosine that ends at ``decay_rate``
+    at step ``n_steps``.
+
+    Parameters
+    ----------
+    step
+        Steps taken before this one.
+    n_steps
+        Steps of the whole run.
+    schedule
+        ``'step'`` or ``'cosine'``.
+    warmup_steps
+        Length of the linear warm-up (0: none).
+    decay_rate, decay_every
+        See above.
+
+    Returns
+    -------
+    The factor, in (0, 1].
+
+    Examples
+    --------
+    >>> from spatialot.models._training import learning_rate_factor
+    >>> learning_rate_factor(0, n_steps=100, schedule="cosine", warmup_steps=10)
+    0.1
+    >>> round(learning_rate_factor(55, n_steps=100, schedule="cosine", warmup_steps=10, decay_rate=0.0), 3)
+    0.5
+    """
+    ramp = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    if schedule == "step":
+        return ramp * decay_rate ** (step // decay_every)
+    span = max(n_steps - warmup_steps, 1)
+    progress = min(max(step - warmup_steps, 0) / span, 1.0)
+    return ramp * (decay_rate + (1.0 - decay_rate) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
 def train(
     model: Model,
     step_loss: Callable[[int], torch.Tensor],
@@ -299,6 +367,8 @@ def train(
     learning_rate: float,
     decay_rate: float = 1.0,
     decay_every: int = 1000,
+    schedule: Schedule = "step",
+    warmup_steps: int = 0,
     max_grad_norm: float | None = None,
     progress: bool = True,
     description: str = "training",
@@ -321,7 +391,15 @@ def train(
     learning_rate
         Initial Adam learning rate.
     decay_rate, decay_every
-        The learning rate is multiplied by ``decay_rate`` every ``decay_every`` steps.
+        With ``schedule='step'``, the learning rate is multiplied by ``decay_rate`` every
+        ``decay_every`` steps.
+    schedule
+        ``'step'`` (the decay above) or ``'cosine'``: after the warm-up, the learning rate follows
+        half a cosine from ``learning_rate`` down to ``decay_rate * learning_rate`` at ``n_steps``
+        (see :func:`learning_rate_factor`).
+    warmup_steps
+        Steps over which the learning rate rises linearly from ``learning_rate / warmup_steps``
+        to ``learning_rate`` (0: none).
     max_grad_norm
         Clip the global gradient norm to this value when given.
     progress
@@ -373,6 +451,9 @@ def train(
     """
     n_steps = check_int("n_steps", n_steps)
     checkpoint_every = check_int("checkpoint_every", checkpoint_every)
+    warmup_steps = check_int("warmup_steps", warmup_steps, minimum=0)
+    if schedule not in SCHEDULES:
+        raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {schedule!r}.")
     if precision not in PRECISIONS:
         raise ValueError(f"`precision` must be one of {PRECISIONS}, got {precision!r}.")
     path = None if checkpoint is None else Path(checkpoint)
@@ -380,6 +461,9 @@ def train(
         "learning_rate": learning_rate,
         "decay_rate": decay_rate,
         "decay_every": decay_every,
+        "schedule": schedule,
+        "warmup_steps": warmup_steps,
+        "n_steps": n_steps,
         "max_grad_norm": max_grad_norm,
         "precision": precision,
     }
@@ -389,11 +473,21 @@ def train(
         rank, world_size = _join_process_group(device)
         # foreach: one fused update for all tensors (torch's default on GPU only)
         optimizer = torch.optim.Adam(parameters, lr=learning_rate, foreach=True)
-        schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=decay_every, gamma=decay_rate)
+        rates = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: learning_rate_factor(
+                step,
+                n_steps=n_steps,
+                schedule=schedule,
+                warmup_steps=warmup_steps,
+                decay_rate=decay_rate,
+                decay_every=decay_every,
+            ),
+        )
         start = 0
         if path is not None and path.exists():
             contents = _read_checkpoint(path, model, run, n_steps, world_size)
-            _load_checkpoint(model, contents, optimizer, schedule)
+            _load_checkpoint(model, contents, optimizer, rates)
             _set_random_state(contents["random_state"][rank], rng, device)
             start = contents["step"]
         elif world_size > 1:
@@ -424,7 +518,7 @@ def train(
                     "config": model.config,
                     "model": {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()},
                     "optimizer": optimizer.state_dict(),
-                    "scheduler": schedule.state_dict(),
+                    "scheduler": rates.state_dict(),
                     "step": step,
                     "history": list(model.history),
                     "run": run,
@@ -446,7 +540,7 @@ def train(
                 loss.backward()
                 loop.record(step, loss.detach(), _gradient_norm(parameters, max_grad_norm))
                 optimizer.step()
-                schedule.step()
+                rates.step()
                 done = step + 1
                 to_save = path is not None and (done % checkpoint_every == 0 or done == n_steps)
                 if done % SYNC_EVERY == 0 or done == n_steps or to_save:
