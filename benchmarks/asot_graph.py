@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     cell_types = adata.obs["cell_type"].cat.codes.to_numpy()
     members = np.where(family.mask, family.indices, 0)
     composition = np.zeros((n, cell_types.max() + 1))
-    np.add.at(composition, (np.repeat(np.arange(n), members.shape[1]), cell_types[members].ravel()), family.mask.ravel())
+    cells = (np.repeat(np.arange(n), members.shape[1]), cell_types[members].ravel())
+    np.add.at(composition, cells, family.mask.ravel())
     summary = {
         "distinct_histograms": len(np.unique(weights, axis=0)),
         "distinct_compositions": len(np.unique(composition, axis=0)),
