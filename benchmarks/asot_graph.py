@@ -1,0 +1,200 @@
+"""Why Leiden on the ASOT niche graph stays behind k-means on the anchor weights: graph diagnostics.
+
+Data: ``sot.datasets.simulated_tissue(10_000, random_state=0)``, niches
+``sot.pp.niches(adata, k=K, use_rep='X_latent')`` (K = ``--size``, default 8), truth
+``obs['niche_type']`` (5 types). ASOT-k with 32 anchors (k-means, no training: deterministic).
+
+For several neighbour graphs of the same niches, Leiden (scanpy, igraph flavour, seed 0) at
+resolutions 0.1 / 0.3 / 0.5 / 1 scored by the adjusted Rand index against the niche types, beside
+the kNN purity (fraction of neighbours of the same type), the connected components and the
+largest in-degree of the kNN lists:
+
+- the all-pairs debiased ASOT distance (``model.pairwise_distances`` minus half of both
+  self-costs), plain kNN with 15 and 30 neighbours, scanpy's UMAP connectivities
+  (``scanpy.neighbors._connectivity.umap``) on W2 and binary (symmetrised) weights;
+- ``sot.tl.asot_neighbors`` as shipped (debiased, near-copies grouped);
+- the Euclidean kNN of the anchor weights (what k-means sees);
+- the exact cell-type composition of each niche (counts of the 8 cell types, L2), as it is and
+  with N(0, 0.3²) noise added to every count: the lattice question.
+
+k-means (told the 5 types) on the weights and on the compositions is the reference.
+
+Run ``python benchmarks/asot_graph.py [--size 8] [--out PATH]``; CPU, about 10 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+from _common import default_out, machine_info, print_table, time_call, write_json
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+import numpy as np  # noqa: E402
+import scanpy as sc  # noqa: E402
+import scipy.sparse as sp  # noqa: E402
+import torch  # noqa: E402
+from anndata import AnnData  # noqa: E402
+from scanpy.neighbors import _connectivity  # noqa: E402
+from scipy.sparse.csgraph import connected_components  # noqa: E402
+from sklearn.cluster import KMeans  # noqa: E402
+from sklearn.metrics import adjusted_rand_score  # noqa: E402
+from sklearn.neighbors import NearestNeighbors  # noqa: E402
+
+import spatialot as sot  # noqa: E402
+from spatialot.models import ASOT  # noqa: E402
+from spatialot.ot import anchor_paired_distances  # noqa: E402
+
+RESOLUTIONS = (0.1, 0.3, 0.5, 1.0)
+
+
+def knn_of_matrix(matrix: np.ndarray, k: int, block: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k nearest columns (itself first, at 0), sorted, by blocks of rows."""
+    n = len(matrix)
+    indices, distances = np.empty((n, k), np.int64), np.empty((n, k))
+    for start in range(0, n, block):
+        rows = np.array(matrix[start : start + block], dtype=np.float64)
+        rows[np.arange(len(rows)), np.arange(start, start + len(rows))] = -np.inf
+        nearest = np.argpartition(rows, k - 1, axis=1)[:, :k]
+        values = np.take_along_axis(rows, nearest, 1)
+        order = np.argsort(values, 1, kind="stable")
+        indices[start : start + block] = np.take_along_axis(nearest, order, 1)
+        distances[start : start + block] = np.take_along_axis(values, order, 1)
+    distances[:, 0] = 0.0
+    return indices, np.maximum(distances, 0.0)
+
+
+def graph_row(name, indices, distances, truth, *, weighting="umap") -> dict:
+    n, k = indices.shape
+    if weighting == "umap":
+        graph = _connectivity.umap(indices, distances.astype(np.float32), n_obs=n, n_neighbors=k)
+    else:
+        rows = np.repeat(np.arange(n), k - 1)
+        graph = sp.csr_matrix((np.ones(rows.size), (rows, indices[:, 1:].ravel())), shape=(n, n))
+        graph = ((graph + graph.T) > 0).astype(np.float32)
+    return score_graph(name, sp.csr_matrix(graph), truth, indices=indices, weighting=weighting)
+
+
+def score_graph(name, graph, truth, *, indices=None, weighting="umap") -> dict:
+    row = {"graph": name, "weights": weighting, "components": int(connected_components(graph)[0])}
+    if indices is not None:
+        row["knn_purity"] = float((truth[indices[:, 1:]] == truth[:, None]).mean())
+        row["max_in_degree"] = int(np.bincount(indices[:, 1:].ravel(), minlength=len(truth)).max())
+    holder = AnnData(np.zeros((len(truth), 1), dtype=np.float32))
+    for resolution in RESOLUTIONS:
+        sc.tl.leiden(
+            holder,
+            adjacency=graph,
+            resolution=resolution,
+            flavor="igraph",
+            n_iterations=2,
+            directed=False,
+            random_state=0,
+            key_added="leiden",
+        )
+        row[f"leiden_{resolution}"] = float(adjusted_rand_score(truth, holder.obs["leiden"]))
+        row[f"leiden_{resolution}_n"] = int(holder.obs["leiden"].nunique())
+    print(f"  {row}", file=sys.stderr, flush=True)
+    return row
+
+
+def euclidean_knn(features: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    distances, indices = NearestNeighbors(n_neighbors=k).fit(features).kneighbors(features)
+    indices[:, 0], distances[:, 0] = np.arange(len(features)), 0.0
+    return indices, distances
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=8, help="cells per niche")
+    parser.add_argument("--n-cells", type=int, default=10_000)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    load_start = list(os.getloadavg())
+    adata = sot.datasets.simulated_tissue(args.n_cells, random_state=0)
+    sot.pp.niches(adata, k=args.size, use_rep="X_latent")
+    family = sot.get.niche_clouds(adata)
+    truth = adata.obs["niche_type"].cat.codes.to_numpy()
+    n = len(truth)
+    model = ASOT(family.dim, 32, method="kmeans")
+    model.fit(family, random_state=1, device="cpu", progress=False)
+    weights = model.transform(family)
+    cell_types = adata.obs["cell_type"].cat.codes.to_numpy()
+    members = np.where(family.mask, family.indices, 0)
+    composition = np.zeros((n, cell_types.max() + 1))
+    cells = (np.repeat(np.arange(n), members.shape[1]), cell_types[members].ravel())
+    np.add.at(composition, cells, family.mask.ravel())
+    summary = {
+        "distinct_histograms": len(np.unique(weights, axis=0)),
+        "distinct_compositions": len(np.unique(composition, axis=0)),
+        "kmeans_weights": float(adjusted_rand_score(truth, KMeans(5, n_init=10, random_state=0).fit_predict(weights))),
+        "kmeans_composition": float(
+            adjusted_rand_score(truth, KMeans(5, n_init=10, random_state=0).fit_predict(composition))
+        ),
+    }
+    print(summary, file=sys.stderr, flush=True)
+
+    pairs_s, matrix = time_call(lambda: model.pairwise_distances(weights).astype(np.float32))
+    cost = model.cost().double()
+    half = 0.5 * anchor_paired_distances(
+        weights, weights, cost, epsilon=model.absolute_epsilon(), n_iter=model.config["n_iter"]
+    )
+    matrix -= half[:, None].astype(np.float32)
+    matrix -= half[None, :].astype(np.float32)
+    indices, distances = knn_of_matrix(matrix, 30)
+    del matrix
+    metric = np.sqrt(distances)
+    rows = []
+    for k in (15, 30):
+        rows.append(graph_row(f"ASOT-k debiased, plain {k}-NN", indices[:, :k], metric[:, :k], truth))
+    rows.append(graph_row("ASOT-k debiased, plain 30-NN", indices, metric, truth, weighting="binary"))
+    adata.obsm["X_asot"] = weights
+    points, offsets = model.cost_geometry()
+    adata.uns["asot"] = {
+        "params": {"n_iter": model.config["n_iter"]},
+        "cost": cost.numpy(),
+        "epsilon": model.absolute_epsilon(),
+        "cost_anchors": points,
+        "cost_offsets": offsets,
+    }
+    graph_s, _ = time_call(lambda: sot.tl.asot_neighbors(adata, n_neighbors=15, progress=False))
+    rows.append(
+        score_graph("tl.asot_neighbors (15, grouped)", adata.obsp["asot_neighbors_connectivities"].tocsr(), truth)
+    )
+    rows[-1]["graph_s"] = graph_s
+    rows.append(graph_row("anchor weights, Euclidean 15-NN", *euclidean_knn(weights, 15), truth))
+    rows.append(graph_row("cell-type composition, Euclidean 15-NN", *euclidean_knn(composition, 15), truth))
+    noisy = composition + np.random.default_rng(0).normal(0, 0.3, composition.shape)
+    rows.append(graph_row("composition + N(0, 0.3^2), Euclidean 15-NN", *euclidean_knn(noisy, 15), truth))
+
+    columns = [("graph", "graph", "<"), ("weights", "weights", "<"), ("knn_purity", "purity")]
+    columns += [("components", "comp."), ("max_in_degree", "max in")]
+    columns += [(f"leiden_{r}", f"ARI {r}") for r in RESOLUTIONS] + [(f"leiden_{r}_n", f"n@{r}") for r in RESOLUTIONS]
+    table = print_table(rows, columns, title=f"Leiden vs niche types (ARI), niches of {args.size}; {summary}")
+    payload = {
+        "benchmark": "asot-graph",
+        "machine": machine_info("cpu"),
+        "loadavg_start": load_start,
+        "loadavg_end": list(os.getloadavg()),
+        "params": {
+            "data": f"sot.datasets.simulated_tissue({args.n_cells}, random_state=0); "
+            f"sot.pp.niches(adata, k={args.size}, use_rep='X_latent')",
+            "asot": "ASOT-k, 32 anchors, defaults (epsilon 0.04 x max cost, 10 iterations)",
+            "all_pairs_s": pairs_s,
+        },
+        "summary": summary,
+        "rows": rows,
+        "table": table,
+    }
+    out = args.out or default_out(f"asot-graph-k{args.size}", "cpu", False)
+    write_json(out, payload)
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
