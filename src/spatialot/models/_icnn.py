@@ -28,6 +28,39 @@ from torch.nn import functional as F
 from .._validation import check_int
 
 
+def positive(raw: torch.Tensor) -> torch.Tensor:
+    r"""The non-negative ICNN weights from their free values: :math:`\mathrm{softplus}(w)`.
+
+    The paper (and Korotin et al.'s dense ICNN) clips them, :math:`\max(w, 0)`. A clipped weight
+    that the loss pushes below zero passes no gradient any more, to itself or to the hidden unit
+    behind it, so the unit is dead for good; with a hypernetwork the same output row serves every
+    distribution, so a weight clipped at one step is clipped for all of them. Starting at the
+    Gaussian map, where the loss gives the hidden units gradients of either sign, this killed all
+    output weights within 50 steps (see :class:`BatchedICNN`). The softplus is positive and smooth,
+    so every weight keeps a gradient and a unit pushed towards zero can come back.
+
+    Examples
+    --------
+    >>> import torch
+    >>> bool((positive(torch.tensor([-30.0, 0.0, 3.0])) > 0).all())
+    True
+    """
+    return F.softplus(raw)
+
+
+def inverse_positive(value: torch.Tensor) -> torch.Tensor:
+    """The free value whose :func:`positive` is ``value`` (> 0): :math:`\log(e^v - 1)`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> value = torch.tensor([1e-4, 0.5, 20.0])
+    >>> bool(torch.allclose(positive(inverse_positive(value)), value))
+    True
+    """
+    return value + torch.log(-torch.expm1(-value))
+
+
 def default_hidden(dim: int) -> tuple[int, ...]:
     """Hidden sizes of the reference implementation: ``[max(2d, 64), max(2d, 64), max(d, 32)]``."""
     return (max(2 * dim, 64), max(2 * dim, 64), max(dim, 32))
@@ -105,9 +138,9 @@ class BatchedICNN(nn.Module):
             if name.startswith(("a", "W")):
                 values.append(torch.randn(size, generator=generator) / math.sqrt(self.dim))
             elif name.startswith("U"):
-                values.append(torch.full((size,), 1.0 / shape[1]))
+                values.append(inverse_positive(torch.full((size,), 1.0 / shape[1])))
             elif name == "u":
-                values.append(torch.full((size,), 1e-2 / shape[0]))
+                values.append(inverse_positive(torch.full((size,), 1e-2 / shape[0])))
             else:  # biases, linear term, quadratic correction
                 values.append(torch.zeros(size))
         return torch.cat(values)
@@ -130,10 +163,10 @@ class BatchedICNN(nn.Module):
             pre = torch.einsum("bnd,bhd->bnh", points, p[f"a{layer}"]) ** 2
             pre = pre + torch.einsum("bnd,bhd->bnh", points, p[f"W{layer}"]) + p[f"c{layer}"][:, None, :]
             if z is not None:
-                pre = pre + torch.einsum("bnk,bhk->bnh", z, F.relu(p[f"U{layer}"]))
+                pre = pre + torch.einsum("bnk,bhk->bnh", z, positive(p[f"U{layer}"]))
             z = F.celu(pre, alpha=self.alpha)
         linear = p["v"] if base is None else p["v"] + base[1]
-        value = torch.einsum("bnh,bh->bn", z, F.relu(p["u"])) + torch.einsum("bnd,bd->bn", points, linear)
+        value = torch.einsum("bnh,bh->bn", z, positive(p["u"])) + torch.einsum("bnd,bd->bn", points, linear)
         if base is None:
             root = torch.eye(self.dim, dtype=points.dtype, device=points.device).expand(len(params), -1, -1)
         else:
