@@ -49,7 +49,7 @@ def positive(raw: torch.Tensor) -> torch.Tensor:
 
 
 def inverse_positive(value: torch.Tensor) -> torch.Tensor:
-    """The free value whose :func:`positive` is ``value`` (> 0): :math:`\log(e^v - 1)`.
+    r"""The free value whose :func:`positive` is ``value`` (> 0): :math:`\log(e^v - 1)`.
 
     Examples
     --------
