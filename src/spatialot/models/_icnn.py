@@ -10,11 +10,17 @@ The potential of distribution ``b`` is (Amos et al. 2017; Korotin et al. 2021, d
 
 with :math:`\sigma` = CELU (convex and non-decreasing), one rank-1 convex quadratic
 :math:`(a^\top x)^2` per hidden unit, hidden-to-hidden and output weights made non-negative by a
-ReLU (:math:`U^{+}`, :math:`u^{+}`), and a quadratic term :math:`\tfrac12\lVert Mx\rVert^2` whose
+softplus of free values (:math:`U^{+}`, :math:`u^{+}`; :func:`positive`), and a quadratic term :math:`\tfrac12\lVert Mx\rVert^2` whose
 matrix :math:`M = I + \Delta` (``quadratic='full'``) or :math:`M = I` (``quadratic='identity'``)
 starts at the identity, so the map :math:`\nabla\varphi` starts near the identity. Each piece
 is convex in :math:`x` for *any* parameter values, so a hypernetwork may output them freely.
 The map is the gradient :math:`\nabla\varphi`, taken by autograd.
+
+**Deviation from the paper.** HOTET's code (as Korotin et al.'s dense ICNN) makes these weights
+non-negative by a ReLU of the hypernetwork's output. Trained from the Gaussian start, a ReLU left
+every output weight of the inverse ICNN at exactly 0 within 50 steps (one measure of
+``sot.datasets.w2_benchmark``, d = 2), and with them every gradient to the hidden layers: the map
+stayed affine for good. The softplus keeps all of them alive (see :func:`positive`).
 """
 
 from __future__ import annotations
@@ -128,9 +134,10 @@ class BatchedICNN(nn.Module):
     def initial_params(self, generator: torch.Generator | None = None) -> torch.Tensor:
         r"""A parameter vector ``(n_params,)`` whose map is close to the identity.
 
-        Rank-1 and linear input weights are random (so hidden units differ), non-negative
-        weights start at a small positive value (so their ReLU passes gradients), and the
-        output weights are small, so :math:`\nabla\varphi(x) \approx x`.
+        Rank-1 and linear input weights are random (so hidden units differ), hidden-to-hidden
+        weights start at :math:`1/\text{fan-in}` and output weights at :math:`10^{-2}/\text{width}`
+        (both stored as :func:`inverse_positive` of those values), so :math:`\nabla\varphi(x)
+        \approx x`.
         """
         values = []
         for name, shape in self.shapes.items():
