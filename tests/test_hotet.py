@@ -104,7 +104,10 @@ def test_trained_maps_stay_monotone_with_every_hidden_unit_alive(gaussian_proble
         gx, gy = model.icnn.gradient(x, params, base), model.icnn.gradient(y, params, base)
         # the gradient of a convex potential is a monotone map
         assert float(((gx - gy) * (x - y)).sum(-1).min()) >= -1e-5
-        hessian = torch.autograd.functional.hessian(lambda p: model.icnn.potential(p[None, None], params[:1]).sum(), x[0, 0])
+        first = params[:1]
+        hessian = torch.autograd.functional.hessian(
+            lambda p, first=first: model.icnn.potential(p[None, None], first).sum(), x[0, 0]
+        )
         assert float(torch.linalg.eigvalsh(hessian).min()) > -1e-5
 
 

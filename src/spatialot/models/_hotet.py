@@ -90,8 +90,9 @@ class HOTET(Model):
     reference) and the inverse map :math:`\nabla\psi_b` pushing :math:`\nu` onto :math:`\mu_b`
     (reference → niche). Each direction has its own set-transformer embedding and hypernetwork
     that output the parameters of a dense ICNN (:class:`~spatialot.models._icnn.BatchedICNN`,
-    hidden-to-hidden and output weights made non-negative by a softplus, CELU, rank-1 quadratics and a quadratic term starting
-    at :math:`\tfrac12\lVert x\rVert^2`, so both maps start at the identity; or, with
+    hidden-to-hidden and output weights made non-negative by a softplus, CELU, rank-1 quadratics
+    and a quadratic term starting at :math:`\tfrac12\lVert x\rVert^2`, so both maps start at
+    the identity; or, with
     ``base='gaussian'``, at the closed-form Gaussian map).
 
     Parameters

@@ -10,9 +10,10 @@ The potential of distribution ``b`` is (Amos et al. 2017; Korotin et al. 2021, d
 
 with :math:`\sigma` = CELU (convex and non-decreasing), one rank-1 convex quadratic
 :math:`(a^\top x)^2` per hidden unit, hidden-to-hidden and output weights made non-negative by a
-softplus of free values (:math:`U^{+}`, :math:`u^{+}`; :func:`positive`), and a quadratic term :math:`\tfrac12\lVert Mx\rVert^2` whose
-matrix :math:`M = I + \Delta` (``quadratic='full'``) or :math:`M = I` (``quadratic='identity'``)
-starts at the identity, so the map :math:`\nabla\varphi` starts near the identity. Each piece
+softplus of free values (:math:`U^{+}`, :math:`u^{+}`; :func:`positive`), and a quadratic term
+:math:`\tfrac12\lVert Mx\rVert^2` whose matrix :math:`M = I + \Delta` (``quadratic='full'``) or
+:math:`M = I` (``quadratic='identity'``) starts at the identity,
+so the map :math:`\nabla\varphi` starts near the identity. Each piece
 is convex in :math:`x` for *any* parameter values, so a hypernetwork may output them freely.
 The map is the gradient :math:`\nabla\varphi`, taken by autograd.
 
