@@ -183,6 +183,12 @@ def test_save_load_round_trip(gaussian_problem, tmp_path):
     np.testing.assert_array_equal(loaded.transport(clouds), model.transport(clouds))
     with pytest.raises(ValueError, match="not a Wormhole|holds a HOTET"):
         sot.models.Wormhole.load(tmp_path / "hotet.pt")
+    # a file of before the softplus weights (no weights version: 1) would read its weights wrongly
+    contents = torch.load(tmp_path / "hotet.pt", weights_only=True)
+    del contents["weights_version"]
+    torch.save(contents, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match=r"weights version 1, this version reads 2\): train the model again"):
+        HOTET.load(tmp_path / "old.pt")
 
 
 def test_model_errors(gaussian_problem):

@@ -205,6 +205,9 @@ class HOTET(Model):
     (32, 32)
     """
 
+    # 2: the ICNN's non-negative weights are stored before a softplus (1: before a ReLU)
+    _WEIGHTS_VERSION = 2
+
     def __init__(
         self,
         dim: int,
