@@ -63,6 +63,8 @@ class Model(nn.Module):
     """
 
     n_fit_clouds: int | None = None
+    _WEIGHTS_VERSION: int = 1
+    """Raised by a model whenever the meaning of its saved weights changes: :meth:`load` refuses files of another."""
 
     def __init_subclass__(cls, **kwargs: Any):
         super().__init_subclass__(**kwargs)
@@ -119,6 +121,7 @@ class Model(nn.Module):
         """
         checkpoint = {
             "class": type(self).__name__,
+            "weights_version": self._WEIGHTS_VERSION,
             "config": self.config,
             "state": {name: tensor.detach().cpu() for name, tensor in self.state_dict().items()},
             "history": list(self.history),
@@ -144,6 +147,13 @@ class Model(nn.Module):
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         if checkpoint.get("class") != cls.__name__:
             raise ValueError(f"{os.fspath(path)!r} holds a {checkpoint.get('class')}, not a {cls.__name__}.")
+        written = checkpoint.get("weights_version", 1)
+        if written != cls._WEIGHTS_VERSION:
+            raise ValueError(
+                f"{os.fspath(path)!r} holds a {cls.__name__} written by a version of spatialot whose weights "
+                f"mean something else (weights version {written}, this version reads {cls._WEIGHTS_VERSION}): "
+                "train the model again with this version."
+            )
         model = cls(**checkpoint["config"])
         model.load_state_dict(checkpoint["state"])
         model.history = list(checkpoint["history"])

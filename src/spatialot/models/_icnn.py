@@ -10,11 +10,18 @@ The potential of distribution ``b`` is (Amos et al. 2017; Korotin et al. 2021, d
 
 with :math:`\sigma` = CELU (convex and non-decreasing), one rank-1 convex quadratic
 :math:`(a^\top x)^2` per hidden unit, hidden-to-hidden and output weights made non-negative by a
-ReLU (:math:`U^{+}`, :math:`u^{+}`), and a quadratic term :math:`\tfrac12\lVert Mx\rVert^2` whose
-matrix :math:`M = I + \Delta` (``quadratic='full'``) or :math:`M = I` (``quadratic='identity'``)
-starts at the identity, so the map :math:`\nabla\varphi` starts near the identity. Each piece
+softplus of free values (:math:`U^{+}`, :math:`u^{+}`; :func:`positive`), and a quadratic term
+:math:`\tfrac12\lVert Mx\rVert^2` whose matrix :math:`M = I + \Delta` (``quadratic='full'``) or
+:math:`M = I` (``quadratic='identity'``) starts at the identity,
+so the map :math:`\nabla\varphi` starts near the identity. Each piece
 is convex in :math:`x` for *any* parameter values, so a hypernetwork may output them freely.
 The map is the gradient :math:`\nabla\varphi`, taken by autograd.
+
+**Deviation from the paper.** HOTET's code (as Korotin et al.'s dense ICNN) makes these weights
+non-negative by a ReLU of the hypernetwork's output. Trained from the Gaussian start, a ReLU left
+every output weight of the inverse ICNN at exactly 0 within 50 steps (one measure of
+``sot.datasets.w2_benchmark``, d = 2), and with them every gradient to the hidden layers: the map
+stayed affine for good. The softplus keeps all of them alive (see :func:`positive`).
 """
 
 from __future__ import annotations
@@ -26,6 +33,39 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._validation import check_int
+
+
+def positive(raw: torch.Tensor) -> torch.Tensor:
+    r"""The non-negative ICNN weights from their free values: :math:`\mathrm{softplus}(w)`.
+
+    The paper (and Korotin et al.'s dense ICNN) clips them, :math:`\max(w, 0)`. A clipped weight
+    that the loss pushes below zero passes no gradient any more, to itself or to the hidden unit
+    behind it, so the unit is dead for good; with a hypernetwork the same output row serves every
+    distribution, so a weight clipped at one step is clipped for all of them. Starting at the
+    Gaussian map, where the loss gives the hidden units gradients of either sign, this killed all
+    output weights within 50 steps (see :class:`BatchedICNN`). The softplus is positive and smooth,
+    so every weight keeps a gradient and a unit pushed towards zero can come back.
+
+    Examples
+    --------
+    >>> import torch
+    >>> bool((positive(torch.tensor([-30.0, 0.0, 3.0])) > 0).all())
+    True
+    """
+    return F.softplus(raw)
+
+
+def inverse_positive(value: torch.Tensor) -> torch.Tensor:
+    r"""The free value whose :func:`positive` is ``value`` (> 0): :math:`\log(e^v - 1)`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> value = torch.tensor([1e-4, 0.5, 20.0])
+    >>> bool(torch.allclose(positive(inverse_positive(value)), value))
+    True
+    """
+    return value + torch.log(-torch.expm1(-value))
 
 
 def default_hidden(dim: int) -> tuple[int, ...]:
@@ -95,9 +135,10 @@ class BatchedICNN(nn.Module):
     def initial_params(self, generator: torch.Generator | None = None) -> torch.Tensor:
         r"""A parameter vector ``(n_params,)`` whose map is close to the identity.
 
-        Rank-1 and linear input weights are random (so hidden units differ), non-negative
-        weights start at a small positive value (so their ReLU passes gradients), and the
-        output weights are small, so :math:`\nabla\varphi(x) \approx x`.
+        Rank-1 and linear input weights are random (so hidden units differ), hidden-to-hidden
+        weights start at :math:`1/\text{fan-in}` and output weights at :math:`10^{-2}/\text{width}`
+        (both stored as :func:`inverse_positive` of those values), so :math:`\nabla\varphi(x)
+        \approx x`.
         """
         values = []
         for name, shape in self.shapes.items():
@@ -105,9 +146,9 @@ class BatchedICNN(nn.Module):
             if name.startswith(("a", "W")):
                 values.append(torch.randn(size, generator=generator) / math.sqrt(self.dim))
             elif name.startswith("U"):
-                values.append(torch.full((size,), 1.0 / shape[1]))
+                values.append(inverse_positive(torch.full((size,), 1.0 / shape[1])))
             elif name == "u":
-                values.append(torch.full((size,), 1e-2 / shape[0]))
+                values.append(inverse_positive(torch.full((size,), 1e-2 / shape[0])))
             else:  # biases, linear term, quadratic correction
                 values.append(torch.zeros(size))
         return torch.cat(values)
@@ -130,10 +171,10 @@ class BatchedICNN(nn.Module):
             pre = torch.einsum("bnd,bhd->bnh", points, p[f"a{layer}"]) ** 2
             pre = pre + torch.einsum("bnd,bhd->bnh", points, p[f"W{layer}"]) + p[f"c{layer}"][:, None, :]
             if z is not None:
-                pre = pre + torch.einsum("bnk,bhk->bnh", z, F.relu(p[f"U{layer}"]))
+                pre = pre + torch.einsum("bnk,bhk->bnh", z, positive(p[f"U{layer}"]))
             z = F.celu(pre, alpha=self.alpha)
         linear = p["v"] if base is None else p["v"] + base[1]
-        value = torch.einsum("bnh,bh->bn", z, F.relu(p["u"])) + torch.einsum("bnd,bd->bn", points, linear)
+        value = torch.einsum("bnh,bh->bn", z, positive(p["u"])) + torch.einsum("bnd,bd->bn", points, linear)
         if base is None:
             root = torch.eye(self.dim, dtype=points.dtype, device=points.device).expand(len(params), -1, -1)
         else:
