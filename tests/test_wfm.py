@@ -240,24 +240,25 @@ def test_pairing_pool_draws_a_pool_and_keeps_a_minibatch():
 
 
 def test_a_larger_pairing_pool_gives_cheaper_pairs():
-    # the point of the pool: pairs formed among 64 clouds are closer (Chamfer) than pairs formed
-    # within four separate minibatches of 16, and the noise clouds stay standard normal
-    family = _ring_family(64, 8, seed=4, radius=3.0, offset=0.0)
+    # the point of the pool: among clouds of spreads from 0.2 to 2, noise clouds paired within a
+    # pool of 64 are closer (Chamfer) to their data clouds than when paired within four separate
+    # minibatches of 16, themselves closer than unpaired noise; the noise stays standard normal
+    rng = np.random.default_rng(0)
+    scales = np.exp(rng.uniform(np.log(0.2), np.log(2.0), 64))
+    data = PointClouds.from_padded(scales[:, None, None] * rng.normal(size=(64, 8, 2)))
     model = WassersteinFlowMatching(2, 8, **SMALL)
-    data = PointClouds.from_padded(family.points / 3.0)
     torch.manual_seed(0)
     groups = torch.zeros(64, dtype=torch.long)
-    pooled = model._paired_start(data, groups, None)
-    split = [model._paired_start(data[i : i + 16], groups[:16], None) for i in range(0, 64, 16)]
 
     def cost(start, target):
         return chamfer_costs(start.points, start.mask, target.points, target.mask).diagonal().mean()
 
-    pooled_cost = cost(pooled, data)
-    split_cost = torch.stack([cost(start, data[i * 16 : (i + 1) * 16]) for i, start in enumerate(split)]).mean()
-    assert pooled_cost < 0.9 * split_cost
+    pooled = model._paired_start(data, groups, None)
+    split = [cost(model._paired_start(data[i : i + 16], groups[:16], None), data[i : i + 16]) for i in (0, 16, 32, 48)]
+    unpaired = cost(model.draw_noise(data.mask), data)
+    assert cost(pooled, data) < 0.95 * torch.stack(split).mean() < 0.8 * unpaired
     points = pooled.points.reshape(-1, 2)
-    assert points.mean(0).abs().max() < 0.15 and (points.var(0) - 1).abs().max() < 0.15
+    assert points.mean(0).abs().max() < 0.15 and (points.var(0) - 1).abs().max() < 0.2
 
 
 # ---------------------------------------------------------------------------- learning
