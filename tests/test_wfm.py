@@ -493,10 +493,13 @@ def tissue():
 
 def test_wfm_and_generate_niches_survive_write_h5ad(tissue, tmp_path):
     adata = tissue.copy()
-    model = sot.tl.wfm(adata, condition_key="cell_type", n_steps=10, width=32, n_layers=1, progress=False)
-    assert isinstance(model, WassersteinFlowMatching)
+    model = sot.tl.wfm(
+        adata, condition_key="cell_type", n_steps=10, width=32, n_layers=1, pairing_pool=32, progress=False
+    )
+    assert isinstance(model, WassersteinFlowMatching) and model.config["pairing_pool"] == 32
     result = adata.uns["wfm"]
     assert result["loss"].shape == (10,) and result["params"]["mode"] == "pointcloud"
+    assert result["params"]["pairing_pool"] == 32
     assert list(result["params"]["conditions"]) == ["type_0", "type_1", "type_2"]
     sot.tl.generate_niches(adata, model, n=7, condition="type_1", n_steps=5, condition_key="cell_type")
     generated = adata.uns["wfm_generated"]
