@@ -306,7 +306,9 @@ class WassersteinFlowMatching(Model):
     simulated tissue), and generated niches come out blurred (points off the cell states,
     compositions pulled to the mean). A pool of 64 lowers the loss to 2.84 at the same number
     of network evaluations and brings the generated half of the 1-NN test to the real-vs-real
-    floor (``benchmarks/wfm.py``; ``results/wfm-pool64-*``). The official code reaches its
+    floor with labels (``benchmarks/wfm.py``; ``results/wfm-pool64-*``); unconditional
+    training, whose 16 clouds were already paired as one group, gains nothing measurable from
+    it. The official code reaches its
     figures with a 512-wide, 6-block network trained for 32,000 steps. A
     dropped condition vector becomes a learned null embedding rather than the zero vector;
     a user-given source family is sampled independently of the data (and re-paired by minibatch
