@@ -288,7 +288,10 @@ class WassersteinFlowMatching(Model):
         straighter, less ambiguous paths and a lower attainable flow-matching loss. The cost is
         a ``pairing_pool`` × ``pairing_pool`` Chamfer matrix and one assignment per step; the
         network and the point matching still see ``batch_size`` clouds. Ignored without
-        ``minibatch_ot`` or with condition vectors.
+        ``minibatch_ot`` or with condition vectors. Not settled for user-given source families:
+        on unpaired translated clouds (tests), a pool of 64 reaches a lower loss but transports
+        unseen clouds less accurately at 300 steps than a pool of 16 (RMS error 0.45 against
+        0.25).
 
     Notes
     -----
