@@ -288,10 +288,10 @@ class WassersteinFlowMatching(Model):
         straighter, less ambiguous paths and a lower attainable flow-matching loss. The cost is
         a ``pairing_pool`` × ``pairing_pool`` Chamfer matrix and one assignment per step; the
         network and the point matching still see ``batch_size`` clouds. Ignored without
-        ``minibatch_ot`` or with condition vectors. Not settled for user-given source families:
-        on unpaired translated clouds (tests), a pool of 64 reaches a lower loss but transports
-        unseen clouds less accurately at 300 steps than a pool of 16 (RMS error 0.45 against
-        0.25).
+        ``minibatch_ot``, with condition vectors, and with a user-given source family, whose
+        clouds are re-paired within the minibatch: on unpaired translated clouds (tests), a pool
+        of 64 reached a lower loss but transported unseen clouds less accurately at 300 steps
+        than the minibatch of 16 (RMS error 0.45 against 0.25).
 
     Notes
     -----
@@ -468,9 +468,10 @@ class WassersteinFlowMatching(Model):
         """Whether training re-pairs source and data clouds by minibatch OT."""
         return bool(self.config["minibatch_ot"]) and not self.config.get("condition_dim")
 
-    def _pool_size(self, batch_size: int, n_clouds: int) -> int:
-        """Data clouds drawn per step: a pairing pool when clouds are re-paired, else the minibatch."""
-        pool = max(batch_size, self.config.get("pairing_pool", batch_size)) if self._pairs_clouds else batch_size
+    def _pool_size(self, batch_size: int, n_clouds: int, from_noise: bool) -> int:
+        """Data clouds drawn per step: a pairing pool when noise clouds are re-paired, else the minibatch."""
+        pooled = self._pairs_clouds and from_noise
+        pool = max(batch_size, self.config.get("pairing_pool", batch_size)) if pooled else batch_size
         return min(pool, n_clouds)
 
     def _paired_start(self, data: PointClouds, groups: torch.Tensor, source: PointClouds | None) -> PointClouds:
@@ -697,7 +698,7 @@ class WassersteinFlowMatching(Model):
         codes_tensor = torch.as_tensor(codes, device=self.device)
         vectors = self._standardise_conditions(conditions, len(family))
         n_labels = len(self.label_names)
-        pool, keep = self._pool_size(batch_size, len(family)), min(batch_size, len(family))
+        pool, keep = self._pool_size(batch_size, len(family), source is None), min(batch_size, len(family))
 
         def step_loss(step: int) -> torch.Tensor:
             # with minibatch OT, a pool of clouds is re-paired and ``keep`` of its pairs are trained on
