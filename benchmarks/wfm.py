@@ -13,8 +13,9 @@ Data (point-cloud mode; niches of K = 8 nearest spatial neighbours, centre exclu
 Split: a checkerboard of square tiles (200 µm on the simulated tissue, 40 µm cubes on the much
 smaller embryo), so that both colours hold every niche type. Models are trained on the niches
 of one colour and scored against ``--n-eval`` random niches of the other. Variants, all with the
-defaults of ``sot.tl.wfm`` / ``sot.tl.generate_niches`` (2,000 steps, batch 16, width 128,
-3 layers, lr 3e-4, normal noise, Euler 100 steps, guidance 1): conditioned on the label with and
+defaults of ``sot.tl.wfm`` / ``sot.tl.generate_niches`` (2,000 steps, batch 16 kept from a
+minibatch-OT pairing pool of 64, width 128, 3 layers, lr 3e-4, normal noise, Euler 100 steps,
+guidance 1): conditioned on the label with and
 without minibatch OT pairing, conditioned on the centre's vector, and unconditional with and
 without minibatch OT pairing. Each generated niche takes the label (or vector) and size of
 one scored real niche; ``--generations`` generations (seeds) per model.
@@ -216,6 +217,7 @@ def tl_defaults() -> dict[str, Any]:
         "noise": fit["noise"].default,
         "matching": fit["matching"].default,
         "minibatch_ot": fit["minibatch_ot"].default,
+        "pairing_pool": fit["pairing_pool"].default,
         "ode_steps": generate["n_steps"].default,
         "method": generate["method"].default,
         "guidance": generate["guidance"].default,
@@ -269,6 +271,7 @@ def point_cloud_case(name: str, loaded, args, device: str) -> dict[str, Any]:
             noise=defaults["noise"],
             matching=defaults["matching"],
             minibatch_ot=minibatch_ot,
+            pairing_pool=defaults["pairing_pool"],
         )
         start = time.perf_counter()
         model.fit(
