@@ -435,3 +435,31 @@ def test_integer_arguments_share_one_check_and_one_wording(atlas, call, name):
     adata.uns["asot"] = {"loss": np.ones(3)}
     with pytest.raises(ValueError, match=rf"^`{name}` must be an integer (>= \d+|between \d+ and \d+)( \(.+\))?, got "):
         call(adata)
+
+
+# the training front-ends and small settings of each: (call(adata, **options), result key in .obsm)
+_TRAINING_FRONT_ENDS = {
+    "wormhole": (lambda adata, **o: sot.tl.wormhole(adata, n_components=4, batch_size=4, **o), "X_wormhole"),
+    "wfm": (lambda adata, **o: sot.tl.wfm(adata, width=16, n_layers=1, batch_size=4, **o), None),
+    "hotet": (lambda adata, **o: sot.tl.hotet(adata, n_anchors=8, batch_size=4, **o), "X_hotet"),
+}
+
+
+@pytest.mark.parametrize("name", list(_TRAINING_FRONT_ENDS))
+def test_tl_training_resumes_from_its_checkpoint_and_refuses_a_bad_precision(atlas, tmp_path, name):
+    call, key = _TRAINING_FRONT_ENDS[name]
+    adata = _small(atlas)
+    path = tmp_path / f"{name}.pt"
+    first = call(adata, n_steps=4, checkpoint=path, checkpoint_every=2, progress=False, random_state=3)
+    assert path.exists() and torch.load(path, weights_only=True)["step"] == 4
+    written = None if key is None else np.asarray(adata.obsm[key]).copy()
+    # the same call finds the finished run: no step taken, the same weights and results
+    again = call(adata, n_steps=4, checkpoint=path, progress=False, random_state=3)
+    assert again.history == first.history and len(again.history) == 4
+    _assert_same_weights(again, _weights(first))
+    if key is not None:
+        np.testing.assert_array_equal(np.asarray(adata.obsm[key]), written)
+    before = _state(adata)
+    with pytest.raises(ValueError, match="`precision` must be one of"):
+        call(adata, n_steps=2, precision="float16", progress=False)
+    _assert_same_state(adata, before)

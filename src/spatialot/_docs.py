@@ -38,6 +38,10 @@ checkpoint
     when it exists, training resumes from it (see :doc:`/training`).
 checkpoint_every
     Steps between two checkpoints.""",
+    "precision": """\
+precision
+    ``'float32'``, or ``'bfloat16'`` for bf16 autocast of the networks in training (for a GPU; the
+    OT and the loss stay float32, see :doc:`/training`).""",
     "copy": """\
 copy
     Return a modified copy instead of writing to ``adata``.""",

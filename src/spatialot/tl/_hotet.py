@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from anndata import AnnData
 from scanpy import logging as logg
@@ -13,6 +15,7 @@ from .._validation import check_int
 from ..get import niche_clouds
 from ..models._device import resolve_device
 from ..models._hotet import HOTET
+from ..models._training import CHECKPOINT_EVERY, Precision
 from ._utils import write_result
 
 
@@ -33,6 +36,9 @@ def hotet(
     device: str = "auto",
     random_state: int = 0,
     progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = CHECKPOINT_EVERY,
+    precision: Precision = "float32",
     copy: bool = False,
 ) -> HOTET | tuple[AnnData, HOTET]:
     """Learn the optimal-transport map from every niche to a shared reference measure (HOTET).
@@ -80,6 +86,8 @@ def hotet(
     random_state
         Seed of the initial weights, batches and anchors.
     {progress}
+    {checkpoint}
+    {precision}
     {copy_model}
 
     Returns
@@ -169,6 +177,9 @@ def hotet(
             learning_rate=learning_rate,
             random_state=random_state,
             progress=progress,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            precision=precision,
         )
     embedding = model.embed(family, progress=progress)
 

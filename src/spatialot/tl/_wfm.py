@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ from .._validation import check_int
 from ..get import niche_clouds
 from ..models._batches import family_moments
 from ..models._device import resolve_device, seeded
+from ..models._training import CHECKPOINT_EVERY, Precision
 from ..models._wfm import WassersteinFlowMatching
 from ..models._wfm_gaussian import GaussianFlowMatching
 from ..ot import IndexedClouds, sqrtm_psd
@@ -129,6 +131,9 @@ def wfm(
     device: str = "auto",
     random_state: int | None = 0,
     progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = CHECKPOINT_EVERY,
+    precision: Precision = "float32",
     copy: bool = False,
 ) -> WFMModel | tuple[AnnData, WFMModel]:
     r"""Learn the distribution of niches with Wasserstein Flow Matching.
@@ -192,6 +197,8 @@ def wfm(
     random_state
         Seed of the initialisation and of training.
     {progress}
+    {checkpoint}
+    {precision}
     {copy_model}
 
     Returns
@@ -298,6 +305,9 @@ def wfm(
         "device": resolved,
         "random_state": random_state,
         "progress": progress,
+        "checkpoint": checkpoint,
+        "checkpoint_every": checkpoint_every,
+        "precision": precision,
     }
     if gaussian:
         means, covariances = family_moments(family, device=resolved)

@@ -91,9 +91,7 @@ def wormhole(
         Seed of the initialisation and of the minibatches; training is reproducible on CPU.
     {progress_training}
     {checkpoint}
-    precision
-        ``'float32'``, or ``'bfloat16'`` for bf16 autocast of the transformer (on a GPU; the OT
-        targets and the loss stay float32, see :doc:`/training`).
+    {precision}
     key_added
         Results go to ``.obsm['X_<key_added>']`` and ``.uns[key_added]``.
     {copy_model}
