@@ -204,18 +204,22 @@ def euclidean_graph(adata, features: np.ndarray, key: str) -> None:
     }
 
 
-def leiden_ari(adata, neighbors_key: str, truth) -> dict[str, float]:
+def leiden_ari(adata, truth, *, resolutions=RESOLUTIONS, **graph) -> dict[str, float]:
+    """ARI against ``truth`` and number of clusters of Leiden at each resolution.
+
+    ``graph`` names the graph as ``sc.tl.leiden`` takes it: ``neighbors_key=`` or ``adjacency=``.
+    """
     out = {}
-    for resolution in RESOLUTIONS:
+    for resolution in resolutions:
         sc.tl.leiden(
             adata,
-            neighbors_key=neighbors_key,
             resolution=resolution,
             flavor="igraph",
             n_iterations=2,
             directed=False,
             key_added="_leiden",
             random_state=0,
+            **graph,
         )
         out[f"leiden_{resolution}"] = float(adjusted_rand_score(truth, adata.obs["_leiden"]))
         out[f"leiden_{resolution}_n"] = int(adata.obs["_leiden"].nunique())
@@ -246,7 +250,11 @@ def bench_clustering(adata, models: dict[str, tuple[ASOT, np.ndarray]], *, umap:
         seconds, _ = time_call(
             lambda k=key: sot.tl.asot_neighbors(adata, key=k, n_neighbors=15, key_added=f"{k}_nn", progress=False)
         )
-        row = {"features": f"{name} graph / weights", "graph_s": seconds, **leiden_ari(adata, f"{key}_nn", truth)}
+        row = {
+            "features": f"{name} graph / weights",
+            "graph_s": seconds,
+            **leiden_ari(adata, truth, neighbors_key=f"{key}_nn"),
+        }
         row["kmeans"] = kmeans_ari(weights, truth, n_types)
         rows.append(row)
         log(f"  clustering {name}: {row}")
@@ -260,7 +268,7 @@ def bench_clustering(adata, models: dict[str, tuple[ASOT, np.ndarray]], *, umap:
         if features.shape[1] > 30:
             features = sc.pp.pca(features, n_comps=30, random_state=0)
         seconds, _ = time_call(lambda f=features: euclidean_graph(adata, f, "mean_nn"))
-        row = {"features": name, "graph_s": seconds, **leiden_ari(adata, "mean_nn", truth)}
+        row = {"features": name, "graph_s": seconds, **leiden_ari(adata, truth, neighbors_key="mean_nn")}
         row["kmeans"] = kmeans_ari(features, truth, n_types)
         rows.append(row)
         log(f"  clustering {name}: {row}")

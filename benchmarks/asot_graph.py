@@ -30,11 +30,11 @@ import sys
 import warnings
 
 from _common import default_out, machine_info, print_table, time_call, write_json
+from asot import leiden_ari
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 import numpy as np  # noqa: E402
-import scanpy as sc  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 import torch  # noqa: E402
 from anndata import AnnData  # noqa: E402
@@ -84,19 +84,7 @@ def score_graph(name, graph, truth, *, indices=None, weighting="umap") -> dict:
         row["knn_purity"] = float((truth[indices[:, 1:]] == truth[:, None]).mean())
         row["max_in_degree"] = int(np.bincount(indices[:, 1:].ravel(), minlength=len(truth)).max())
     holder = AnnData(np.zeros((len(truth), 1), dtype=np.float32))
-    for resolution in RESOLUTIONS:
-        sc.tl.leiden(
-            holder,
-            adjacency=graph,
-            resolution=resolution,
-            flavor="igraph",
-            n_iterations=2,
-            directed=False,
-            random_state=0,
-            key_added="leiden",
-        )
-        row[f"leiden_{resolution}"] = float(adjusted_rand_score(truth, holder.obs["leiden"]))
-        row[f"leiden_{resolution}_n"] = int(holder.obs["leiden"].nunique())
+    row.update(leiden_ari(holder, truth, resolutions=RESOLUTIONS, adjacency=graph))
     print(f"  {row}", file=sys.stderr, flush=True)
     return row
 
