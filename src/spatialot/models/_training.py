@@ -341,7 +341,7 @@ def learning_rate_factor(
 
     Returns
     -------
-    The factor, in (0, 1].
+    The factor, in [0, 1] (0 only once a decay to ``decay_rate=0`` has ended).
 
     Examples
     --------

@@ -471,7 +471,7 @@ class WassersteinFlowMatching(Model):
     def _pool_size(self, batch_size: int, n_clouds: int, from_noise: bool) -> int:
         """Data clouds drawn per step: a pairing pool when noise clouds are re-paired, else the minibatch."""
         pooled = self._pairs_clouds and from_noise
-        pool = max(batch_size, self.config.get("pairing_pool", batch_size)) if pooled else batch_size
+        pool = max(batch_size, self.config["pairing_pool"]) if pooled else batch_size
         return min(pool, n_clouds)
 
     def _paired_start(self, data: PointClouds, groups: torch.Tensor, source: PointClouds | None) -> PointClouds:
