@@ -53,6 +53,15 @@ def test_point_clouds_integer_index_keeps_the_batch_dimension():
     np.testing.assert_array_equal(clouds[np.array([3, 0])].points.numpy(), clouds.points[[3, 0]].numpy())
 
 
+def test_point_clouds_boolean_mask_selects_clouds():
+    # a numpy mask was once read as the integers 0 and 1
+    clouds = _random_clouds(4, 3, 2, seed=28)
+    keep = np.array([False, True, False, True])
+    for index in (keep, keep.tolist(), torch.from_numpy(keep)):
+        np.testing.assert_array_equal(clouds[index].points.numpy(), clouds.points[[1, 3]].numpy())
+    np.testing.assert_array_equal(clouds[torch.tensor([3, 3])].points.numpy(), clouds.points[[3, 3]].numpy())
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -284,6 +293,39 @@ def test_gaussian_moments_ignore_padding():
     means, covs = ot.gaussian_moments(padded)
     np.testing.assert_allclose(means[0].numpy(), cloud.mean(0))
     np.testing.assert_allclose(covs[0].numpy(), np.cov(cloud.T, bias=True))
+
+
+def test_unchecked_sinkhorn_matches_the_checked_solve_and_pot():
+    x = _random_clouds(6, 12, 3, seed=29, ragged=True).to(dtype=torch.float64)
+    y = _random_clouds(6, 9, 3, seed=30, shift=0.5, ragged=True).to(dtype=torch.float64)
+    checked = ot.sinkhorn(x, y, epsilon=0.05, tol=1e-8, max_iter=20_000)
+    unchecked = ot.sinkhorn(x, y, epsilon=0.05, tol=None, max_iter=checked.n_iter)
+    assert checked.converged and unchecked.converged is None and unchecked.n_iter == checked.n_iter
+    np.testing.assert_allclose(unchecked.objective.numpy(), checked.objective.numpy(), rtol=1e-7)
+    assert (unchecked.marginal_error < 1e-7).all()
+    for b in range(len(x)):
+        a_points, a_weights = x.cloud(b)
+        b_points, b_weights = y.cloud(b)
+        cost = ot.squared_euclidean_cost(torch.from_numpy(a_points)[None], torch.from_numpy(b_points)[None])[0]
+        plan = pot.sinkhorn(a_weights, b_weights, cost.numpy(), 0.05, method="sinkhorn_log", stopThr=1e-12)
+        np.testing.assert_allclose(unchecked.cost[b].item(), (plan * cost.numpy()).sum(), rtol=1e-6)
+    # too few iterations show in the marginal error, which the caller reads when it chooses
+    short = ot.sinkhorn(x, y, epsilon=0.002, tol=None, max_iter=3)
+    assert short.marginal_error.max() > 1e-3
+    with pytest.raises(ValueError, match="max_iter"):
+        ot.sinkhorn(x, y, tol=None, max_iter=0)
+
+
+def test_unchecked_sinkhorn_reads_nothing_on_the_host():
+    # meta tensors hold no values: any test of a value on the host (`bool`, `.item()`, numpy,
+    # a boolean mask) raises, as a synchronisation would stall a GPU
+    x = _random_clouds(4, 6, 2, seed=31, ragged=True)
+    y = _random_clouds(4, 5, 2, seed=32, ragged=True)
+    x_meta, y_meta = x.to(device="meta"), y.to(device="meta")
+    output = ot.sinkhorn(x_meta, y_meta, epsilon=0.01, tol=None, max_iter=20)
+    assert output.objective.shape == (4,) and output.objective.device.type == "meta"
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        ot.sinkhorn(x_meta, y_meta, epsilon=0.01, tol=1e-3)
 
 
 def test_over_relaxation_keeps_the_fixed_point_and_reports_convergence():

@@ -1,5 +1,7 @@
 """Wasserstein Wormhole: the model's invariances and round trips, the AnnData front-end, the plots."""
 
+import contextlib
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -8,6 +10,7 @@ import scipy.stats
 import torch
 
 import spatialot as sot
+import spatialot.models._wormhole as wormhole_module
 from spatialot.models import Wormhole
 from spatialot.ot import PointClouds
 
@@ -125,6 +128,41 @@ def test_training_targets_match_the_ot_core(distance):
     exact = sot.ot.exact_w2_squared(clouds[first.numpy()], clouds[second.numpy()])
     # epsilon is relative to the cost scale, so at 1e-3 every entropic target is close to exact W2²
     np.testing.assert_allclose(targets, exact, rtol=0.02 if distance != "exact" else 1e-5)
+
+
+def test_a_training_step_off_the_cpu_reads_nothing_on_the_host(monkeypatch):
+    clouds = random_clouds(n=12, size=6, seed=5)
+    # the CPU standing in for a GPU: `fit` fixes the iteration count instead of testing tolerances
+    monkeypatch.setattr(wormhole_module, "checks_on_host", lambda device: False)
+    counts = []
+    calibrate = Wormhole._calibrate_iterations
+    monkeypatch.setattr(
+        Wormhole, "_calibrate_iterations", lambda *a, **k: counts.append(calibrate(*a, **k)) or counts[-1]
+    )
+    model = small_model().fit(clouds, n_steps=2, batch_size=6, progress=False, device="cpu")
+    assert len(counts) == 1 and model._fixed_sinkhorn_iterations is None  # training's alone
+    fixed = model._fixed_sinkhorn_iterations = counts[0]
+    first, second = torch.triu_indices(6, 6, offset=1)
+    scaled = model._scaled(clouds[:6])
+    checked = sot.ot.sinkhorn(
+        scaled[first], scaled[second], **{**model._sinkhorn_kwargs(), "tol": 1e-2, "max_iter": 2000}
+    )
+    assert checked.n_iter <= fixed <= 2000
+    # the loss of a fixed count agrees with the loss checked against the tolerance
+    batch = clouds[:6]
+    torch.manual_seed(0)
+    unchecked_loss = model._loss(batch, first, second).item()
+    model._fixed_sinkhorn_iterations = None
+    torch.manual_seed(0)
+    np.testing.assert_allclose(unchecked_loss, model._loss(batch, first, second).item(), rtol=1e-3)
+    # on meta tensors any host read of a value raises: the whole step, backward included, has none
+    model._fixed_sinkhorn_iterations = fixed
+    monkeypatch.setattr(wormhole_module, "full_precision", lambda device: contextlib.nullcontext())
+    model.to("meta")
+    model._loss(batch.to(device="meta"), first.to("meta"), second.to("meta")).backward()
+    model._fixed_sinkhorn_iterations = None
+    with pytest.raises((RuntimeError, NotImplementedError, TypeError)):
+        model._loss(batch.to(device="meta"), first.to("meta"), second.to("meta"))
 
 
 def test_decoder_output_shapes_and_range():

@@ -58,3 +58,19 @@ def seeded(random_state: int | None) -> Iterator[np.random.Generator]:
         if random_state is not None:
             torch.manual_seed(random_state)
         yield np.random.default_rng(random_state)
+
+
+def checks_on_host(device: torch.device) -> bool:
+    """Whether a training step may read values of ``device`` on the host (convergence tests, early exits).
+
+    True on CPU, where the host is the device and a read costs nothing; False on an
+    accelerator, where each read stalls it until its queue drains, so the solvers of a step run
+    fixed iteration counts instead.
+
+    Examples
+    --------
+    >>> import torch
+    >>> checks_on_host(torch.device("cpu")), checks_on_host(torch.device("cuda"))
+    (True, False)
+    """
+    return torch.device(device).type == "cpu"

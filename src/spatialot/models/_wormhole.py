@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Literal
 
@@ -15,7 +16,7 @@ from ..ot import PointClouds, exact_w2_squared, sinkhorn
 from ._base import Model
 from ._batches import CloudFamily, map_batches, mean_size, take
 from ._blocks import SetTransformer, glorot_init, mlp, weighted_mean
-from ._device import resolve_device, seeded
+from ._device import checks_on_host, resolve_device, seeded
 from ._training import CHECKPOINT_EVERY, Precision, Schedule, full_precision, restored_on_failure, train
 
 OTDistance = Literal["sinkhorn_divergence", "entropic", "exact"]
@@ -101,13 +102,21 @@ class Wormhole(Model):
     sinkhorn_tol
         Marginal tolerance (L1) of the Sinkhorn solves in training. Targets only need to rank
         and scale pairs correctly: at ``1e-2`` they correlate with converged values to better
-        than 0.9999 at a quarter of the iterations of ``1e-3`` on clustered niches.
+        than 0.9999 at a quarter of the iterations of ``1e-3`` on clustered niches. On a GPU the
+        tolerance is checked once per :meth:`fit`, not per step: see the notes.
 
     Notes
     -----
     Train with :meth:`fit`; embed with :meth:`encode` (any clouds of the same dimension, e.g.
     another sample: out-of-sample embedding); reconstruct with :meth:`decode`; average niches
     with :meth:`barycenter` and :meth:`interpolate`.
+
+    On CPU every Sinkhorn solve of a step stops when its problems meet ``sinkhorn_tol``. On a
+    GPU, reading that test back to the host would stall the device a dozen times per step, so
+    :meth:`fit` first solves a few minibatches of the training clouds to ``sinkhorn_tol`` and
+    then runs every solve of every step for a fixed count of iterations (1.25 times the
+    slowest problem of those minibatches; :func:`~spatialot.ot.sinkhorn` with ``tol=None``), as
+    the official code fixes its count by probing the data.
 
     Examples
     --------
@@ -126,6 +135,9 @@ class Wormhole(Model):
     # the share of the decoder's gradient that reaches the embedding: 1 in the paper (ablations:
     # benchmarks/peers/wormhole.py --ablation joint-decoder, decoder-coupling=0)
     _decoder_gradient_to_embedding = 0.1
+    # Sinkhorn iterations of every solve in a training step; None: checked against the
+    # tolerance (on CPU). Set by `fit` on other devices (see the class notes)
+    _fixed_sinkhorn_iterations: int | None = None
 
     def __init__(
         self,
@@ -209,12 +221,33 @@ class Wormhole(Model):
     def _sinkhorn_kwargs(self) -> dict:
         # over-relaxation 1.8 rather than the solver's 1.5: on clustered niches at ε = 0.01 it
         # reaches the same tolerance in a third of the iterations, and the targets dominate a step
-        return {
+        kwargs = {
             "epsilon": self.config["epsilon"],
             "tol": self.config["sinkhorn_tol"],
             "max_iter": 2000,
             "over_relaxation": 1.8,
         }
+        if self._fixed_sinkhorn_iterations is not None:
+            kwargs.update(tol=None, max_iter=self._fixed_sinkhorn_iterations)
+        return kwargs
+
+    def _calibrate_iterations(self, family: CloudFamily, batch_size: int, n_batches: int = 4) -> int:
+        """Fixed Sinkhorn iterations for a step: 1.25 times the slowest checked solve of a few minibatches.
+
+        The minibatches come from a generator of their own, so that calibrating draws nothing
+        from the training's random stream (a resumed run stays the same run).
+        """
+        rng = np.random.default_rng(0)
+        first, second = torch.triu_indices(batch_size, batch_size, offset=1, device=self.device)
+        slowest = 1
+        with torch.no_grad():
+            for _ in range(n_batches):
+                chosen = np.sort(rng.choice(len(family), batch_size, replace=False))
+                scaled = self._scaled(take(family, chosen, self.device))
+                kwargs = self._sinkhorn_kwargs()
+                for x, y in ((scaled[first], scaled[second]), (scaled, scaled)):
+                    slowest = max(slowest, sinkhorn(x, y, **kwargs).n_iter)
+        return min(math.ceil(1.25 * slowest), 2000)
 
     def pair_targets(self, clouds: PointClouds, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         """OT distances :math:`D` between clouds ``first[p]`` and ``second[p]`` of a batch, on scaled points.
@@ -385,27 +418,32 @@ class Wormhole(Model):
                 self.calibrate(family, rng)
             if self.decoder_tokens is None:
                 self._build_decoder_tokens(max(1, round(mean_size(family))))
+            if not checks_on_host(self.device):
+                self._fixed_sinkhorn_iterations = self._calibrate_iterations(family, batch_size)
 
             def step_loss(step: int) -> torch.Tensor:
                 chosen = np.sort(rng.choice(len(family), batch_size, replace=False))
                 return self._loss(take(family, chosen, self.device), first, second)
 
-            train(
-                self,
-                step_loss,
-                n_steps=n_steps,
-                learning_rate=learning_rate,
-                decay_rate=decay_rate,
-                decay_every=decay_every,
-                schedule=schedule,
-                warmup_steps=warmup_steps,
-                progress=progress,
-                description="Wormhole",
-                rng=rng,
-                checkpoint=checkpoint,
-                checkpoint_every=checkpoint_every,
-                precision=precision,
-            )
+            try:
+                train(
+                    self,
+                    step_loss,
+                    n_steps=n_steps,
+                    learning_rate=learning_rate,
+                    decay_rate=decay_rate,
+                    decay_every=decay_every,
+                    schedule=schedule,
+                    warmup_steps=warmup_steps,
+                    progress=progress,
+                    description="Wormhole",
+                    rng=rng,
+                    checkpoint=checkpoint,
+                    checkpoint_every=checkpoint_every,
+                    precision=precision,
+                )
+            finally:
+                self._fixed_sinkhorn_iterations = None  # outside training, solves check their tolerance
         return self
 
     # ------------------------------------------------------------------ inference

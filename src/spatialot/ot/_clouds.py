@@ -162,11 +162,16 @@ class PointClouds:
         return self.points.shape[0]
 
     def __getitem__(self, index: int | slice | Sequence[int] | torch.Tensor | np.ndarray) -> PointClouds:
-        """Select clouds; an integer keeps the batch dimension."""
+        """Select clouds by integers, a slice or a boolean mask; an integer keeps the batch dimension."""
         if isinstance(index, int | np.integer):
             index = slice(int(index), int(index) + 1 or None)
+        elif isinstance(index, torch.Tensor):
+            # moved as it is: a round trip through numpy would wait for a GPU to finish its queue
+            index = index.to(self.points.device)
+            index = index if index.dtype == torch.bool else index.long()
         elif not isinstance(index, slice):
-            index = as_tensor(np.asarray(index), dtype=torch.long, device=self.points.device)
+            index = np.asarray(index)
+            index = as_tensor(index, dtype=torch.bool if index.dtype == bool else torch.long, device=self.points.device)
         return PointClouds(self.points[index], self.mask[index], self.weights[index])
 
     @property

@@ -48,7 +48,8 @@ class SinkhornOutput:
     n_iter
         Number of Sinkhorn iterations run at the target ``epsilon`` by the slowest problem.
     converged
-        Whether every problem met the tolerance before ``max_iter``.
+        Whether every problem met the tolerance before ``max_iter``; ``None`` when no
+        tolerance was checked (``tol=None``: read ``marginal_error`` instead).
 
     Examples
     --------
@@ -68,11 +69,16 @@ class SinkhornOutput:
     plan: torch.Tensor | None
     marginal_error: torch.Tensor
     n_iter: int
-    converged: bool
+    converged: bool | None
 
 
-def _softmin(kernel: torch.Tensor, log_weights: torch.Tensor, potential: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """Sinkhorn update ``-eps * log sum_j w_j exp(h_j / eps + K_ij)`` over the last axis, ``K = -C / eps``."""
+def _softmin(
+    kernel: torch.Tensor, log_weights: torch.Tensor, potential: torch.Tensor, epsilon: float | torch.Tensor
+) -> torch.Tensor:
+    """Sinkhorn update ``-eps * log sum_j w_j exp(h_j / eps + K_ij)`` over the last axis, ``K = -C / eps``.
+
+    ``epsilon`` is a number, or a tensor ``(batch, 1)`` of one value per problem.
+    """
     return -epsilon * torch.logsumexp(kernel + (log_weights + potential / epsilon)[:, None, :], dim=2)
 
 
@@ -82,7 +88,7 @@ def sinkhorn(
     *,
     epsilon: float = 1e-2,
     max_iter: int = 1000,
-    tol: float = 1e-3,
+    tol: float | None = 1e-3,
     check_every: int = 10,
     annealing: float = 0.5,
     over_relaxation: float = 1.5,
@@ -118,12 +124,22 @@ def sinkhorn(
         relative to the typical squared distance between points; :math:`W_2^2` is recovered as
         ``epsilon`` tends to 0.
     max_iter
-        Largest number of iterations at the target ``epsilon``.
+        Largest number of iterations at the target ``epsilon`` (the number run when ``tol`` is
+        ``None``).
     tol
         A problem has converged when the L1 error of its marginals is below ``tol``. The
         transport cost is then accurate to about ``tol * max(C)``. In float32 the error
         cannot fall much below ``1e-7 * max(C) / epsilon``: for very small ``epsilon`` relative
         to the costs, scale the points or pass float64 clouds.
+
+        ``None`` checks nothing and never reads a value of the device on the host, the mode for
+        training steps on a GPU: every problem runs exactly ``max_iter`` log-domain iterations
+        after an ε-scaling of a fixed :data:`FIXED_WARMUP_STEPS` steps, whose rate each problem
+        sets from its own largest cost (down from it to ``epsilon``, no faster than
+        ``annealing`` unless its costs span more than ``annealing ** -FIXED_WARMUP_STEPS``
+        times ``epsilon``). Choose ``max_iter`` by a tolerance-checked solve of typical
+        problems (:attr:`SinkhornOutput.n_iter`), as the official Wormhole code probes its
+        iteration count.
     check_every
         Check the marginals every this many iterations (each check synchronises a GPU).
     annealing
@@ -160,16 +176,23 @@ def sinkhorn(
         raise ValueError(f"`annealing` must lie in [0, 1), got {annealing}.")
     if not 1 <= over_relaxation < 2:
         raise ValueError(f"`over_relaxation` must lie in [1, 2), got {over_relaxation}.")
+    if tol is None and max_iter < 1:
+        raise ValueError(f"`max_iter` must be at least 1 when `tol` is None, got {max_iter}.")
     y = y.to(device=x.device, dtype=x.points.dtype)
     cost = squared_euclidean_cost(x.points, y.points)
     log_a = torch.where(x.mask, x.weights.log(), -torch.inf)
     log_b = torch.where(y.mask, y.weights.log(), -torch.inf)
 
     with torch.no_grad():
-        f, g = _warm_start(cost.detach(), log_a, log_b, epsilon, annealing)
-        f, g, n_iter, converged = _iterate(
-            cost.detach(), f, g, log_a, log_b, y.weights, epsilon, max_iter, tol, check_every, over_relaxation
-        )
+        if tol is None:
+            f, g = _fixed_warm_start(cost.detach(), log_a, log_b, epsilon, annealing)
+            f, g = _log_domain_steps(cost.detach() / epsilon, f, g, log_a, log_b, epsilon, max_iter, over_relaxation)
+            n_iter, converged = max_iter, None
+        else:
+            f, g = _warm_start(cost.detach(), log_a, log_b, epsilon, annealing)
+            f, g, n_iter, converged = _iterate(
+                cost.detach(), f, g, log_a, log_b, y.weights, epsilon, max_iter, tol, check_every, over_relaxation
+            )
 
     # one differentiable step of the semi-dual: its gradient in C is the plan (envelope theorem)
     f = _softmin(-cost / epsilon, log_b, g, epsilon)
@@ -228,6 +251,31 @@ def _warm_start(cost, log_a, log_b, epsilon, annealing):
         if bool(lost.any()):
             g[lost] = _softmin(-cost[lost].transpose(1, 2) / eps, log_a[lost], f[lost], eps)
         eps *= annealing
+    return f, g
+
+
+# ε-scaling steps of the unchecked mode (tol=None): at the default annealing of 0.5 they span
+# costs up to 2**12 ≈ 4,000 times ε, the range of clouds scaled as the models scale them
+FIXED_WARMUP_STEPS = 12
+
+
+def _fixed_warm_start(cost, log_a, log_b, epsilon, annealing):
+    """:func:`_warm_start` in a fixed number of log-domain steps, each problem on its own ε schedule.
+
+    Problem ``b`` starts at its largest cost ``M_b`` and shrinks ε by ``max(annealing,
+    (ε / M_b) ** (1 / FIXED_WARMUP_STEPS))`` per step, never below the target: the schedule is
+    a tensor, so no step reads the device.
+    """
+    f, g = torch.zeros_like(log_a), torch.zeros_like(log_b)
+    if annealing == 0:
+        return f, g
+    largest = cost.amax((1, 2)).clamp_min(epsilon)[:, None]
+    rate = torch.clamp((epsilon / largest) ** (1 / FIXED_WARMUP_STEPS), max=annealing)
+    for step in range(FIXED_WARMUP_STEPS):
+        eps = (largest * rate**step).clamp_min(epsilon)
+        kernel = -cost / eps[:, :, None]
+        f = _softmin(kernel, log_b, g, eps)
+        g = _softmin(kernel.transpose(1, 2), log_a, f, eps)
     return f, g
 
 
