@@ -22,10 +22,13 @@ the stage, ``process_peak_rss`` the largest over the run):
   seconds (``HOTET.embed``: the inverse map of 16 reference points, 128 numbers per niche)
   and niches/s, peak RSS. 16 rather than the default 64 anchors keeps the result the size of
   Wormhole's (64 anchors would be 2 KiB per niche: 2 GiB at 10⁶, 20 GiB at 10⁷).
-- ``steps``: seconds per Wormhole training step against the batch size (8, 16, 32, 64): a
-  12-step fit less a 2-step fit, over 10 (so the calibration before training is excluded), on
-  one process. Several processes (DDP under ``torchrun``) are not timed yet: ``_ddp_hook``
-  is where they would be (on a shared 2-core machine two processes only contend).
+- ``steps``: seconds per Wormhole training step against the batch size (8, 16, 32, 64): the
+  median time between the starts of steps 3 to 13 of a fit, on one process with ``--threads``
+  threads, then on each number of processes of ``--processes`` above 1 under
+  ``torch.distributed.run`` (DDP, gloo on CPU; ``max(1, threads // N)`` threads per process),
+  the same clouds per step split between the processes (each draws ``batch / N``, so each step
+  compares ``N`` times fewer pairs: DDP averages gradients, it does not pair clouds across
+  processes). The clouds are the first 20,000 niches, held in memory.
 - ``padding`` (smallest size only): Wormhole encoding of the first 20,000 radius niches
   (``radius=25``: sizes vary) with and without the within-stretch sort by size that pads each batch only to its own
   largest niche — niches/s and the padded slots computed.
@@ -45,6 +48,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -73,6 +77,7 @@ HOTET_ANCHORS = 16
 ASOT_ANCHORS = 64
 STEP_BATCHES = (8, 16, 32, 64)
 STEPS_TIMED = 10
+STEP_NICHES = 20_000
 PADDING_NICHES = 20_000
 STAGES = ("niches", "wormhole", "asot", "hotet", "steps", "padding")
 TARGETS = {
@@ -192,22 +197,82 @@ class _Timed:
         setattr(self.cls, self.name, self.original)
 
 
-def _ddp_hook() -> str | None:
-    """Where per-process step times would come from: DDP training under ``torchrun`` (issue 14), or ``None`` without it.
+def step_seconds(family, batch_size: int, device: str) -> float:
+    """Seconds per Wormhole training step: the median time between the starts of consecutive steps.
 
-    The hook for ``--processes``: spatialot's ``fit`` trains under ``torchrun --nproc_per_node=N``
-    when ``spatialot.models._training`` has ``world``; timing N > 1 processes here is left for a
-    machine with free cores (on the shared 2-core machine, two processes only contend).
+    Steps are stamped as they start (the model's loss is wrapped), so the calibration before
+    training and the first steps (warm caches) are left out, and the median ignores a step that
+    another job on the machine slowed. Under ``torchrun`` every process runs this; a step's
+    gradient averaging between the processes falls between two stamps.
     """
-    from spatialot.models import _training
+    import numpy as np
+    import torch
 
-    if not hasattr(_training, "world"):
-        return None
-    return "DDP available (torchrun --standalone --nproc_per_node=2 examples/torchrun_wormhole.py); not timed here"
+    from spatialot.models import Wormhole
+
+    torch.manual_seed(0)
+    model = Wormhole(family.dim)
+    stamps = []
+    loss = model._loss
+
+    def stamped(*batch):
+        stamps.append(time.perf_counter())
+        return loss(*batch)
+
+    model._loss = stamped
+    model.fit(family, n_steps=3 + STEPS_TIMED, batch_size=batch_size, device=device, progress=False)
+    return float(np.median(np.diff(stamps[2:])))
+
+
+def ddp_worker(args) -> None:
+    """One process of ``torchrun``: time the steps of every batch size, rank 0 writes ``args.ddp_out``."""
+    import numpy as np
+    import torch
+    from torch import distributed
+
+    from spatialot.ot import PointClouds
+
+    torch.set_num_threads(args.threads)
+    data = np.load(args.ddp_worker)
+    family = PointClouds.from_padded(data["points"], data["mask"])
+    results = []
+    for batch_size in [int(b) for b in args.ddp_batches.split(",")]:
+        seconds = step_seconds(family, batch_size, args.device)
+        results.append({"batch_per_process": batch_size, "step_s": seconds, "load": _load()})
+    if not distributed.is_initialized() or distributed.get_rank() == 0:
+        Path(args.ddp_out).write_text(json.dumps(results))
+
+
+def time_processes(family, processes: int, threads: int, device: str) -> list[dict[str, Any]]:
+    """Step times of ``processes`` DDP processes under ``torch.distributed.run``, one row per total batch size."""
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as folder:
+        data, out = Path(folder) / "clouds.npz", Path(folder) / "steps.json"
+        np.savez(data, points=family.points.numpy(), mask=family.mask.numpy())
+        per_process = [max(2, batch // processes) for batch in STEP_BATCHES]
+        per_thread = max(1, threads // processes)
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        command += [__file__, "--ddp-worker", str(data), "--ddp-out", str(out), "--device", device]
+        command += ["--threads", str(per_thread), "--ddp-batches", ",".join(map(str, per_process))]
+        environment = {**os.environ, "OMP_NUM_THREADS": str(per_thread)}
+        subprocess.run(command, check=True, env=environment, stdout=subprocess.DEVNULL)
+        timings = json.loads(out.read_text())
+    return [
+        {"batch_size": batch, "processes": processes, "threads_per_process": per_thread, **timing}
+        for batch, timing in zip(STEP_BATCHES, timings, strict=True)
+    ]
 
 
 def measure_size(
-    n_cells: int, path: str, device: str, threads: int, stages: list[str], seed: int, budgets: dict[str, int]
+    n_cells: int,
+    path: str,
+    device: str,
+    threads: int,
+    stages: list[str],
+    seed: int,
+    budgets: dict[str, int],
+    processes: tuple[int, ...] = (1,),
 ) -> dict[str, Any]:
     """Every stage at one size, in a fresh process, from the backed h5ad at ``path``."""
     warnings.filterwarnings("ignore")
@@ -288,20 +353,17 @@ def measure_size(
         del adata.obsm["X_hotet"]
 
     if "steps" in stages:
-        family = sot.get.niche_clouds(adata)
+        family = sot.get.niche_clouds(adata)[np.arange(min(STEP_NICHES, adata.n_obs))]
         row["steps"] = []
         for batch_size in STEP_BATCHES:
-            # fit calibrates its output scale on sampled pairs before training: the difference of
-            # a 2-step and a (2 + STEPS_TIMED)-step fit is the time of STEPS_TIMED steps alone
-            times = {}
-            for n_steps in (2, 2 + STEPS_TIMED):
-                model = Wormhole(family.dim)
-                start = time.perf_counter()
-                model.fit(family, n_steps=n_steps, batch_size=batch_size, device=device, progress=False)
-                times[n_steps] = time.perf_counter() - start
-            seconds = (times[2 + STEPS_TIMED] - times[2]) / STEPS_TIMED
-            row["steps"].append({"batch_size": batch_size, "processes": 1, "step_s": seconds, "load": _load()})
-        row["ddp"] = _ddp_hook() or "not measured: no DDP training in spatialot.models._training"
+            seconds = step_seconds(family, batch_size, device)
+            row["steps"].append(
+                {"batch_size": batch_size, "processes": 1, "threads_per_process": threads, "step_s": seconds}
+                | {"load": _load()}
+            )
+        for count in processes:
+            if count > 1:
+                row["steps"] += time_processes(family, count, threads, device)
 
     if "padding" in stages:
         sot.pp.niches(adata, radius=25.0, key_added="radius")
@@ -357,7 +419,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="JSON output (default benchmarks/results/scale-<device>.json)")
     parser.add_argument("--append", action="store_true", help="keep the rows of other sizes already in --out")
+    parser.add_argument("--processes", default="1,2", help="numbers of DDP processes of the steps stage (default 1,2)")
+    parser.add_argument("--ddp-worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--ddp-out", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--ddp-batches", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.ddp_worker:
+        ddp_worker(args)
+        return 0
 
     device = resolve_device(args.device)
     sizes = [int(float(s)) for s in args.sizes.split(",")]
@@ -383,8 +452,10 @@ def main(argv: list[str] | None = None) -> int:
             size_stages = [s for s in stages if s != "padding" or n_cells == padding_at]
             with context.Pool(1) as pool:
                 budgets = {"wormhole": args.wormhole_steps, "hotet": args.hotet_steps}
+                processes = tuple(int(p) for p in args.processes.split(","))
                 row = pool.apply(
-                    measure_size, (n_cells, str(path), device, args.threads, size_stages, args.seed, budgets)
+                    measure_size,
+                    (n_cells, str(path), device, args.threads, size_stages, args.seed, budgets, processes),
                 )
             rows.append({**row, "data": data})
             rows.sort(key=lambda row: row["n_cells"])
@@ -514,8 +585,14 @@ def _table(rows: list[dict[str, Any]], device: str, threads: int, wormhole_steps
     if step_rows:
         table += "\n\n" + print_table(
             step_rows,
-            [("cells", "cells"), ("batch_size", "batch"), ("processes", "processes"), ("step_ms", "ms/step")],
-            title="Wormhole training step against batch size",
+            [
+                ("cells", "cells"),
+                ("batch_size", "batch"),
+                ("processes", "processes"),
+                ("threads_per_process", "threads each"),
+                ("step_ms", "ms/step"),
+            ],
+            title="Wormhole training step against batch size and processes (DDP: the batch split between them)",
         )
     padding_rows = [row for row in rows if "padding_speedup" in row]
     if padding_rows:
