@@ -256,6 +256,13 @@ def _fixed_iterations(model) -> None:
     }
 
 
+def _gpu_solver(model) -> None:
+    """The Sinkhorn rule of a GPU step, run on the CPU: a fixed count chosen once per fit, no tolerance checks."""
+    from spatialot.models import _wormhole
+
+    _wormhole.checks_on_host = lambda device: False
+
+
 def _no_final_norm(model) -> None:
     """The official encoder pools the last block's tokens without a final LayerNorm."""
     import torch
@@ -294,6 +301,7 @@ ABLATIONS = {
     "sum-distance": _sum_distance,
     "torch-init": _torch_init,
     "fixed-200-iterations": _fixed_iterations,
+    "gpu-solver": _gpu_solver,
     "no-final-norm": _no_final_norm,
     "joint-decoder": _joint_decoder,
 }
