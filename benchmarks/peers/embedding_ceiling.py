@@ -17,21 +17,19 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from _common import RESULTS, machine_info, print_table, write_json  # noqa: E402
-
-# the harness by its path: benchmarks/wormhole.py has the same module name
+# the harness by its path (benchmarks/wormhole.py has the same module name); it puts benchmarks/
+# on sys.path and imports _common, which keeps benchmarks/ot.py from shadowing POT
 _spec = importlib.util.spec_from_file_location("peers_wormhole", Path(__file__).resolve().parent / "wormhole.py")
 harness = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(harness)
+
+from _common import RESULTS, machine_info, print_table, write_json  # noqa: E402
 
 DIMENSIONS = (16, 64, 128)
 
