@@ -162,8 +162,9 @@ def wfm(
     batch_size
         Niches per step; 16 (point clouds, as the official code) or 64 (Gaussians) by default.
     learning_rate
-        Adam learning rate; 3e-4 (point clouds, official value for spatial data) or 1e-3
-        (Gaussians) by default.
+        Adam learning rate, 1e-3 by default: in the point-cloud mode the peak of a 100-step
+        warm-up and a cosine decay to 0 over ``n_steps`` (the official code: a constant 3e-4;
+        see :meth:`~spatialot.models.WassersteinFlowMatching.fit`), constant in the Gaussian mode.
     p_uncond
         Fraction of conditions dropped in training (classifier-free guidance).
     width
@@ -263,7 +264,7 @@ def wfm(
     batch_size = check_int("batch_size", batch_size if batch_size is not None else (64 if gaussian else 16))
     n_layers = check_int("n_layers", n_layers)
     width = check_int("width", width if width is not None else (256 if gaussian else 128))
-    learning_rate = float(learning_rate if learning_rate is not None else (1e-3 if gaussian else 3e-4))
+    learning_rate = float(learning_rate if learning_rate is not None else 1e-3)
     if not learning_rate > 0:
         raise ValueError(f"`learning_rate` must be positive, got {learning_rate}.")
     if not 0 <= p_uncond <= 1:
