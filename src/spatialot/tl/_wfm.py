@@ -220,7 +220,9 @@ def wfm(
     :class:`~spatialot.models.WassersteinFlowMatching`): minibatch OT pairing is an exact
     assignment (not a rounded Sinkhorn plan), pairs a pool of ``pairing_pool`` niches rather
     than the minibatch alone, and stays on, within each label, for labelled conditions (the
-    official code turns it off under conditioning); a dropped condition vector
+    official code turns it off under conditioning); the learning rate warms up to 1e-3 and
+    decays along a cosine to 0 (the official code: a constant 3e-4), which at this budget
+    keeps generated niches sharp and covering the real ones; a dropped condition vector
     becomes a learned null embedding; source niches are drawn independently of the targets and
     re-paired by minibatch OT, as two unpaired samples (control, treated) call for, where the
     official code pairs the i-th source cloud with the i-th data cloud. The defaults were
