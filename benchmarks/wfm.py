@@ -473,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gaussian-steps", type=int, default=None, help="Gaussian-mode steps (default 2000)")
     parser.add_argument("--n-cells", type=int, default=None, help="cells of the simulated tissue (default 6000)")
     parser.add_argument("--n-eval", type=int, default=None, help="real test niches scored (default 300)")
-    parser.add_argument("--generations", type=int, default=None, help="generations per model (default 3)")
+    parser.add_argument("--generations", type=int, default=None, help="generations per model (default 5)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {list(VARIANTS)}")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--cases", default="simulated,bdtnp", help="simulated, bdtnp, gaussian")
@@ -497,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     args.gaussian_steps = args.gaussian_steps or (200 if args.quick else 2000)
     args.n_cells = args.n_cells or (2000 if args.quick else 6000)
     args.n_eval = args.n_eval or (100 if args.quick else 300)
-    args.generations = args.generations or (2 if args.quick else 3)
+    args.generations = args.generations or (2 if args.quick else 5)
     args.variants = args.variants.split(",")
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
