@@ -14,7 +14,8 @@ Split: a checkerboard of square tiles (200 µm on the simulated tissue, 40 µm c
 smaller embryo), so that both colours hold every niche type. Models are trained on the niches
 of one colour and scored against ``--n-eval`` random niches of the other. Variants, all with the
 defaults of ``sot.tl.wfm`` / ``sot.tl.generate_niches`` (2,000 steps, batch 16 kept from a
-minibatch-OT pairing pool of 64, width 128, 3 layers, lr 3e-4, normal noise, Euler 100 steps,
+minibatch-OT pairing pool of 64, width 128, 3 layers, lr 1e-3 after a 100-step warm-up and a
+cosine decay to 0, normal noise, Euler 100 steps,
 guidance 1): conditioned on the label with and
 without minibatch OT pairing, conditioned on the centre's vector, and unconditional with and
 without minibatch OT pairing. Each generated niche takes the label (or vector) and size of
@@ -46,12 +47,15 @@ Gaussian and the true Gaussian at its mean's angle and a family-level W2, agains
 two independent true families (the sampling floor).
 
 Run ``nice -n 5 python benchmarks/wfm.py [--quick] [--cases simulated,bdtnp] [--variants ...]
-[--device cpu|cuda|auto] [--out PATH]``.
+[--generations N] [--device cpu|cuda|auto] [--out PATH]``. Diagnosis runs depart from the
+defaults with ``--set NAME=VALUE`` (an argument of ``WassersteinFlowMatching``, of its ``fit``,
+or ``sample_n_steps`` / ``sample_method`` / ``sample_guidance``), recorded in the JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import inspect
 import os
 import time
@@ -96,7 +100,8 @@ def simulated(seed: int, n_cells: int):
     sot.pp.niches(adata, k=8, use_rep="X_latent", include_center=False)
     labels = adata.obs["cell_type"].astype(str).to_numpy()
     vectors = np.asarray(adata.obsm["X_latent"], dtype=np.float64)
-    return adata, labels, vectors, checkerboard(np.asarray(adata.obsm["spatial"]), 200.0), 200.0
+    groups = adata.obs["niche_type"].astype(str).to_numpy()
+    return adata, labels, vectors, checkerboard(np.asarray(adata.obsm["spatial"]), 200.0), 200.0, groups
 
 
 def bdtnp(seed: int, n_cells: int | None = None):
@@ -111,7 +116,7 @@ def bdtnp(seed: int, n_cells: int | None = None):
     types = KMeans(6, n_init=10, random_state=seed).fit_predict(adata.obsm["X_pca"])
     labels = np.array([f"cluster_{t}" for t in types])
     vectors = np.asarray(adata.obsm["X_pca"], dtype=np.float64)
-    return adata, labels, vectors, checkerboard(np.asarray(adata.obsm["spatial"]), 40.0), 40.0
+    return adata, labels, vectors, checkerboard(np.asarray(adata.obsm["spatial"]), 40.0), 40.0, None
 
 
 # ---------------------------------------------------------------------------- distances and scores
@@ -176,8 +181,18 @@ def features_of(clouds: PointClouds) -> np.ndarray:
     return torch.cat([mean, std], 1).numpy()
 
 
-def scores(real: PointClouds, other: PointClouds, real_matrices: dict[str, np.ndarray]) -> dict[str, Any]:
-    """1-NN (whole and halves) and MMD² of ``other`` against ``real`` under W2² and Chamfer."""
+def scores(
+    real: PointClouds, other: PointClouds, real_matrices: dict[str, np.ndarray], groups: np.ndarray | None = None
+) -> dict[str, Any]:
+    """1-NN (whole and halves) and MMD² of ``other`` against ``real`` under W2² and Chamfer, and two diagnostics.
+
+    ``point_distance``: mean distance from each point of ``other`` to the nearest point of any
+    ``real`` cloud (blur: points off the real cell states). ``mean_spread``: root of the summed
+    per-dimension variance of the cloud means across clouds (compositions pulled to the mean
+    give a smaller spread). With ``groups`` (a group per real cloud, e.g. the simulated niche
+    type): ``nn1_w2_real_by_group``, the real half of the W2² 1-NN test per group (which real
+    niches find no generated one near them).
+    """
     out: dict[str, Any] = {}
     for name, distance in (("w2", w2_matrix), ("chamfer", chamfer_matrix)):
         real_real = real_matrices[name]
@@ -185,6 +200,16 @@ def scores(real: PointClouds, other: PointClouds, real_matrices: dict[str, np.nd
         bandwidth = float(np.median(real_real[~np.eye(len(real_real), dtype=bool)]))
         out[f"nn1_{name}"] = nn1(real_real, real_other, other_other)
         out[f"mmd_{name}"] = mmd(real_real, real_other, other_other, bandwidth)
+        if name == "w2" and groups is not None:
+            real_only = real_real.copy()
+            np.fill_diagonal(real_only, np.inf)
+            real_wins = real_only.min(1) < real_other.min(1)
+            out["nn1_w2_real_by_group"] = {str(g): float(real_wins[groups == g].mean()) for g in np.unique(groups)}
+    real_points = real.points[real.mask].double()
+    other_points = other.points[other.mask].double()
+    out["point_distance"] = float(torch.cdist(other_points, real_points).min(1).values.mean())
+    means = (other.points.double() * other.weights.double()[..., None]).sum(1)
+    out["mean_spread"] = float(means.var(0).sum().sqrt())
     return out
 
 
@@ -203,6 +228,37 @@ def mean_sd(rows: list[dict[str, Any]]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- one data set
 
 
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``NAME=VALUE`` items as keyword arguments of the model, of its ``fit`` and of its ``sample``.
+
+    Values are read as Python literals where they parse (``64``, ``1e-3``, ``'cosine'``), else
+    kept as strings; ``sample_``-prefixed names go to ``sample`` without the prefix.
+    """
+    targets = {
+        "model": set(inspect.signature(WassersteinFlowMatching).parameters),
+        "fit": set(inspect.signature(WassersteinFlowMatching.fit).parameters) - {"self"},
+        "sample": {"n_steps", "method", "guidance"},
+    }
+    out: dict[str, dict[str, Any]] = {"model": {}, "fit": {}, "sample": {}}
+    for item in items:
+        name, separator, text = item.partition("=")
+        if not separator:
+            raise ValueError(f"--set takes NAME=VALUE, got {item!r}")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        if name.startswith("sample_") and name[len("sample_") :] in targets["sample"]:
+            out["sample"][name[len("sample_") :]] = value
+        elif name in targets["model"]:
+            out["model"][name] = value
+        elif name in targets["fit"]:
+            out["fit"][name] = value
+        else:
+            raise ValueError(f"--set {name}: not an argument of WassersteinFlowMatching, its fit or its sample")
+    return out
+
+
 def tl_defaults() -> dict[str, Any]:
     """The defaults of ``sot.tl.wfm`` and ``sot.tl.generate_niches`` that the benchmark trains and samples with."""
     fit = inspect.signature(sot.tl.wfm).parameters
@@ -210,7 +266,12 @@ def tl_defaults() -> dict[str, Any]:
     return {
         "n_steps": fit["n_steps"].default,
         "batch_size": 16,  # tl.wfm's default in the point-cloud mode
-        "learning_rate": 3e-4,  # idem
+        "learning_rate": 1e-3,  # idem
+        # tl.wfm leaves these to WassersteinFlowMatching.fit
+        **{
+            name: inspect.signature(WassersteinFlowMatching.fit).parameters[name].default
+            for name in ("schedule", "warmup_steps", "decay_rate")
+        },
         "width": 128,  # idem
         "n_layers": fit["n_layers"].default,
         "p_uncond": fit["p_uncond"].default,
@@ -225,7 +286,7 @@ def tl_defaults() -> dict[str, Any]:
 
 
 def point_cloud_case(name: str, loaded, args, device: str) -> dict[str, Any]:
-    adata, labels, vectors, colour, tile = loaded
+    adata, labels, vectors, colour, tile, groups = loaded
     defaults = tl_defaults()
     steps = args.steps or defaults["n_steps"]
     rng = np.random.default_rng(args.seed)
@@ -234,13 +295,14 @@ def point_cloud_case(name: str, loaded, args, device: str) -> dict[str, Any]:
     eval_cells = np.sort(rng.choice(test_cells, min(args.n_eval, len(test_cells)), replace=False))
     real = family.gather(eval_cells)
     real_matrices = {"w2": w2_matrix(real, real), "chamfer": chamfer_matrix(real, real)}
+    eval_groups = None if groups is None else groups[eval_cells]
     names = sorted(set(labels[train_cells]))
 
     # the floor: real niches of the training colour in place of generated ones
     floors = []
     for draw in range(args.generations):
         reference = np.sort(np.random.default_rng(1000 + draw).choice(train_cells, len(eval_cells), replace=False))
-        floors.append(scores(real, family.gather(reference), real_matrices))
+        floors.append(scores(real, family.gather(reference), real_matrices, eval_groups))
     sample_train = rng.choice(train_cells, min(len(train_cells), 4000), replace=False)
     classifier = LogisticRegression(max_iter=3000).fit(features_of(family.gather(sample_train)), labels[sample_train])
     row: dict[str, Any] = {
@@ -266,25 +328,31 @@ def point_cloud_case(name: str, loaded, args, device: str) -> dict[str, Any]:
             family.max_size,
             labels=names if conditioning == "labels" else None,
             condition_dim=vectors.shape[1] if conditioning == "vectors" else None,
-            width=defaults["width"],
-            n_layers=defaults["n_layers"],
-            noise=defaults["noise"],
-            matching=defaults["matching"],
-            minibatch_ot=minibatch_ot,
-            pairing_pool=defaults["pairing_pool"],
+            **{
+                "width": defaults["width"],
+                "n_layers": defaults["n_layers"],
+                "noise": defaults["noise"],
+                "matching": defaults["matching"],
+                "minibatch_ot": minibatch_ot,
+                "pairing_pool": defaults["pairing_pool"],
+                **args.overrides["model"],
+            },
         )
         start = time.perf_counter()
         model.fit(
             train,
             labels[train_cells] if conditioning == "labels" else None,
             conditions=vectors[train_cells] if conditioning == "vectors" else None,
-            n_steps=steps,
-            batch_size=defaults["batch_size"],
-            learning_rate=defaults["learning_rate"],
-            p_uncond=defaults["p_uncond"],
-            device=device,
-            random_state=args.seed,
-            progress=False,
+            **{
+                "n_steps": steps,
+                "batch_size": defaults["batch_size"],
+                "learning_rate": defaults["learning_rate"],
+                "p_uncond": defaults["p_uncond"],
+                "device": device,
+                "random_state": args.seed,
+                "progress": False,
+                **args.overrides["fit"],
+            },
         )
         if device == "cuda":
             torch.cuda.synchronize()
@@ -297,13 +365,16 @@ def point_cloud_case(name: str, loaded, args, device: str) -> dict[str, Any]:
                 labels=list(labels[eval_cells]) if conditioning == "labels" else None,
                 conditions=vectors[eval_cells] if conditioning == "vectors" else None,
                 sizes=family.sizes[eval_cells],
-                n_steps=defaults["ode_steps"],
-                method=defaults["method"],
-                guidance=defaults["guidance"],
+                **{
+                    "n_steps": defaults["ode_steps"],
+                    "method": defaults["method"],
+                    "guidance": defaults["guidance"],
+                    **args.overrides["sample"],
+                },
                 random_state=args.seed + generation,
             )
             sample_s += time.perf_counter() - start
-            generations.append(scores(real, generated, real_matrices))
+            generations.append(scores(real, generated, real_matrices, eval_groups))
             features.append(features_of(generated))
         result = {
             "conditioning": conditioning,
@@ -402,19 +473,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gaussian-steps", type=int, default=None, help="Gaussian-mode steps (default 2000)")
     parser.add_argument("--n-cells", type=int, default=None, help="cells of the simulated tissue (default 6000)")
     parser.add_argument("--n-eval", type=int, default=None, help="real test niches scored (default 300)")
-    parser.add_argument("--generations", type=int, default=None, help="generations per model (default 3)")
+    parser.add_argument("--generations", type=int, default=None, help="generations per model (default 5)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {list(VARIANTS)}")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--cases", default="simulated,bdtnp", help="simulated, bdtnp, gaussian")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="depart from the defaults (diagnosis runs): an argument of WassersteinFlowMatching, of its fit, or of "
+        "its sample (sample_n_steps, sample_method, sample_guidance); repeatable",
+    )
     args = parser.parse_args(argv)
+    try:
+        args.overrides = parse_overrides(args.set)
+    except ValueError as error:
+        parser.error(str(error))
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
     args.steps = args.steps or (200 if args.quick else None)
     args.gaussian_steps = args.gaussian_steps or (200 if args.quick else 2000)
     args.n_cells = args.n_cells or (2000 if args.quick else 6000)
     args.n_eval = args.n_eval or (100 if args.quick else 300)
-    args.generations = args.generations or (2 if args.quick else 3)
+    args.generations = args.generations or (2 if args.quick else 5)
     args.variants = args.variants.split(",")
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
@@ -442,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
                 "nn1_chamfer": floor["nn1_chamfer"]["all"]["mean"],
                 "mmd": floor["mmd_w2"]["mean"],
                 "mmd_chamfer": floor["mmd_chamfer"]["mean"],
+                "point_distance": floor["point_distance"]["mean"],
+                "mean_spread": floor["mean_spread"]["mean"],
                 "clf": row["classifier_real_eval"],
             }
         )
@@ -458,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
                     "nn1_chamfer": result["nn1_chamfer"]["all"]["mean"],
                     "mmd": result["mmd_w2"]["mean"],
                     "mmd_chamfer": result["mmd_chamfer"]["mean"],
+                    "point_distance": result["point_distance"]["mean"],
+                    "mean_spread": result["mean_spread"]["mean"],
                     "clf": result.get("classifier_generated"),
                     "train_s": result["train_s"],
                 }
@@ -473,6 +560,8 @@ def main(argv: list[str] | None = None) -> int:
         ("nn1_chamfer", "1-NN Chamfer"),
         ("mmd", "MMD² W2²"),
         ("mmd_chamfer", "MMD² Chamfer"),
+        ("point_distance", "pt dist"),
+        ("mean_spread", "spread"),
         ("clf", "classifier"),
         ("train_s", "train s"),
     ]
@@ -510,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         "anchor": "the floor: the same scores for real niches of the training colour in place of generated ones.",
         "targets": targets,
         "defaults": tl_defaults(),
+        "overrides": args.overrides,
         "args": vars(args),
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg(),

@@ -432,6 +432,29 @@ def test_transport_from_a_source_family_recovers_a_translation():
         noise_model.sample(source=source[:2])
 
 
+def test_default_schedule_warms_up_then_decays_to_zero(tmp_path):
+    # the default run: Adam at a peak of 1e-3 after the warm-up, half a cosine down to a rate of
+    # exactly 0 at the last step; the checkpoint records the run, and a resume with another
+    # schedule is refused by name
+    family = _ring_family(32, 4)
+    model = WassersteinFlowMatching(2, 4, **SMALL)
+    path = tmp_path / "wfm.pt"
+    model.fit(family, n_steps=20, warmup_steps=5, checkpoint=path, device="cpu", progress=False)
+    contents = torch.load(path, weights_only=True)
+    assert contents["run"]["schedule"] == "cosine" and contents["run"]["warmup_steps"] == 5
+    assert contents["run"]["learning_rate"] == 1e-3 and contents["run"]["decay_rate"] == 0.0
+    assert contents["scheduler"]["_last_lr"] == [0.0]
+    with pytest.raises(ValueError, match="`schedule`='step' differs"):
+        model.fit(family, n_steps=20, warmup_steps=5, schedule="step", checkpoint=path, progress=False)
+    # the official step schedule keeps the rate: ×0.998 once per 1,000 steps
+    model = WassersteinFlowMatching(2, 4, **SMALL)
+    step_path = tmp_path / "wfm-step.pt"
+    model.fit(
+        family, n_steps=20, schedule="step", warmup_steps=0, decay_rate=0.998, checkpoint=step_path, progress=False
+    )
+    assert torch.load(step_path, weights_only=True)["scheduler"]["_last_lr"] == [1e-3]
+
+
 def test_training_is_reproducible():
     family = _ring_family(32)
     runs = []
