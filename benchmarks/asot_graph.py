@@ -1,4 +1,4 @@
-"""Why Leiden on the ASOT niche graph stays behind k-means on the anchor weights: graph diagnostics.
+"""Leiden on the ASOT niche graph against k-means on the anchor weights: graph diagnostics.
 
 Data: ``sot.datasets.simulated_tissue(10_000, random_state=0)``, niches
 ``sot.pp.niches(adata, k=K, use_rep='X_latent')`` (K = ``--size``, default 8), truth
@@ -7,19 +7,22 @@ Data: ``sot.datasets.simulated_tissue(10_000, random_state=0)``, niches
 For several neighbour graphs of the same niches, Leiden (scanpy, igraph flavour, seed 0) at
 resolutions 0.1 / 0.3 / 0.5 / 1 scored by the adjusted Rand index against the niche types, beside
 the kNN purity (fraction of neighbours of the same type), the connected components and the
-largest in-degree of the kNN lists:
+largest in-degree of the kNN lists (resolutions 0.1 / 0.2 / 0.3 / 0.5 / 0.7 / 1; for the graphs
+of ``sot.tl.asot_neighbors`` also the seed stability, the mean ARI between Leiden runs with
+seeds 0, 1 and 2, a label-free criterion):
 
 - the all-pairs debiased ASOT distance (``model.pairwise_distances`` minus half of both
   self-costs), plain kNN with 15 and 30 neighbours, scanpy's UMAP connectivities
   (``scanpy.neighbors._connectivity.umap``) on W2 and binary (symmetrised) weights;
-- ``sot.tl.asot_neighbors`` as shipped (debiased, near-copies grouped);
+- ``sot.tl.asot_neighbors`` as shipped (Euclidean candidates of the anchor weights, ranked and
+  weighted by the debiased ASOT distance), with ``n_candidates`` = 15 (the default), 30 and 45;
 - the Euclidean kNN of the anchor weights (what k-means sees);
 - the exact cell-type composition of each niche (counts of the 8 cell types, L2), as it is and
   with N(0, 0.3²) noise added to every count: the lattice question.
 
 k-means (told the 5 types) on the weights and on the compositions is the reference.
 
-Run ``python benchmarks/asot_graph.py [--size 8] [--out PATH]``; CPU, about 10 minutes.
+Run ``python benchmarks/asot_graph.py [--size 8] [--out PATH]``; CPU, about 5 minutes.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from asot import leiden_ari
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 import numpy as np  # noqa: E402
+import scanpy as sc  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 import torch  # noqa: E402
 from anndata import AnnData  # noqa: E402
@@ -48,7 +52,8 @@ import spatialot as sot  # noqa: E402
 from spatialot.models import ASOT  # noqa: E402
 from spatialot.ot import anchor_paired_distances  # noqa: E402
 
-RESOLUTIONS = (0.1, 0.3, 0.5, 1.0)
+RESOLUTIONS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+SEEDS = (0, 1, 2)
 
 
 def knn_of_matrix(matrix: np.ndarray, k: int, block: int = 1000) -> tuple[np.ndarray, np.ndarray]:
@@ -76,6 +81,29 @@ def graph_row(name, indices, distances, truth, *, weighting="umap") -> dict:
         graph = sp.csr_matrix((np.ones(rows.size), (rows, indices[:, 1:].ravel())), shape=(n, n))
         graph = ((graph + graph.T) > 0).astype(np.float32)
     return score_graph(name, sp.csr_matrix(graph), truth, indices=indices, weighting=weighting)
+
+
+def seed_stability(graph, resolutions=RESOLUTIONS) -> dict[str, float]:
+    """Mean ARI between the Leiden partitions of ``SEEDS`` at each resolution: no labels needed."""
+    holder = AnnData(np.zeros((graph.shape[0], 1), dtype=np.float32))
+    out = {}
+    for resolution in resolutions:
+        labels = []
+        for seed in SEEDS:
+            sc.tl.leiden(
+                holder,
+                resolution=resolution,
+                flavor="igraph",
+                n_iterations=2,
+                directed=False,
+                key_added="_leiden",
+                random_state=seed,
+                adjacency=graph,
+            )
+            labels.append(holder.obs["_leiden"].to_numpy())
+        pairs = [(a, b) for i, a in enumerate(labels) for b in labels[i + 1 :]]
+        out[f"stability_{resolution}"] = float(np.mean([adjusted_rand_score(a, b) for a, b in pairs]))
+    return out
 
 
 def score_graph(name, graph, truth, *, indices=None, weighting="umap") -> dict:
@@ -149,11 +177,17 @@ def main(argv: list[str] | None = None) -> int:
         "cost_anchors": points,
         "cost_offsets": offsets,
     }
-    graph_s, _ = time_call(lambda: sot.tl.asot_neighbors(adata, n_neighbors=15, progress=False))
-    rows.append(
-        score_graph("tl.asot_neighbors (15, grouped)", adata.obsp["asot_neighbors_connectivities"].tocsr(), truth)
-    )
-    rows[-1]["graph_s"] = graph_s
+    for n_candidates in (15, 30, 45):
+        graph_s, _ = time_call(
+            lambda c=n_candidates: sot.tl.asot_neighbors(adata, n_neighbors=15, n_candidates=c, progress=False)
+        )
+        graph = adata.obsp["asot_neighbors_connectivities"].tocsr()
+        listed = adata.obsp["asot_neighbors_distances"].tocsr()
+        lists = None
+        if (listed.getnnz(axis=1) == 14).all():  # explicit zeros (copies) are kept: every row lists 14
+            lists = np.concatenate([np.arange(n)[:, None], listed.indices.reshape(n, -1)], axis=1)
+        rows.append(score_graph(f"tl.asot_neighbors (15 of {n_candidates} candidates)", graph, truth, indices=lists))
+        rows[-1] |= {"graph_s": graph_s, **seed_stability(graph)}
     rows.append(graph_row("anchor weights, Euclidean 15-NN", *euclidean_knn(weights, 15), truth))
     rows.append(graph_row("cell-type composition, Euclidean 15-NN", *euclidean_knn(composition, 15), truth))
     noisy = composition + np.random.default_rng(0).normal(0, 0.3, composition.shape)
@@ -162,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     columns = [("graph", "graph", "<"), ("weights", "weights", "<"), ("knn_purity", "purity")]
     columns += [("components", "comp."), ("max_in_degree", "max in")]
     columns += [(f"leiden_{r}", f"ARI {r}") for r in RESOLUTIONS] + [(f"leiden_{r}_n", f"n@{r}") for r in RESOLUTIONS]
+    columns += [(f"stability_{r}", f"stab {r}") for r in RESOLUTIONS]
     table = print_table(rows, columns, title=f"Leiden vs niche types (ARI), niches of {args.size}; {summary}")
     payload = {
         "benchmark": "asot-graph",
