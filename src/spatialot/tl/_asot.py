@@ -189,11 +189,14 @@ def asot_neighbors(
     counts moved mass wherever it moves, so its neighbour lists mix compositions a cell or two
     apart, and OT then weighs (and, with ``n_candidates > n_neighbors``, chooses) among them. On
     the simulated tissue of ``benchmarks/asot_graph.py`` (10,000 cells, ASOT-k with 32 anchors,
-    15 neighbours), Leiden on the exact debiased OT 15-NN graph reaches ARI 0.15 with niches of
-    8 cells and 0.54 with niches of 32 (resolution 0.1, the best of 0.1–1); this graph reaches
-    0.60–0.68 (resolutions 0.2–0.7) and 0.86 (0.1), beside k-means on the weights at 0.61 and
-    0.89 (see ``benchmarks/README.md`` for every figure), and it costs ``n * n_candidates`` OT
-    problems instead of all pairs.
+    15 neighbours), Leiden on the exact debiased OT 15-NN graph reaches ARI at most 0.12 with
+    niches of 8 cells (24 components) and 0.56 with niches of 32, over resolutions 0.1–1; this
+    graph reaches 0.59–0.72 at resolutions 0.2–0.7 (0.60 at its most seed-stable resolution,
+    0.53 at 1) and 0.87 at 0.1 (its most stable; 0.21 at 1, 48 clusters), beside k-means on the
+    weights told the number of types (0.61, 0.89) and Leiden on the mean niche expression (at
+    most 0.59, 0.86); see ``benchmarks/README.md``. It costs ``n * n_candidates`` OT problems
+    instead of all pairs. Choose Leiden's resolution with care: on niches of 32 cells the default
+    of 1 splits each type.
 
     The distance is debiased (``debias``): half of each niche's entropic self-cost is
     subtracted, so a niche is at distance 0 from itself and spread niches are not pushed away
