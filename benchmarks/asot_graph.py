@@ -2,14 +2,15 @@
 
 Data: ``sot.datasets.simulated_tissue(10_000, random_state=0)``, niches
 ``sot.pp.niches(adata, k=K, use_rep='X_latent')`` (K = ``--size``, default 8), truth
-``obs['niche_type']`` (5 types). ASOT-k with 32 anchors (k-means, no training: deterministic).
+``obs['niche_type']`` (5 types). ASOT-k with 32 anchors (k-means, no training: deterministic);
+``--method ml`` or ``dl`` for ASOT-ML / ASOT-DL with 32 anchors (output ``asot-graph-kK-ml``…).
 
 For several neighbour graphs of the same niches, Leiden (scanpy, igraph flavour, seed 0) at
-resolutions 0.1 / 0.3 / 0.5 / 1 scored by the adjusted Rand index against the niche types, beside
-the kNN purity (fraction of neighbours of the same type), the connected components and the
-largest in-degree of the kNN lists (resolutions 0.1 / 0.2 / 0.3 / 0.5 / 0.7 / 1; for the graphs
-of ``sot.tl.asot_neighbors`` also the seed stability, the mean ARI between Leiden runs with
-seeds 0, 1 and 2, a label-free criterion):
+resolutions 0.1 / 0.2 / 0.3 / 0.5 / 0.7 / 1 scored by the adjusted Rand index against the niche
+types, beside the kNN purity (fraction of neighbours of the same type), the connected
+components and the largest in-degree of the kNN lists (for the graphs of
+``sot.tl.asot_neighbors`` and the Euclidean graphs of weights and means also the seed
+stability, the mean ARI between Leiden runs with seeds 0, 1 and 2, a label-free criterion):
 
 - the all-pairs debiased ASOT distance (``model.pairwise_distances`` minus half of both
   self-costs), plain kNN with 15 and 30 neighbours, scanpy's UMAP connectivities
@@ -131,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=8, help="cells per niche")
     parser.add_argument("--n-cells", type=int, default=10_000)
+    parser.add_argument(
+        "--method", default="kmeans", choices=("kmeans", "ml", "dl"), help="ASOT variant (output gets a suffix)"
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -140,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     family = sot.get.niche_clouds(adata)
     truth = adata.obs["niche_type"].cat.codes.to_numpy()
     n = len(truth)
-    model = ASOT(family.dim, 32, method="kmeans")
+    model = ASOT(family.dim, 32, method=args.method)
     model.fit(family, random_state=1, device="cpu", progress=False)
     weights = model.transform(family)
     cell_types = adata.obs["cell_type"].cat.codes.to_numpy()
@@ -231,14 +235,15 @@ def main(argv: list[str] | None = None) -> int:
         "params": {
             "data": f"sot.datasets.simulated_tissue({args.n_cells}, random_state=0); "
             f"sot.pp.niches(adata, k={args.size}, use_rep='X_latent')",
-            "asot": "ASOT-k, 32 anchors, defaults (epsilon 0.04 x max cost, 10 iterations)",
+            "asot": f"ASOT ({args.method}), 32 anchors, defaults (epsilon 0.04 x max cost, 10 iterations)",
             "all_pairs_s": pairs_s,
         },
         "summary": summary,
         "rows": rows,
         "table": table,
     }
-    out = args.out or default_out(f"asot-graph-k{args.size}", "cpu", False)
+    name = f"asot-graph-k{args.size}" + ("" if args.method == "kmeans" else f"-{args.method}")
+    out = args.out or default_out(name, "cpu", False)
     write_json(out, payload)
     print(f"\nwrote {out}")
     return 0
