@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     family = sot.get.niche_clouds(adata)
     truth = adata.obs["niche_type"].cat.codes.to_numpy()
     n = len(truth)
+    variant = {"kmeans": "ASOT-k", "ml": "ASOT-ML", "dl": "ASOT-DL"}[args.method]
     model = ASOT(family.dim, 32, method=args.method)
     model.fit(family, random_state=1, device="cpu", progress=False)
     weights = model.transform(family)
@@ -174,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     metric = np.sqrt(distances)
     rows = []
     for k in (15, 30):
-        rows.append(graph_row(f"ASOT-k debiased, plain {k}-NN", indices[:, :k], metric[:, :k], truth))
-    rows.append(graph_row("ASOT-k debiased, plain 30-NN", indices, metric, truth, weighting="binary"))
+        rows.append(graph_row(f"{variant} debiased, plain {k}-NN", indices[:, :k], metric[:, :k], truth))
+    rows.append(graph_row(f"{variant} debiased, plain 30-NN", indices, metric, truth, weighting="binary"))
     adata.obsm["X_asot"] = weights
     points, offsets = model.cost_geometry()
     adata.uns["asot"] = {

@@ -413,6 +413,8 @@ def test_tl_asot_writes_results_that_survive_h5ad(fitted, tmp_path):
     np.testing.assert_array_equal(back.obsm["X_asot"], weights)
     np.testing.assert_array_equal(back.uns["asot"]["cost"], result["cost"])
     assert back.uns["asot_neighbors"]["params"]["n_neighbors"] == 10
+    assert back.uns["asot_neighbors"]["params"]["n_candidates"] == 10
+    assert abs(back.obsp["asot_neighbors_connectivities"] - connectivities).max() == 0
 
 
 def test_leiden_runs_on_the_asot_graph(fitted):
