@@ -1,25 +1,33 @@
-"""Why Leiden on the ASOT niche graph stays behind k-means on the anchor weights: graph diagnostics.
+"""Leiden on the ASOT niche graph against k-means on the anchor weights: graph diagnostics.
 
 Data: ``sot.datasets.simulated_tissue(10_000, random_state=0)``, niches
 ``sot.pp.niches(adata, k=K, use_rep='X_latent')`` (K = ``--size``, default 8), truth
-``obs['niche_type']`` (5 types). ASOT-k with 32 anchors (k-means, no training: deterministic).
+``obs['niche_type']`` (5 types). ASOT-k with 32 anchors (k-means, no training: deterministic);
+``--method ml`` or ``dl`` for ASOT-ML / ASOT-DL with 32 anchors (output ``asot-graph-kK-ml``…).
 
 For several neighbour graphs of the same niches, Leiden (scanpy, igraph flavour, seed 0) at
-resolutions 0.1 / 0.3 / 0.5 / 1 scored by the adjusted Rand index against the niche types, beside
-the kNN purity (fraction of neighbours of the same type), the connected components and the
-largest in-degree of the kNN lists:
+resolutions 0.1 / 0.2 / 0.3 / 0.5 / 0.7 / 1 scored by the adjusted Rand index against the niche
+types, beside the kNN purity (fraction of neighbours of the same type), the connected
+components and the largest in-degree of the kNN lists (for the graphs of
+``sot.tl.asot_neighbors`` and the Euclidean graphs of weights and means also the seed
+stability, the mean ARI between Leiden runs with seeds 0, 1 and 2, a label-free criterion):
 
 - the all-pairs debiased ASOT distance (``model.pairwise_distances`` minus half of both
   self-costs), plain kNN with 15 and 30 neighbours, scanpy's UMAP connectivities
   (``scanpy.neighbors._connectivity.umap``) on W2 and binary (symmetrised) weights;
-- ``sot.tl.asot_neighbors`` as shipped (debiased, near-copies grouped);
+- ``sot.tl.asot_neighbors`` as shipped (Euclidean candidates of the anchor weights, ranked and
+  weighted by the debiased ASOT distance), with ``n_candidates`` = 15 (the default), 30 and 45;
 - the Euclidean kNN of the anchor weights (what k-means sees);
 - the exact cell-type composition of each niche (counts of the 8 cell types, L2), as it is and
   with N(0, 0.3²) noise added to every count: the lattice question.
 
-k-means (told the 5 types) on the weights and on the compositions is the reference.
+k-means (told the 5 types) on the weights and on the compositions is the reference, beside Leiden
+on the Euclidean 15-NN graph of the mean niche expression (log1p of normalised counts, PCA 30)
+and of the mean niche latent (``X_latent``), as in ``benchmarks/asot.py``. The label-free pick of
+a graph is the resolution of largest seed stability (the lower one on ties); its ARI is reported
+beside the ARI at scanpy's default resolution 1.
 
-Run ``python benchmarks/asot_graph.py [--size 8] [--out PATH]``; CPU, about 10 minutes.
+Run ``python benchmarks/asot_graph.py [--size 8] [--out PATH]``; CPU, about 5 minutes.
 """
 
 from __future__ import annotations
@@ -30,11 +38,12 @@ import sys
 import warnings
 
 from _common import default_out, machine_info, print_table, time_call, write_json
-from asot import leiden_ari
+from asot import euclidean_graph, leiden_ari, mean_features
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 import numpy as np  # noqa: E402
+import scanpy as sc  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 import torch  # noqa: E402
 from anndata import AnnData  # noqa: E402
@@ -48,7 +57,8 @@ import spatialot as sot  # noqa: E402
 from spatialot.models import ASOT  # noqa: E402
 from spatialot.ot import anchor_paired_distances  # noqa: E402
 
-RESOLUTIONS = (0.1, 0.3, 0.5, 1.0)
+RESOLUTIONS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+SEEDS = (0, 1, 2)
 
 
 def knn_of_matrix(matrix: np.ndarray, k: int, block: int = 1000) -> tuple[np.ndarray, np.ndarray]:
@@ -78,6 +88,29 @@ def graph_row(name, indices, distances, truth, *, weighting="umap") -> dict:
     return score_graph(name, sp.csr_matrix(graph), truth, indices=indices, weighting=weighting)
 
 
+def seed_stability(graph, resolutions=RESOLUTIONS) -> dict[str, float]:
+    """Mean ARI between the Leiden partitions of ``SEEDS`` at each resolution: no labels needed."""
+    holder = AnnData(np.zeros((graph.shape[0], 1), dtype=np.float32))
+    out = {}
+    for resolution in resolutions:
+        labels = []
+        for seed in SEEDS:
+            sc.tl.leiden(
+                holder,
+                resolution=resolution,
+                flavor="igraph",
+                n_iterations=2,
+                directed=False,
+                key_added="_leiden",
+                random_state=seed,
+                adjacency=graph,
+            )
+            labels.append(holder.obs["_leiden"].to_numpy())
+        pairs = [(a, b) for i, a in enumerate(labels) for b in labels[i + 1 :]]
+        out[f"stability_{resolution}"] = float(np.mean([adjusted_rand_score(a, b) for a, b in pairs]))
+    return out
+
+
 def score_graph(name, graph, truth, *, indices=None, weighting="umap") -> dict:
     row = {"graph": name, "weights": weighting, "components": int(connected_components(graph)[0])}
     if indices is not None:
@@ -99,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=8, help="cells per niche")
     parser.add_argument("--n-cells", type=int, default=10_000)
+    parser.add_argument(
+        "--method", default="kmeans", choices=("kmeans", "ml", "dl"), help="ASOT variant (output gets a suffix)"
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -108,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     family = sot.get.niche_clouds(adata)
     truth = adata.obs["niche_type"].cat.codes.to_numpy()
     n = len(truth)
-    model = ASOT(family.dim, 32, method="kmeans")
+    variant = {"kmeans": "ASOT-k", "ml": "ASOT-ML", "dl": "ASOT-DL"}[args.method]
+    model = ASOT(family.dim, 32, method=args.method)
     model.fit(family, random_state=1, device="cpu", progress=False)
     weights = model.transform(family)
     cell_types = adata.obs["cell_type"].cat.codes.to_numpy()
@@ -138,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     metric = np.sqrt(distances)
     rows = []
     for k in (15, 30):
-        rows.append(graph_row(f"ASOT-k debiased, plain {k}-NN", indices[:, :k], metric[:, :k], truth))
-    rows.append(graph_row("ASOT-k debiased, plain 30-NN", indices, metric, truth, weighting="binary"))
+        rows.append(graph_row(f"{variant} debiased, plain {k}-NN", indices[:, :k], metric[:, :k], truth))
+    rows.append(graph_row(f"{variant} debiased, plain 30-NN", indices, metric, truth, weighting="binary"))
     adata.obsm["X_asot"] = weights
     points, offsets = model.cost_geometry()
     adata.uns["asot"] = {
@@ -149,19 +186,47 @@ def main(argv: list[str] | None = None) -> int:
         "cost_anchors": points,
         "cost_offsets": offsets,
     }
-    graph_s, _ = time_call(lambda: sot.tl.asot_neighbors(adata, n_neighbors=15, progress=False))
-    rows.append(
-        score_graph("tl.asot_neighbors (15, grouped)", adata.obsp["asot_neighbors_connectivities"].tocsr(), truth)
-    )
-    rows[-1]["graph_s"] = graph_s
-    rows.append(graph_row("anchor weights, Euclidean 15-NN", *euclidean_knn(weights, 15), truth))
+    for n_candidates in (15, 30, 45):
+        graph_s, _ = time_call(
+            lambda c=n_candidates: sot.tl.asot_neighbors(adata, n_neighbors=15, n_candidates=c, progress=False)
+        )
+        graph = adata.obsp["asot_neighbors_connectivities"].tocsr()
+        listed = adata.obsp["asot_neighbors_distances"].tocsr()
+        lists = None
+        if (listed.getnnz(axis=1) == 14).all():  # explicit zeros (copies) are kept: every row lists 14
+            lists = np.concatenate([np.arange(n)[:, None], listed.indices.reshape(n, -1)], axis=1)
+        rows.append(score_graph(f"tl.asot_neighbors (15 of {n_candidates} candidates)", graph, truth, indices=lists))
+        rows[-1] |= {"graph_s": graph_s, **seed_stability(graph)}
+    holder = AnnData(np.zeros((n, 1), dtype=np.float32))
+    euclidean_graph(holder, weights, "weights_nn")  # the UMAP weights of tl.asot_neighbors, on L2
+    graph = holder.obsp["weights_nn_connectivities"].tocsr()
+    lists = euclidean_knn(weights, 15)[0]
+    rows.append(score_graph("anchor weights, Euclidean 15-NN", graph, truth, indices=lists) | seed_stability(graph))
+    normalised = sc.pp.log1p(sc.pp.normalize_total(adata, target_sum=1e4, copy=True), copy=True)
+    expression = np.asarray(normalised.X.toarray() if hasattr(normalised.X, "toarray") else normalised.X)
+    baselines = {
+        "mean niche expression (log1p, PCA 30)": mean_features(adata, family, expression),
+        "mean niche latent (X_latent)": mean_features(adata, family, np.asarray(adata.obsm["X_latent"])),
+    }
+    for name, features in baselines.items():
+        if features.shape[1] > 30:
+            features = sc.pp.pca(features, n_comps=30, random_state=0)
+        euclidean_graph(holder, features, "mean_nn")
+        graph = holder.obsp["mean_nn_connectivities"].tocsr()
+        rows.append(score_graph(f"{name}, Euclidean 15-NN", graph, truth) | seed_stability(graph))
     rows.append(graph_row("cell-type composition, Euclidean 15-NN", *euclidean_knn(composition, 15), truth))
     noisy = composition + np.random.default_rng(0).normal(0, 0.3, composition.shape)
     rows.append(graph_row("composition + N(0, 0.3^2), Euclidean 15-NN", *euclidean_knn(noisy, 15), truth))
 
+    for row in rows:
+        if "stability_1.0" in row:
+            stable = max(RESOLUTIONS, key=lambda r: (round(row[f"stability_{r}"], 6), -r))
+            row |= {"stable_resolution": stable, "ari_at_stable": row[f"leiden_{stable}"]}
     columns = [("graph", "graph", "<"), ("weights", "weights", "<"), ("knn_purity", "purity")]
     columns += [("components", "comp."), ("max_in_degree", "max in")]
     columns += [(f"leiden_{r}", f"ARI {r}") for r in RESOLUTIONS] + [(f"leiden_{r}_n", f"n@{r}") for r in RESOLUTIONS]
+    columns += [(f"stability_{r}", f"stab {r}") for r in RESOLUTIONS]
+    columns += [("stable_resolution", "stable res"), ("ari_at_stable", "ARI@stable")]
     table = print_table(rows, columns, title=f"Leiden vs niche types (ARI), niches of {args.size}; {summary}")
     payload = {
         "benchmark": "asot-graph",
@@ -171,14 +236,15 @@ def main(argv: list[str] | None = None) -> int:
         "params": {
             "data": f"sot.datasets.simulated_tissue({args.n_cells}, random_state=0); "
             f"sot.pp.niches(adata, k={args.size}, use_rep='X_latent')",
-            "asot": "ASOT-k, 32 anchors, defaults (epsilon 0.04 x max cost, 10 iterations)",
+            "asot": f"ASOT ({args.method}), 32 anchors, defaults (epsilon 0.04 x max cost, 10 iterations)",
             "all_pairs_s": pairs_s,
         },
         "summary": summary,
         "rows": rows,
         "table": table,
     }
-    out = args.out or default_out(f"asot-graph-k{args.size}", "cpu", False)
+    name = f"asot-graph-k{args.size}" + ("" if args.method == "kmeans" else f"-{args.method}")
+    out = args.out or default_out(name, "cpu", False)
     write_json(out, payload)
     print(f"\nwrote {out}")
     return 0

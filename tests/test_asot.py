@@ -129,10 +129,14 @@ def test_kneighbors_pruned_by_the_lower_bound_match_all_pairs():
     np.fill_diagonal(matrix, -1)
     expected = np.sort(matrix, axis=1)[:, :5]
     expected[:, 0] = 0
+    # every other copy lists its first copy at 0, then the first copy's list
+    later = np.flatnonzero(~np.isin(np.arange(len(h)), first))
+    expected[later, 2:], expected[later, 1] = expected[later, 1:-1], 0.0
     for extra in ({}, {"anchor_points": points}):
         indices, distances = anchor_kneighbors(h, cost, 5, batch_size=97, **kwargs, **extra)
         np.testing.assert_allclose(distances, expected, rtol=1e-4, atol=1e-6)
         np.testing.assert_array_equal(indices[:, 0], np.arange(60))
+        np.testing.assert_array_equal(indices[later, 1], first[inverse[later]])
 
 
 def test_kneighbors_count_identical_histograms_once():
@@ -142,9 +146,10 @@ def test_kneighbors_count_identical_histograms_once():
     delta = np.eye(4)
     h = np.stack([delta[0], delta[0], delta[0], delta[1], delta[3], 0.75 * delta[0] + 0.25 * delta[1]])
     indices, distances = anchor_kneighbors(h, cost, 3, method="exact")
-    # the copies of delta_0 (rows 0-2) are not each other's neighbours: all share row 0's list
-    np.testing.assert_array_equal(indices, [[0, 5, 3], [1, 5, 3], [2, 5, 3], [3, 5, 0], [4, 3, 5], [5, 0, 3]])
-    expected = [[0, 0.25, 1], [0, 0.25, 1], [0, 0.25, 1], [0, 0.75, 1], [0, 4, 7.75], [0, 0.25, 0.75]]
+    # the copies of delta_0 (rows 0-2) do not fill each other's lists: rows 1 and 2 list row 0 at
+    # distance 0, then row 0's list
+    np.testing.assert_array_equal(indices, [[0, 5, 3], [1, 0, 5], [2, 0, 5], [3, 5, 0], [4, 3, 5], [5, 0, 3]])
+    expected = [[0, 0.25, 1], [0, 0, 0.25], [0, 0, 0.25], [0, 0.75, 1], [0, 4, 7.75], [0, 0.25, 0.75]]
     np.testing.assert_allclose(distances, expected, atol=1e-6)
     # fewer distinct histograms than neighbours: the rows are used as they are
     indices, distances = anchor_kneighbors(h[:4], cost, 3, method="exact")
@@ -172,21 +177,67 @@ def test_kneighbors_debiased_match_all_pairs_minus_self_costs():
     np.testing.assert_array_equal(plain[0], debiased_exact[0])
 
 
-def test_kneighbors_count_near_copies_once_within_the_tolerance():
-    # 1-D anchors, exact W2^2 known: delta_0.1 is 0.01 from delta_0 (a near-copy at tolerance
-    # 0.05); h5 = 0.4 delta_3 + 0.6 delta_4 is 0.6 from delta_3 and 0.4 from delta_4
-    cost = anchor_cost(np.array([[0.0], [0.1], [3.0], [4.0], [6.0]]))
-    delta = np.eye(5)
-    h = np.stack([delta[0], delta[1], delta[2], delta[3], delta[4], 0.4 * delta[2] + 0.6 * delta[3]])
-    indices, _ = anchor_kneighbors(h, cost, 3, method="exact")
-    np.testing.assert_array_equal(indices[:2, 1], [1, 0])  # without a tolerance they fill each other's lists
-    indices, distances = anchor_kneighbors(h, cost, 3, method="exact", tolerance=0.05)
-    # row 1 joins row 0's group: it takes row 0's neighbours among representatives, with its own distances
-    np.testing.assert_array_equal(indices, [[0, 2, 5], [1, 2, 5], [2, 5, 3], [3, 5, 2], [4, 3, 5], [5, 3, 2]])
-    expected = [[0, 9, 13.2], [0, 8.41, 12.49], [0, 0.6, 1], [0, 0.4, 1], [0, 4, 6], [0, 0.4, 0.6]]
-    np.testing.assert_allclose(distances, expected, atol=1e-6)
-    with pytest.raises(ValueError, match="tolerance"):
-        anchor_kneighbors(h, cost, 3, method="exact", tolerance=-1.0)
+def test_kneighbors_rerank_euclidean_candidates_by_ot():
+    from sklearn.neighbors import NearestNeighbors
+
+    rng = np.random.default_rng(3)
+    points = rng.normal(size=(8, 3))
+    h = _histograms(40, 8, seed=4, sparsity=0.5)
+    cost = anchor_cost(points)
+    kwargs = {"epsilon": 0.05 * float(cost.max()), "n_iter": 30, "debias": True}
+    # every histogram a candidate: the OT kNN itself
+    exact = anchor_kneighbors(h, cost, 5, anchor_points=points, **kwargs)
+    everything = anchor_kneighbors(h, cost, 5, n_candidates=40, batch_size=33, **kwargs)
+    np.testing.assert_array_equal(everything[0], exact[0])
+    np.testing.assert_allclose(everything[1], exact[1], rtol=1e-5, atol=1e-7)
+    # as many candidates as neighbours: the Euclidean lists, with their debiased OT distances, sorted
+    indices, distances = anchor_kneighbors(h, cost, 5, n_candidates=5, **kwargs)
+    euclidean = NearestNeighbors(n_neighbors=5).fit(h).kneighbors(h, return_distance=False)
+    np.testing.assert_array_equal(np.sort(indices, 1), np.sort(euclidean, 1))
+    options = {"epsilon": kwargs["epsilon"], "n_iter": 30}
+    half = 0.5 * anchor_paired_distances(h, h, cost, **options)
+
+    def debiased(rows, columns):  # row to column, as solved (Sinkhorn after 30 steps is not symmetric)
+        rows, columns = np.broadcast_arrays(rows, columns)
+        values = anchor_paired_distances(h[rows.ravel()], h[columns.ravel()], cost, **options).reshape(rows.shape)
+        return np.maximum(values - half[rows] - half[columns], 0)
+
+    rows = np.arange(40)[:, None]
+    np.testing.assert_allclose(distances[:, 1:], debiased(rows, indices[:, 1:]), rtol=1e-4, atol=1e-6)
+    assert (np.diff(distances, axis=1) >= 0).all()
+    # twice as many: OT keeps the nearest of the ten
+    indices, distances = anchor_kneighbors(h, cost, 5, n_candidates=10, **kwargs)
+    ten = NearestNeighbors(n_neighbors=10).fit(h).kneighbors(h, return_distance=False)
+    assert all(set(row) <= set(pool) for row, pool in zip(indices, ten, strict=True))
+    within = debiased(rows, ten)
+    within[ten == rows] = -1
+    np.testing.assert_allclose(distances[:, 1:], np.sort(within, 1)[:, 1:5], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="n_candidates"):
+        anchor_kneighbors(h, cost, 5, n_candidates=4, **kwargs)
+
+
+def test_kneighbors_of_a_composition_lattice_stay_connected():
+    # two "cell types", each two anchors 0.1 apart, the types 10 apart: every niche of 4 points
+    # is one of 35 compositions, each held by 6 identical niches. OT moves a point within a type
+    # for 0.01 / 4 and across types for about 100 / 4, so the OT kNN keeps each number of points
+    # per type apart (a component each); the Euclidean candidates mix them, and copies link
+    from scipy.sparse.csgraph import connected_components
+
+    from spatialot.tl._asot import _graph
+
+    cost = anchor_cost(np.array([[0.0], [0.1], [10.0], [10.1]]))
+    counts = np.array([c for c in np.ndindex(5, 5, 5, 5) if sum(c) == 4], dtype=float)
+    h = np.repeat(counts / 4, 6, axis=0)
+    kwargs = {"epsilon": 0.04 * float(cost.max()), "n_iter": 50, "debias": True}
+    plain = anchor_kneighbors(h, cost, 5, **kwargs)
+    assert connected_components(_graph(*plain, len(h), 5)[1])[0] > 1
+    indices, distances = anchor_kneighbors(h, cost, 5, n_candidates=5, **kwargs)
+    distance_matrix, connectivities = _graph(indices, distances, len(h), 5)
+    assert connected_components(connectivities)[0] == 1
+    # identical niches: at distance 0 and joined with full weight
+    for copy in range(1, 6):
+        assert indices[copy, 1] == 0 and distances[copy, 1] == 0
+        assert connectivities[copy, 0] == pytest.approx(1.0)
 
 
 def test_solver_errors():
@@ -354,7 +405,7 @@ def test_tl_asot_writes_results_that_survive_h5ad(fitted, tmp_path):
     stored = np.asarray(distances[rows, cols]).ravel()
     np.testing.assert_allclose(stored, np.maximum(direct, 0), rtol=1e-3, atol=1e-5)
     params = adata.uns["asot_neighbors"]["params"]
-    assert params["debias"] and params["tolerance"] > 0
+    assert params["debias"] and params["n_candidates"] == 10
 
     path = tmp_path / "asot.h5ad"
     adata.write_h5ad(path)
@@ -362,6 +413,8 @@ def test_tl_asot_writes_results_that_survive_h5ad(fitted, tmp_path):
     np.testing.assert_array_equal(back.obsm["X_asot"], weights)
     np.testing.assert_array_equal(back.uns["asot"]["cost"], result["cost"])
     assert back.uns["asot_neighbors"]["params"]["n_neighbors"] == 10
+    assert back.uns["asot_neighbors"]["params"]["n_candidates"] == 10
+    assert abs(back.obsp["asot_neighbors_connectivities"] - connectivities).max() == 0
 
 
 def test_leiden_runs_on_the_asot_graph(fitted):
@@ -408,6 +461,8 @@ def test_tl_errors_leave_adata_unchanged(tissue):
         sot.tl.asot_neighbors(adata, n_neighbors=1, progress=False)
     with pytest.raises(ValueError, match="method"):
         sot.tl.asot_neighbors(adata, method="emd", progress=False)
+    with pytest.raises(ValueError, match="n_candidates"):
+        sot.tl.asot_neighbors(adata, n_neighbors=10, n_candidates=5, progress=False)
     assert (set(adata.uns), set(adata.obsm), set(adata.obsp)) == before
 
 

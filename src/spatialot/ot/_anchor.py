@@ -26,8 +26,6 @@ CPU_BATCH_ENTRIES = 2**18
 working set of a chunk then stays in cache."""
 GPU_BATCH_ENTRIES = 2**26
 """Histogram entries (pairs × anchors) solved together on a GPU when ``batch_size`` is not given."""
-_GROUP_CANDIDATES = 4
-"""``anchor_kneighbors`` with a tolerance looks for near-copies among this many times ``n_neighbors``."""
 _KERNEL_LIMIT = {torch.float32: 30.0, torch.float64: 300.0}
 """Largest ``max(C) / epsilon`` at which ``exp(-C / epsilon)`` and the scalings stay finite."""
 
@@ -429,7 +427,7 @@ def anchor_kneighbors(
     anchor_points: torch.Tensor | np.ndarray | None = None,
     anchor_offsets: torch.Tensor | np.ndarray | None = None,
     debias: bool = False,
-    tolerance: float = 0.0,
+    n_candidates: int | None = None,
     batch_size: int | None = None,
     device: torch.device | str | None = None,
     progress: bool = False,
@@ -446,9 +444,10 @@ def anchor_kneighbors(
     all pairs (up to the marginal error of the Sinkhorn plans) at a fraction of the cost.
 
     Identical histograms count once: neighbours are chosen among the distinct histograms (each
-    represented by its first row), and every copy gets the neighbours of its histogram, so copies
-    never fill each other's neighbour lists (when there are fewer distinct histograms than
-    ``n_neighbors``, all rows are used as they are).
+    represented by its first row); the first copy gets the neighbours of its histogram, and every
+    other copy gets that first copy (at distance 0) followed by the same neighbours, so copies
+    never fill each other's neighbour lists yet stay connected (when there are fewer distinct
+    histograms than ``n_neighbors``, all rows are used as they are).
 
     With ``debias=True`` (``'sinkhorn'`` only) the distance is the debiased
     :math:`\langle P_{ab}, C\rangle - \tfrac12 \langle P_{aa}, C\rangle - \tfrac12 \langle P_{bb}, C\rangle`
@@ -458,14 +457,13 @@ def anchor_kneighbors(
     Debiased values can dip slightly below 0 for near-identical histograms; they are ordered as
     computed and returned clipped at 0.
 
-    With ``tolerance > 0``, histograms closer than ``tolerance`` count once too: a first pass
-    finds every histogram's ``4 * n_neighbors`` nearest, then, in row order, each histogram not yet taken
-    becomes a representative and takes the not yet taken histograms of its list closer than
-    ``tolerance``; a second pass chooses neighbours among representatives only, and every
-    histogram of a group gets its representative's neighbours (the representative itself
-    excluded), with its own distances to them. Small niches coded on anchors give many
-    histograms that differ only by which of two close anchors took a point; without this, they
-    fill each other's lists, and the graph falls into components of near-copies.
+    With ``n_candidates``, OT is solved only between each histogram and its ``n_candidates``
+    nearest histograms by Euclidean distance of the weights (scikit-learn's exact
+    ``NearestNeighbors``), and the ``n_neighbors`` nearest of those by OT are kept: the
+    candidate-then-rerank scheme of approximate nearest-neighbour search, at ``n * n_candidates``
+    OT problems instead of up to ``n^2``. The result is then not the OT kNN: with
+    ``n_candidates == n_neighbors`` the neighbour lists are the Euclidean ones and OT gives their
+    distances. :func:`spatialot.tl.asot_neighbors` builds its graph this way (see there why).
 
     Parameters
     ----------
@@ -481,9 +479,10 @@ def anchor_kneighbors(
     debias
         Subtract the mean of the two self-costs from every ``'sinkhorn'`` value (see above);
         ignored by ``'exact'``, whose self-cost is 0.
-    tolerance
-        Histograms closer than this (in the units of ``cost``) count once (see above); 0 groups
-        identical histograms only.
+    n_candidates
+        Solve OT only for this many Euclidean nearest histograms of each row, at least
+        ``n_neighbors`` (see above); ``None`` searches all histograms (pruned by the lower bound
+        when ``anchor_points`` is given).
 
     Returns
     -------
@@ -501,8 +500,10 @@ def anchor_kneighbors(
     """
     h, other, cost, device = _prepare(h, None, cost, method, epsilon, device)
     n_neighbors = check_int("n_neighbors", n_neighbors, maximum=len(h), why="the number of histograms")
-    if not (isinstance(tolerance, int | float) and tolerance >= 0):
-        raise ValueError(f"`tolerance` must be a non-negative number, got {tolerance!r}.")
+    if n_candidates is not None:
+        n_candidates = check_int(
+            "n_candidates", n_candidates, minimum=n_neighbors, maximum=len(h), why="the number of histograms"
+        )
     distinct, first, inverse = np.unique(h.cpu().numpy(), axis=0, return_index=True, return_inverse=True)
     if n_neighbors <= len(distinct) < len(h):
         # copies of one histogram (frequent with hard codes on small niches) would fill each
@@ -522,21 +523,19 @@ def anchor_kneighbors(
             anchor_points=anchor_points,
             anchor_offsets=anchor_offsets,
             debias=debias,
-            tolerance=tolerance,
+            n_candidates=None if n_candidates is None else min(n_candidates, len(distinct)),
             batch_size=batch_size,
             device=device,
             progress=progress,
         )
         classes = rank[inverse.reshape(-1)]
         indices, distances = order[indices[classes]], distances[classes]
+        # every copy but the first: its first copy at distance 0, then the shared list
+        copies = np.flatnonzero(indices[:, 0] != np.arange(len(h)))
+        indices[copies, 2:], distances[copies, 2:] = indices[copies, 1:-1], distances[copies, 1:-1]
+        indices[copies, 1], distances[copies, 1] = indices[copies, 0], 0.0
         indices[:, 0] = np.arange(len(h))
         return indices, distances
-    if tolerance > 0:
-        return _grouped_kneighbors(
-            h, cost, n_neighbors, tolerance, method=method, epsilon=epsilon, n_iter=n_iter, tol=tol,
-            anchor_points=anchor_points, anchor_offsets=anchor_offsets, debias=debias,
-            batch_size=batch_size, device=device, progress=progress,
-        )  # fmt: skip
     n = len(h)
     batch_size = _default_batch(batch_size, device, max(h.shape[1], other.shape[1]))
     indices = np.empty((n, n_neighbors), dtype=np.int64)
@@ -547,7 +546,9 @@ def anchor_kneighbors(
         for start in range(0, n, batch_size):
             chunk = h[start : start + batch_size]
             half_self[start : start + batch_size] = 0.5 * _solve(chunk, chunk, cost, *solve)
-    if anchor_points is None:
+    if n_candidates is not None:
+        _reranked(h, cost, n_candidates, batch_size, solve, half_self, indices, distances, progress)
+    elif anchor_points is None:
         for start, stop in progress_bar(
             _row_blocks(n, n, batch_size), description="anchor OT neighbours", requested=progress
         ):
@@ -566,54 +567,24 @@ def anchor_kneighbors(
     return indices, distances
 
 
-def _grouped_kneighbors(h, cost, n_neighbors, tolerance, **kwargs) -> tuple[np.ndarray, np.ndarray]:
-    """``anchor_kneighbors`` on distinct histograms with ``tolerance > 0``: near-copies count once."""
-    n = len(h)
-    # groups are found among a longer list than the graph keeps: a clump of near-copies larger
-    # than n_neighbors would otherwise be split into many groups
-    indices, distances = anchor_kneighbors(h, cost, min(n, _GROUP_CANDIDATES * n_neighbors), **kwargs)
-    leader = np.full(n, -1, dtype=np.int64)
-    for row in range(n):  # greedy, in row order: every member is within `tolerance` of its leader
-        if leader[row] >= 0:
-            continue
-        leader[row] = row
-        close = indices[row, 1:][distances[row, 1:] < tolerance]
-        leader[close[leader[close] < 0]] = row
-    leaders = np.flatnonzero(leader == np.arange(n))
-    if not n_neighbors <= len(leaders) < n:
-        return indices[:, :n_neighbors], distances[:, :n_neighbors]
-    rank = np.empty(n, dtype=np.int64)
-    rank[leaders] = np.arange(len(leaders))
-    kwargs["progress"] = False
-    leader_indices, leader_distances = anchor_kneighbors(h[torch.as_tensor(leaders)], cost, n_neighbors, **kwargs)
-    indices = leaders[leader_indices[rank[leader]]]
-    distances = leader_distances[rank[leader]].copy()
-    indices[:, 0] = np.arange(n)
-    members = np.flatnonzero(leader != np.arange(n))
-    if len(members):
-        # a member's own distances to its leader's neighbours, debiased as the rest, then sorted
-        solve = tuple(kwargs[key] for key in ("method", "epsilon", "n_iter", "tol", "device"))
-        batch_size = _default_batch(kwargs["batch_size"], kwargs["device"], h.shape[1])
+def _reranked(h, cost, n_candidates, batch_size, solve, half_self, indices, distances, progress) -> None:
+    """The ``indices.shape[1]`` OT-nearest of each row among its ``n_candidates`` Euclidean nearest."""
+    from sklearn.neighbors import NearestNeighbors
 
-        def chunked(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-            parts = [
-                _solve(h[first[c : c + batch_size]], h[second[c : c + batch_size]], cost, *solve)
-                for c in range(0, len(first), batch_size)
-            ]
-            return np.concatenate(parts)
-
-        first, second = np.repeat(members, n_neighbors - 1), indices[members, 1:].ravel()
-        values = chunked(first, second)
-        if kwargs["debias"] and kwargs["method"] == "sinkhorn":
-            touched = np.unique(np.concatenate([first, second]))
-            half = np.zeros(n)
-            half[touched] = 0.5 * chunked(touched, touched)
-            values = values - half[first] - half[second]
-        values = np.maximum(values, 0.0).reshape(len(members), n_neighbors - 1)
-        order = np.argsort(values, axis=1, kind="stable")
-        indices[members, 1:] = np.take_along_axis(indices[members, 1:], order, axis=1)
-        distances[members, 1:] = np.take_along_axis(values, order, axis=1)
-    return indices, distances
+    n, rows = len(h), np.arange(len(h))
+    weights = h.double().cpu().numpy()
+    candidates = NearestNeighbors(n_neighbors=n_candidates).fit(weights).kneighbors(weights, return_distance=False)
+    missing = ~(candidates == rows[:, None]).any(1)  # ties at distance 0 can push a row out of its own list
+    candidates[missing, -1] = rows[missing]
+    first, second = np.repeat(rows, n_candidates), candidates.ravel()
+    values = np.empty(first.size)
+    chunks = range(0, first.size, batch_size)
+    for start in progress_bar(chunks, description="anchor OT neighbours", requested=progress):
+        part = slice(start, start + batch_size)
+        values[part] = _solve(h[first[part]], h[second[part]], cost, *solve)
+    values = values.reshape(n, n_candidates) - half_self[:, None] - half_self[candidates]
+    values[candidates == rows[:, None]] = -np.inf  # the row itself comes first
+    _keep_nearest(values, candidates, indices, distances, 0, n)
 
 
 def _keep_nearest(values, columns, indices, distances, start, stop) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -165,7 +163,7 @@ def asot_neighbors(
     key: str = "asot",
     method: AnchorMethod = "sinkhorn",
     debias: bool = True,
-    tolerance: float | Literal["auto"] = "auto",
+    n_candidates: int | None = None,
     batch_size: int | None = None,
     key_added: str = "asot_neighbors",
     device: str = "auto",
@@ -174,31 +172,38 @@ def asot_neighbors(
 ) -> AnnData | None:
     r"""Niche-to-niche neighbour graph by ASOT distance, in the layout of :func:`scanpy.pp.neighbors`.
 
-    Every niche's ``n_neighbors`` nearest niches (itself included, as in scanpy) by the
-    anchor-space OT distance of :func:`asot`, computed for all pairs in row blocks without
-    storing the ``n × n`` matrix, and pruned by a lower bound of OT (see
-    :func:`~spatialot.ot.anchor_kneighbors`). ``sc.tl.leiden(adata, neighbors_key=key_added)`` and
-    ``sc.tl.umap(adata, neighbors_key=key_added)`` then cluster and embed niches by OT geometry.
+    Every niche's ``n_neighbors`` neighbours (itself included, as in scanpy) with their
+    anchor-space OT distances of :func:`asot`. ``sc.tl.leiden(adata, neighbors_key=key_added)``
+    and ``sc.tl.umap(adata, neighbors_key=key_added)`` then cluster and embed niches by OT
+    geometry.
 
-    The graph is not the plain kNN graph of the ASOT distances (the ASOT paper works with the
-    distances themselves, and builds no graph). Two changes, both for small niches, whose
-    histograms on the anchors take few distinct values:
+    The neighbour lists are not the OT kNN (the ASOT paper works with the distances themselves,
+    and builds no graph): each niche's candidates are its ``n_candidates`` nearest niches by the
+    Euclidean distance of the anchor weights (what :func:`scanpy.pp.neighbors` would find on
+    ``.obsm['X_{key}']``), OT is solved for those pairs only, and the ``n_neighbors`` nearest by
+    OT are kept (see :func:`~spatialot.ot.anchor_kneighbors`); the connectivities are UMAP's
+    weights on the OT distances. Why: small niches coded on anchors form a lattice of
+    compositions that OT measures almost exactly, and the OT kNN of a lattice is a graph of
+    near-copies (niches of one composition that differ only by which close anchor took a point)
+    that Leiden splits into one cluster per composition. The Euclidean distance of the weights
+    counts moved mass wherever it moves, so its neighbour lists mix compositions a cell or two
+    apart, and OT then weighs (and, with ``n_candidates > n_neighbors``, chooses) among them. On
+    the simulated tissue of ``benchmarks/asot_graph.py`` (10,000 cells, ASOT-k with 32 anchors,
+    15 neighbours), Leiden on the exact debiased OT 15-NN graph reaches ARI at most 0.12 with
+    niches of 8 cells (24 components) and 0.56 with niches of 32, over resolutions 0.1–1; this
+    graph reaches 0.59–0.72 at resolutions 0.2–0.7 (0.60 at its most seed-stable resolution,
+    0.53 at 1) and 0.87 at 0.1 (its most stable; 0.21 at 1, 48 clusters), beside k-means on the
+    weights told the number of types (0.61, 0.89) and Leiden on the mean niche expression (at
+    most 0.59, 0.86); see ``benchmarks/README.md``. It costs ``n * n_candidates`` OT problems
+    instead of all pairs. Choose Leiden's resolution with care: on niches of 32 cells the default
+    of 1 splits each type.
 
-    - the distance is debiased (``debias``): half of each niche's entropic self-cost is
-      subtracted, so a niche is at distance 0 from itself and spread niches are not pushed
-      away from everything by the entropic blur (for ``'ml'`` this also removes the spread
-      offsets of the learnt cost from the distance of a niche to a near-copy);
-    - niches closer than ``tolerance`` count once when neighbours are chosen (identical ones
-      always do), and share their representative's neighbours, each with its own distances.
-
-    Without them, near-copies (niches of the same cell types that differ only by which of two
-    close anchors took a point) fill each other's neighbour lists and the graph falls apart
-    into components of near-copies: on the simulated tissue of ``benchmarks/asot.py`` (10,000
-    cells, niches of 8, ASOT-k with 32 anchors, 15 neighbours) the plain graph has 16 connected
-    components and Leiden returns 59 clusters at resolution 0.1 for 5 niche types (ARI 0.13);
-    with both, 5 clusters (ARI 0.29). OT geometry on niches this small stays behind k-means on
-    the anchor weights (Euclidean, told the number of types: ARI 0.61) there, see
-    ``benchmarks/README.md``.
+    The distance is debiased (``debias``): half of each niche's entropic self-cost is
+    subtracted, so a niche is at distance 0 from itself and spread niches are not pushed away
+    from everything by the entropic blur (for ``'ml'`` this also removes the spread offsets of
+    the learnt cost from the distance of a niche to a near-copy). Identical niches count once:
+    the first copy gets the neighbours, every other copy that first copy at distance 0 and the
+    same neighbours, so copies stay connected without filling each other's lists.
 
     Parameters
     ----------
@@ -213,12 +218,12 @@ def asot_neighbors(
         anchor histograms; slow, for small data).
     debias
         Subtract the mean of the two niches' self-costs from each Sinkhorn distance (see above).
-    tolerance
-        Niches closer than this (squared units of the features) count once when neighbours are
-        chosen. ``'auto'``: the median over anchors of the squared distance to the nearest other
-        anchor (of the cost points, ``.uns[key]['cost_anchors']``), i.e. the cost of moving a
-        niche's whole mass one anchor over: differences below it are below the resolution of
-        the anchors. 0 groups identical niches only.
+    n_candidates
+        Euclidean nearest niches of each niche among which OT chooses its ``n_neighbors``; at
+        least ``n_neighbors``. ``None``: ``n_neighbors`` (OT gives the distances and weights of
+        the Euclidean lists); larger values let OT choose, which on niches of 8 cells lowers
+        Leiden's agreement with the niche types and on niches of 32 raises it at the higher
+        resolutions (``benchmarks/README.md``).
     batch_size
         Pairs solved at once; bounds the working memory.
     key_added
@@ -234,14 +239,14 @@ def asot_neighbors(
     ``.obsp['{key_added}_distances']``
         Sparse ``(n_obs, n_obs)``: the ASOT distance (a :math:`W_2^2` estimate, squared units;
         debiased and clipped at 0 with ``debias=True``)
-        from each niche to its ``n_neighbors - 1`` nearest other niches.
+        from each niche to its ``n_neighbors - 1`` neighbours (see above).
     ``.obsp['{key_added}_connectivities']``
         Sparse symmetric weights from UMAP's fuzzy simplicial set (as :func:`scanpy.pp.neighbors`
         with ``method='umap'``), computed on :math:`W_2` (the square root of the distances),
         a metric.
     ``.uns['{key_added}']``
         ``connectivities_key``, ``distances_key`` and ``params`` (``n_neighbors``,
-        ``method='umap'``, ``use_rep``, the ASOT ``key`` and solver), as scanpy writes; ``metric`` is
+        ``method='umap'``, ``use_rep``, the ASOT ``key``, solver and ``n_candidates``), as scanpy writes; ``metric`` is
         ``'euclidean'``, the metric :func:`scanpy.tl.umap` uses on ``use_rep`` to place
         disconnected components of the graph, while the graph itself is by ASOT (``distance``).
 
@@ -265,12 +270,14 @@ def asot_neighbors(
     n_neighbors = check_int("n_neighbors", n_neighbors, minimum=2, maximum=adata.n_obs, why="the number of cells")
     weights = np.asarray(adata.obsm[keys.obsm], dtype=np.float32)
     result = adata.uns[keys.uns]
+    n_candidates = check_int(
+        "n_candidates",
+        n_neighbors if n_candidates is None else n_candidates,
+        minimum=n_neighbors,
+        maximum=adata.n_obs,
+        why="the number of cells",
+    )
     from ..models._device import resolve_device
-
-    if isinstance(tolerance, str):
-        if tolerance != "auto":
-            raise ValueError(f"`tolerance` must be 'auto' or a non-negative number, got {tolerance!r}.")
-        tolerance = _anchor_resolution(np.asarray(result["cost_anchors"]))
 
     indices, distances = anchor_kneighbors(
         weights,
@@ -279,10 +286,8 @@ def asot_neighbors(
         method=method,
         epsilon=float(result["epsilon"]),
         n_iter=int(result["params"]["n_iter"]),
-        anchor_points=result.get("cost_anchors"),
-        anchor_offsets=result.get("cost_offsets"),
         debias=debias,
-        tolerance=tolerance,
+        n_candidates=n_candidates,
         batch_size=batch_size,
         device=resolve_device(device),
         progress=progress,
@@ -301,7 +306,8 @@ def asot_neighbors(
         "metric": "euclidean",
         "distance": "ASOT W2^2, debiased (connectivities on W2)" if debias else "ASOT W2^2 (connectivities on W2)",
         "debias": debias,
-        "tolerance": float(tolerance),
+        "n_candidates": n_candidates,
+        "candidates": "Euclidean nearest of the anchor weights, ranked by ASOT",
         "use_rep": keys.obsm,
         "asot_key": key,
         "solver": method,
@@ -319,16 +325,6 @@ def asot_neighbors(
         f"\n    '{graph_keys.uns}' (adata.uns)",
     )
     return adata if copy else None
-
-
-def _anchor_resolution(points: np.ndarray) -> float:
-    """Median over anchors of the squared distance to the nearest other anchor."""
-    points = points.astype(np.float64)
-    norms = (points**2).sum(1)
-    squared = np.maximum(norms[:, None] + norms[None, :] - 2 * points @ points.T, 0.0)
-    np.fill_diagonal(squared, np.inf)
-    nearest = squared.min(1)
-    return float(np.median(nearest)) if len(points) > 1 else 0.0
 
 
 def _graph(indices: np.ndarray, distances: np.ndarray, n_obs: int, n_neighbors: int):
