@@ -86,7 +86,7 @@ def test_non_negative_weights_never_stop_passing_gradients():
     for name, block in blocks.items():
         assert float(block.abs().max()) > 0, name  # every layer of the ICNN still learns
     # the reparametrisation: non-negative everywhere, the identity's inverse, and not exponential:
-    # a small weight changes by a step of the free value's size (a softplus would change it by ~1e-4 of itself)
+    # a small weight changes by a step of the free value's size (a softplus would change it by about 1 % of itself)
     values = torch.tensor([0.0, 1e-6, 0.01, 1.0, 30.0], dtype=torch.float64)
     torch.testing.assert_close(positive(inverse_positive(values)), values)
     torch.testing.assert_close(positive(torch.tensor([-3.0, -0.5, 0.0, 2.0])), torch.tensor([9.0, 0.25, 0.0, 4.0]))

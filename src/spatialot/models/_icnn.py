@@ -24,9 +24,9 @@ inverse ICNN at exactly 0 within 50 steps (one measure of ``sot.datasets.w2_benc
 and with them every gradient to the hidden layers: the map stayed affine for good. A softplus
 (tried next) keeps them alive but, started at the small output weights that keep the map at its
 start, sits in its exponential regime, where an Adam step changes a weight by a fraction of
-itself: one ICNN fitted to one measure (d = 8) had not left the Gaussian map after 600 steps.
-The square moves them by a step of the free value's size, and a weight pushed to zero comes back
-(``benchmarks/hotet.py --only-ceiling``).
+itself: one ICNN per measure (d = 8, 600 steps) reached L2-UVP 4.55 / 6.41 % (forward / inverse)
+with it and 3.94 / 2.60 % with the square, which moves them by a step of the free value's size,
+and lets a weight pushed to zero come back (``benchmarks/hotet.py --only-ceiling``).
 """
 
 from __future__ import annotations
