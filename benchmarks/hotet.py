@@ -24,9 +24,12 @@
 3. **Wasserstein-2 benchmark** (Korotin et al. 2021 construction, ``sot.datasets.w2_benchmark``):
    reference ν = N(0, I_d), each measure μ_b = (∇φ_b)#ν with φ_b = ½‖z‖² + ⟨m_b, z⟩ + six
    softplus ridges (non-negative weights), so ∇φ_b is the exact OT map ν → μ_b and its inverse
-   the exact map μ_b → ν; the maps are not affine. ``--w2-train`` training measures of
-   ``--w2-points`` points each; 50 unseen measures, each map predicted from a fresh sample of
-   ``--w2-points`` points and scored on 1,000 further points: L2-UVP = 100 · E‖T̂ − T*‖² /
+   the exact map μ_b → ν; the maps are not affine. ``--w2-train`` training measures, each given
+   as ``--w2-samples`` (default 16) independent samples of ``--w2-points`` points, every sample a
+   cloud of its own (the construction samples μ_b without limit, as Korotin et al.'s benchmark
+   is used; one fixed 128-point sample caps the maps above 5 %, see part 5); 50 unseen measures,
+   each map predicted from a fresh sample of ``--w2-points`` points and scored on 1,000 further
+   points: L2-UVP = 100 · E‖T̂ − T*‖² /
    Var(target) and the cosine of the displacements, for the forward map (μ_b → ν, target
    variance d) and the inverse map (ν → μ_b, target variance tr Cov μ_b). Baseline: the
    closed-form Gaussian map between each measure's own sample moments (shrunk as the model's
@@ -35,6 +38,12 @@
 4. **Speed**: seconds per map for unseen niches (one forward pass of the trained model, batched)
    against fitting one ICNN per niche (free parameters, the same forward loss, ``--per-niche-steps``
    Adam steps), with the W2² reached by each.
+
+5. **Ceiling** (``--only-ceiling``): one ICNN per measure (free parameters in place of the
+   hypernetworks; HOTET's ICNN, Gaussian base, loss and training loop) on 4 unseen measures of
+   part 3 at d = 8, fitted on one fixed sample of 128 or 1,024 points, or on a fresh 128-point
+   sample every step; and the squared non-negative weights against the softplus of before.
+   Same metrics as part 3.
 
 Run ``python benchmarks/hotet.py [--quick] [--dims 2 4 8 16 32 64] [--threads 1] [--out PATH]``;
 ``--only-w2`` runs part 3 alone (``--w2-dims``, ``--w2-steps``).
@@ -153,14 +162,33 @@ def cosine(predicted: np.ndarray, truth: np.ndarray, points: np.ndarray) -> np.n
 
 
 def w2_benchmark(
-    dim: int, base: str, steps: int, n_train: int, n_points: int, device: str, seed: int = 0
+    dim: int,
+    base: str,
+    steps: int,
+    n_train: int,
+    n_points: int,
+    device: str,
+    *,
+    samples_per_measure: int = 1,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
 ) -> dict[str, Any]:
     family = sot.datasets.w2_benchmark(n_train + 50, dim, random_state=seed + dim)
     train_family, test_family = family.subset(slice(0, n_train)), family.subset(slice(n_train, None))
-    clouds = sot.ot.PointClouds.from_padded(train_family.sample(n_points, seed + 1).astype(np.float32))
+    # each training measure as `samples_per_measure` independent samples of `n_points` points (clouds of its own)
+    draws = train_family.sample(n_points * samples_per_measure, seed + 1).astype(np.float32)
+    clouds = sot.ot.PointClouds.from_padded(draws.reshape(n_train * samples_per_measure, n_points, dim))
+    del draws
     model = HOTET(dim, base=base, conjugate_steps=CONJUGATE_STEPS, random_state=seed, device=device)
     start = time.perf_counter()
-    model.fit(clouds, reference=(np.zeros(dim), np.eye(dim)), n_steps=steps, random_state=seed, progress=False)
+    model.fit(
+        clouds,
+        reference=(np.zeros(dim), np.eye(dim)),
+        n_steps=steps,
+        learning_rate=learning_rate,
+        random_state=seed,
+        progress=False,
+    )
     fit_s = time.perf_counter() - start
 
     test = sot.ot.PointClouds.from_padded(test_family.sample(n_points, seed + 2).astype(np.float32))
@@ -202,11 +230,135 @@ def w2_benchmark(
         "steps": steps,
         "n_train": n_train,
         "n_points": n_points,
+        "samples_per_measure": samples_per_measure,
+        "learning_rate": learning_rate,
+        "conjugate_steps": CONJUGATE_STEPS,
         "fit_s": fit_s,
         "final_loss": float(np.mean(model.history[-50:])),
         "load_after": list(os.getloadavg()),
         **{f"{direction}_{key}": value for direction, row in rows.items() for key, value in row.items()},
     }
+
+
+class _FreeParameters(nn.Module):
+    """Stands in for a hypernetwork: one free ICNN parameter vector per measure (a fixed batch of measures)."""
+
+    def __init__(self, initial: torch.Tensor, n_measures: int):
+        super().__init__()
+        self.params = nn.Parameter(initial.detach().clone().repeat(n_measures, 1))
+
+    def forward(self, points: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return self.params
+
+
+def w2_ceiling(
+    dim: int,
+    n_points: int,
+    fresh: bool,
+    steps: int,
+    device: str,
+    *,
+    n_measures: int = 4,
+    learning_rate: float = 1e-2,
+    positive: str = "square",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """One ICNN per measure (free parameters, no hypernetwork), HOTET's loss and training loop.
+
+    The first ``n_measures`` unseen measures of :func:`w2_benchmark`, trained together (each its
+    own parameters): on one fixed sample of ``n_points`` points per measure, or on a fresh sample
+    each step. Scored as :func:`w2_benchmark` does, the map given the fixed sample, or (fresh) a
+    4,096-point sample.
+    """
+    import spatialot.models._icnn as icnn_module
+
+    family = sot.datasets.w2_benchmark(400 + n_measures, dim, random_state=seed + dim).subset(slice(400, None))
+    kept = icnn_module.positive, icnn_module.inverse_positive
+    if positive == "softplus":  # the parametrisation of before, for comparison
+        icnn_module.positive = torch.nn.functional.softplus
+        icnn_module.inverse_positive = lambda value: value + torch.log(-torch.expm1(-value))
+    try:
+        model = HOTET(dim, conjugate_steps=CONJUGATE_STEPS, random_state=seed, device=device)
+        model.forward_net = _FreeParameters(model.forward_net.head.bias, n_measures).to(device)
+        model.inverse_net = _FreeParameters(model.inverse_net.head.bias, n_measures).to(device)
+        rng = np.random.default_rng(seed)
+        fixed = sot.ot.PointClouds.from_padded(family.sample(n_points, seed + 1).astype(np.float32))
+        model._set_reference(fixed, (np.zeros(dim), np.eye(dim)), rng)
+        root = torch.eye(dim, device=device)
+
+        def step_loss(step: int) -> torch.Tensor:
+            batch = fixed
+            if fresh:
+                batch = sot.ot.PointClouds.from_padded(family.sample(n_points, rng).astype(np.float32))
+            return model._step_loss(batch.to(device), model._draw_reference(n_measures, 256, rng, root))
+
+        start = time.perf_counter()
+        train(
+            model,
+            step_loss,
+            n_steps=steps,
+            learning_rate=learning_rate,
+            decay_rate=0.5,
+            decay_every=max(steps // 3, 1),
+            max_grad_norm=10.0,
+            progress=False,
+            rng=rng,
+        )
+        fit_s = time.perf_counter() - start
+        model.fitted.fill_(True)
+        given = sot.ot.PointClouds.from_padded(family.sample(4096, seed + 2).astype(np.float32)) if fresh else fixed
+        z = np.random.default_rng(seed + 3).standard_normal((n_measures, 1000, dim))
+        x = family.forward(z)
+        forward = model.transport(given, x.astype(np.float32))
+        inverse = model.inverse_transport(given, z.astype(np.float32))
+    finally:
+        icnn_module.positive, icnn_module.inverse_positive = kept
+    target_var = ((x - x.mean(1, keepdims=True)) ** 2).sum(-1).mean(1)
+    return {
+        "dim": dim,
+        "positive": positive,
+        "sample": "fresh each step" if fresh else "fixed",
+        "n_points": n_points,
+        "steps": steps,
+        "learning_rate": learning_rate,
+        "n_measures": n_measures,
+        "fit_s": fit_s,
+        "forward_l2_uvp": float(l2_uvp(forward, z, float(dim)).mean()),
+        "inverse_l2_uvp": float((100 * ((inverse - x) ** 2).sum(-1).mean(1) / target_var).mean()),
+        "load_after": list(os.getloadavg()),
+    }
+
+
+def run_ceiling(args: argparse.Namespace, device: str) -> None:
+    """One ICNN per measure on a fixed sample against fresh samples: ``hotet-w2ceiling-<device>.json``."""
+    out = args.out or default_out("hotet-w2ceiling", device, args.quick)
+    steps = 50 if args.quick else args.ceiling_steps
+    payload: dict[str, Any] = {
+        "benchmark": "hotet-w2ceiling",
+        "machine": machine_info(device),
+        "load_before": list(os.getloadavg()),
+        "data": "the first 4 unseen measures of the Wasserstein-2 benchmark (see hotet-w2bench), d = 8",
+        "model": "HOTET's ICNN, Gaussian base, loss and training loop, with one free parameter vector per measure "
+        "in place of the hypernetworks; Adam halved every steps/3, batch = the 4 measures, 256 reference points",
+        "metric": "L2-UVP % of the forward (mu -> nu) and inverse (nu -> mu) maps on 1,000 further points; the map "
+        "given the fixed sample (fixed) or a 4,096-point sample (fresh)",
+        "rows": [],
+    }
+    for positive, n_points, fresh in (
+        ("square", 128, False),
+        ("square", 128, True),
+        ("square", 1024, False),
+        ("softplus", 128, True),
+    ):
+        row = w2_ceiling(8, n_points, fresh, steps, device, learning_rate=args.ceiling_learning_rate, positive=positive)
+        payload["rows"].append(row)
+        print(
+            f"{positive} {row['sample']} {n_points}: forward {row['forward_l2_uvp']:.2f}%  "
+            f"inverse {row['inverse_l2_uvp']:.2f}%  ({row['fit_s']:.0f} s)",
+            flush=True,
+        )
+        write_json(out, payload)
+    print(f"wrote {write_json(out, payload)}")
 
 
 # ---------------------------------------------------------------------------- BDTNP niches
@@ -324,7 +476,8 @@ def run_w2(args: argparse.Namespace, device: str) -> None:
         "load_before": list(os.getloadavg()),
         "data": "sot.datasets.w2_benchmark defaults: reference N(0, I_d); mu_b = grad(phi_b)#N(0, I), phi_b = "
         "|z|^2/2 + <m_b, z> + sum of 6 softplus ridges (directions of norm 4, weights U[0.5, 1.5], offsets N(0, 1), "
-        f"m_b ~ N(0, 0.25 I)); {args.w2_train} training measures of {args.w2_points} points; 50 unseen measures, "
+        f"m_b ~ N(0, 0.25 I)); {args.w2_train} training measures, each as {args.w2_samples} independent samples of "
+        f"{args.w2_points} points; 50 unseen measures, "
         f"maps predicted from a fresh {args.w2_points}-point sample, scored on 1,000 further points",
         "metric": "L2-UVP = 100 E||T_hat - T*||^2 / Var(target) (forward: mu_b -> nu, Var = d; inverse: nu -> mu_b, "
         "Var = tr Cov mu_b), mean over unseen measures; cosine of the displacements T_hat - id and T* - id",
@@ -332,13 +485,22 @@ def run_w2(args: argparse.Namespace, device: str) -> None:
         "Gaussian base) and N(0, I); identity map",
         "target": "L2-UVP below the Gaussian baseline at every d; below 5 % at d <= 8 and 15 % at d = 64",
         "conjugate_steps": args.conjugate_steps,
-        "budget": f"{steps} steps per row, batch 8 measures, 256 reference points per measure and step, HOTET "
-        "defaults otherwise (Adam 1e-3 halved every steps/3), 1 torch thread",
+        "budget": f"{steps} steps per row, batch 8 clouds, 256 reference points per cloud and step, Adam "
+        f"{args.w2_learning_rate:g} halved every steps/3, HOTET defaults otherwise, 1 torch thread",
         "rows": [],
     }
     for dim in dims:
         for base in args.bases:
-            row = w2_benchmark(dim, base, steps, args.w2_train, args.w2_points, device)
+            row = w2_benchmark(
+                dim,
+                base,
+                steps,
+                args.w2_train,
+                args.w2_points,
+                device,
+                samples_per_measure=args.w2_samples,
+                learning_rate=args.w2_learning_rate,
+            )
             payload["rows"].append(row)
             print(
                 f"d={dim} base={base}: forward {row['forward_l2_uvp']:.2f}% "
@@ -382,7 +544,12 @@ def main() -> None:
     parser.add_argument("--w2-dims", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64])
     parser.add_argument("--w2-steps", type=int, default=300)
     parser.add_argument("--w2-train", type=int, default=400)
-    parser.add_argument("--w2-points", type=int, default=128)
+    parser.add_argument("--w2-points", type=int, default=128, help="points of every sample of a measure")
+    parser.add_argument("--w2-samples", type=int, default=16, help="independent samples of each training measure")
+    parser.add_argument("--w2-learning-rate", type=float, default=1e-3)
+    parser.add_argument("--only-ceiling", action="store_true", help="one ICNN per measure: fixed vs fresh samples")
+    parser.add_argument("--ceiling-steps", type=int, default=600)
+    parser.add_argument("--ceiling-learning-rate", type=float, default=1e-2)
     parser.add_argument("--skip-bdtnp", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
@@ -423,6 +590,9 @@ def main() -> None:
     }
     if args.only_w2:
         run_w2(args, device)
+        return
+    if args.only_ceiling:
+        run_ceiling(args, device)
         return
     out = args.out or default_out("hotet", device, args.quick)
     if not args.skip_gaussian:

@@ -72,23 +72,44 @@ def test_icnn_starts_near_the_identity_and_gradient_matches_finite_differences()
 
 
 def test_non_negative_weights_never_stop_passing_gradients():
-    """A weight pushed far below zero (a ReLU would clip it to 0 for good) still trains itself and its unit."""
+    """A weight whose free value crossed zero (a ReLU would clip it to 0 for good) still trains itself and its unit."""
     torch.manual_seed(1)
     icnn = BatchedICNN(2, [6, 4])
     params = icnn.initial_params(torch.Generator().manual_seed(0))[None].double()
     pieces = icnn.split(params)
     for name in ("u", "U1"):
-        pieces[name].fill_(-8.0)  # far below 0: ReLU(-8) = 0 passes no gradient to anything behind it
+        pieces[name].fill_(-0.3)  # below 0: ReLU(-0.3) = 0 passes no gradient to anything behind it
     params.requires_grad_(True)
     points = torch.randn(1, 32, 2, dtype=torch.float64)
     (grad,) = torch.autograd.grad(icnn.gradient(points, params, create_graph=True).square().sum(), params)
     blocks = dict(zip(icnn.shapes, torch.split(grad[0], list(icnn.sizes.values())), strict=True))
     for name, block in blocks.items():
         assert float(block.abs().max()) > 0, name  # every layer of the ICNN still learns
-    # the reparametrisation: positive everywhere, the identity's inverse
-    values = torch.tensor([1e-6, 0.01, 1.0, 30.0], dtype=torch.float64)
+    # the reparametrisation: non-negative everywhere, the identity's inverse, and not exponential:
+    # a small weight changes by a step of the free value's size (a softplus would change it by about 1 % of itself)
+    values = torch.tensor([0.0, 1e-6, 0.01, 1.0, 30.0], dtype=torch.float64)
     torch.testing.assert_close(positive(inverse_positive(values)), values)
-    assert bool((positive(torch.tensor([-50.0, -8.0, 0.0])) > 0).all())
+    torch.testing.assert_close(positive(torch.tensor([-3.0, -0.5, 0.0, 2.0])), torch.tensor([9.0, 0.25, 0.0, 4.0]))
+    small = inverse_positive(torch.tensor(1e-4))
+    assert float(positive(small + 1e-2)) > 2e-4  # one Adam step of 1e-2 more than doubles it
+
+
+def test_gradients_reach_every_block():
+    """One training loss: every weight of both hypernetworks and every block of both ICNNs gets a gradient."""
+    dim = 3
+    family = sot.datasets.w2_benchmark(4, dim, random_state=0)
+    clouds = sot.ot.PointClouds.from_padded(family.sample(32, 1).astype(np.float32))
+    model = HOTET(dim, **SMALL, device="cpu")
+    model.fit(clouds, reference=(np.zeros(dim), np.eye(dim)), n_steps=1, learning_rate=1e-12, progress=False)
+    model.train()
+    reference = model.sample_reference(4, 64, np.random.default_rng(0))
+    model._step_loss(clouds, reference).backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and float(parameter.grad.abs().max()) > 0, name
+    for network in (model.forward_net, model.inverse_net):
+        blocks = model.icnn.split(network.head.bias.grad[None])
+        for name, block in blocks.items():
+            assert float(block.abs().max()) > 0, name
 
 
 def test_trained_maps_stay_monotone_with_every_hidden_unit_alive(gaussian_problem):
@@ -97,8 +118,9 @@ def test_trained_maps_stay_monotone_with_every_hidden_unit_alive(gaussian_proble
         with torch.no_grad():
             params, base = model.icnn_params(clouds[:8], direction=direction)
         pieces = model.icnn.split(params)
-        # no output weight has collapsed to 0 (with ReLU clipping most did within 50 steps)
-        assert float(positive(pieces["u"]).min()) > 1e-8
+        # no output weight is clipped to 0 (with ReLU clipping most were within 50 steps): every free value
+        # is away from 0, where a square would pass no gradient
+        assert float(pieces["u"].abs().min()) > 1e-6
         x = torch.randn(8, 200, 2, generator=torch.Generator().manual_seed(0))
         y = torch.randn(8, 200, 2, generator=torch.Generator().manual_seed(1))
         gx, gy = model.icnn.gradient(x, params, base), model.icnn.gradient(y, params, base)
@@ -183,11 +205,16 @@ def test_save_load_round_trip(gaussian_problem, tmp_path):
     np.testing.assert_array_equal(loaded.transport(clouds), model.transport(clouds))
     with pytest.raises(ValueError, match="not a Wormhole|holds a HOTET"):
         sot.models.Wormhole.load(tmp_path / "hotet.pt")
-    # a file of before the softplus weights (no weights version: 1) would read its weights wrongly
+    # files of before the squared weights (no weights version: 1, ReLU; 2: softplus) would read their weights wrongly
     contents = torch.load(tmp_path / "hotet.pt", weights_only=True)
+    assert contents["weights_version"] == 3
+    contents["weights_version"] = 2
+    torch.save(contents, tmp_path / "softplus.pt")
+    with pytest.raises(ValueError, match=r"weights version 2, this version reads 3\): train the model again"):
+        HOTET.load(tmp_path / "softplus.pt")
     del contents["weights_version"]
     torch.save(contents, tmp_path / "old.pt")
-    with pytest.raises(ValueError, match=r"weights version 1, this version reads 2\): train the model again"):
+    with pytest.raises(ValueError, match=r"weights version 1, this version reads 3\): train the model again"):
         HOTET.load(tmp_path / "old.pt")
 
 
@@ -364,7 +391,7 @@ def _quadratic_model(dim):
     model = HOTET(dim, **SMALL, device="cpu")
     params = model.icnn.initial_params(torch.Generator().manual_seed(0))[None].double()
     pieces = model.icnn.split(params)
-    pieces["u"].fill_(-1e3)  # softplus(u) = 0 in float64: no hidden contribution
+    pieces["u"].fill_(0.0)  # squared: 0, no hidden contribution
     pieces["v"].copy_(torch.tensor([[0.3, -0.2, 0.1]]))
     pieces["M"].copy_(torch.tensor([[[0.2, 0.1, 0.0], [0.0, -0.1, 0.0], [0.05, 0.0, 0.3]]]))
     return model, params
