@@ -182,6 +182,20 @@ def mean_features(adata, family, features: np.ndarray) -> np.ndarray:
     return gathered.sum(1) / mask.sum(1, keepdims=True)
 
 
+def mean_niche_baselines(adata, family) -> dict[str, np.ndarray]:
+    """The mean of each niche's normalised expression (log1p, PCA to 30) and of its ``X_latent``."""
+    normalised = sc.pp.log1p(sc.pp.normalize_total(adata, target_sum=1e4, copy=True), copy=True)
+    expression = np.asarray(normalised.X.toarray() if hasattr(normalised.X, "toarray") else normalised.X)
+    baselines = {
+        "mean niche expression (log1p, PCA 30)": mean_features(adata, family, expression),
+        "mean niche latent (X_latent)": mean_features(adata, family, np.asarray(adata.obsm["X_latent"])),
+    }
+    return {
+        name: sc.pp.pca(features, n_comps=30, random_state=0) if features.shape[1] > 30 else features
+        for name, features in baselines.items()
+    }
+
+
 def euclidean_graph(adata, features: np.ndarray, key: str) -> None:
     """A 15-NN Euclidean graph with the same UMAP connectivities as the ASOT graph (scanpy's layout).
 
@@ -258,15 +272,7 @@ def bench_clustering(adata, models: dict[str, tuple[ASOT, np.ndarray]], *, umap:
         row["kmeans"] = kmeans_ari(weights, truth, n_types)
         rows.append(row)
         log(f"  clustering {name}: {row}")
-    normalised = sc.pp.log1p(sc.pp.normalize_total(adata, target_sum=1e4, copy=True), copy=True)
-    expression = np.asarray(normalised.X.toarray() if hasattr(normalised.X, "toarray") else normalised.X)
-    baselines = {
-        "mean niche expression (log1p, PCA 30)": mean_features(adata, family, expression),
-        "mean niche latent (X_latent)": mean_features(adata, family, np.asarray(adata.obsm["X_latent"])),
-    }
-    for name, features in baselines.items():
-        if features.shape[1] > 30:
-            features = sc.pp.pca(features, n_comps=30, random_state=0)
+    for name, features in mean_niche_baselines(adata, family).items():
         seconds, _ = time_call(lambda f=features: euclidean_graph(adata, f, "mean_nn"))
         row = {"features": name, "graph_s": seconds, **leiden_ari(adata, truth, neighbors_key="mean_nn")}
         row["kmeans"] = kmeans_ari(features, truth, n_types)

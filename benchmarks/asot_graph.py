@@ -38,7 +38,7 @@ import sys
 import warnings
 
 from _common import default_out, machine_info, print_table, time_call, write_json
-from asot import euclidean_graph, leiden_ari, mean_features
+from asot import euclidean_graph, leiden_ari, mean_niche_baselines
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -202,15 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     graph = holder.obsp["weights_nn_connectivities"].tocsr()
     lists = euclidean_knn(weights, 15)[0]
     rows.append(score_graph("anchor weights, Euclidean 15-NN", graph, truth, indices=lists) | seed_stability(graph))
-    normalised = sc.pp.log1p(sc.pp.normalize_total(adata, target_sum=1e4, copy=True), copy=True)
-    expression = np.asarray(normalised.X.toarray() if hasattr(normalised.X, "toarray") else normalised.X)
-    baselines = {
-        "mean niche expression (log1p, PCA 30)": mean_features(adata, family, expression),
-        "mean niche latent (X_latent)": mean_features(adata, family, np.asarray(adata.obsm["X_latent"])),
-    }
-    for name, features in baselines.items():
-        if features.shape[1] > 30:
-            features = sc.pp.pca(features, n_comps=30, random_state=0)
+    for name, features in mean_niche_baselines(adata, family).items():
         euclidean_graph(holder, features, "mean_nn")
         graph = holder.obsp["mean_nn_connectivities"].tocsr()
         rows.append(score_graph(f"{name}, Euclidean 15-NN", graph, truth) | seed_stability(graph))
