@@ -140,6 +140,24 @@ def median_time(
 # --------------------------------------------------------------------------- memory (Linux)
 
 
+def stamp_steps(model) -> list[float]:
+    """Record ``time.perf_counter()`` as each training step of ``model`` starts (its ``_loss`` is wrapped).
+
+    Returns the list the stamps are appended to. The time between stamps is a step, the
+    calibration before training excluded; under ``torchrun`` a step's gradient averaging falls
+    between two stamps.
+    """
+    stamps: list[float] = []
+    loss = model._loss
+
+    def stamped(*batch):
+        stamps.append(time.perf_counter())
+        return loss(*batch)
+
+    model._loss = stamped
+    return stamps
+
+
 def _status_kb(field: str) -> int | None:
     try:
         with open("/proc/self/status") as handle:

@@ -66,6 +66,7 @@ from _common import (
     reset_peak_rss,
     resolve_device,
     rss_bytes,
+    stamp_steps,
     write_json,
 )
 
@@ -200,10 +201,9 @@ class _Timed:
 def step_seconds(family, batch_size: int, device: str) -> float:
     """Seconds per Wormhole training step: the median time between the starts of consecutive steps.
 
-    Steps are stamped as they start (the model's loss is wrapped), so the calibration before
+    Steps are stamped as they start (:func:`_common.stamp_steps`), so the calibration before
     training and the first steps (warm caches) are left out, and the median ignores a step that
-    another job on the machine slowed. Under ``torchrun`` every process runs this; a step's
-    gradient averaging between the processes falls between two stamps.
+    another job on the machine slowed. Under ``torchrun`` every process runs this.
     """
     import numpy as np
     import torch
@@ -212,14 +212,7 @@ def step_seconds(family, batch_size: int, device: str) -> float:
 
     torch.manual_seed(0)
     model = Wormhole(family.dim)
-    stamps = []
-    loss = model._loss
-
-    def stamped(*batch):
-        stamps.append(time.perf_counter())
-        return loss(*batch)
-
-    model._loss = stamped
+    stamps = stamp_steps(model)
     model.fit(family, n_steps=3 + STEPS_TIMED, batch_size=batch_size, device=device, progress=False)
     return float(np.median(np.diff(stamps[2:])))
 

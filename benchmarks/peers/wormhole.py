@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import RESULTS, machine_info, peak_rss_bytes, print_table, write_json  # noqa: E402
+from _common import RESULTS, machine_info, peak_rss_bytes, print_table, stamp_steps, write_json  # noqa: E402
 
 SEED = 0
 N_PAIRS = 2000
@@ -328,14 +328,7 @@ def run_spatialot(args, checkpoints, train_points, train_mask, test_points, test
                 model._decoder_gradient_to_embedding = float(name.split("=")[1])
             else:
                 ABLATIONS[name](model)
-        stamps = []
-        loss = model._loss
-
-        def counted_loss(*batch):
-            stamps.append(time.perf_counter())
-            return loss(*batch)
-
-        model._loss = counted_loss
+        stamps = stamp_steps(model)
         start = time.perf_counter()
         model.fit(train, n_steps=n_steps, device="cpu", random_state=SEED, progress=True, **fit_options)
         seconds = time.perf_counter() - start
