@@ -239,12 +239,11 @@ class Wormhole(Model):
         """
         rng = np.random.default_rng(0)
         first, second = torch.triu_indices(batch_size, batch_size, offset=1, device=self.device)
-        slowest = 1
+        kwargs, slowest = self._sinkhorn_kwargs(), 1
         with torch.no_grad():
             for _ in range(n_batches):
                 chosen = np.sort(rng.choice(len(family), batch_size, replace=False))
                 scaled = self._scaled(take(family, chosen, self.device))
-                kwargs = self._sinkhorn_kwargs()
                 for x, y in ((scaled[first], scaled[second]), (scaled, scaled)):
                     slowest = max(slowest, sinkhorn(x, y, **kwargs).n_iter)
         return min(math.ceil(1.25 * slowest), 2000)
