@@ -444,3 +444,45 @@ def test_encoding_does_not_depend_on_the_batch_size():
     default = model.encode(clouds)
     np.testing.assert_allclose(model.encode(clouds, batch_size=7), default, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(model.encode(clouds, batch_size=1000), default, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- exact means
+
+
+@pytest.mark.parametrize("distance", ["sinkhorn_divergence", "entropic", "exact"])
+def test_distances_split_into_a_mean_term_and_a_shape_term(distance):
+    """The identity `exact_mean` rests on: D(x, y) = |m_x - m_y|² + D(x - m_x, y - m_y)."""
+    clouds = random_clouds(n=5, size=4, seed=2)
+    model = small_model(ot_distance=distance, sinkhorn_tol=1e-7)
+    model.calibrate(clouds, np.random.default_rng(0))
+    first, second = torch.triu_indices(5, 5, offset=1)
+    scaled = model._scaled(clouds)
+    centred, means = model._centred(scaled)
+    whole = model._pair_targets(scaled, first, second)[0]
+    shapes = model._pair_targets(centred, first, second)[0]
+    np.testing.assert_allclose(whole, ((means[first] - means[second]) ** 2).sum(1) + shapes, rtol=1e-4)
+
+
+def test_exact_mean_embeds_each_cloud_mean_and_a_translation_invariant_shape():
+    clouds = random_clouds(n=8, seed=4)
+    model = small_model().fit(clouds, n_steps=3, batch_size=4, progress=False)
+    assert model.config["exact_mean"]  # n_components 8 > dim 3
+    embedding = model.encode(clouds)
+    means = (clouds.points * clouds.weights[..., None]).sum(1).numpy()
+    np.testing.assert_allclose(embedding[:, :3], means, rtol=1e-5, atol=1e-5)
+    moved = PointClouds(clouds.points + torch.tensor([5.0, -2.0, 1.0]), clouds.mask, clouds.weights)
+    np.testing.assert_allclose(model.encode(moved)[:, 3:], embedding[:, 3:], rtol=1e-4, atol=1e-5)
+    # the decoder moves its shape to the embedded mean
+    np.testing.assert_allclose(model.decode(embedding).mean(1), means, rtol=1e-4, atol=1e-4)
+
+
+def test_exact_mean_needs_more_components_than_dimensions():
+    assert not small_model(dim=8).config["exact_mean"]  # n_components 8: chosen off
+    assert not small_model(exact_mean=False).config["exact_mean"]
+    with pytest.raises(ValueError, match="exact_mean"):
+        small_model(dim=8, exact_mean=True)
+    # without it, the networks see the clouds as they are and the outputs are all learned
+    clouds = random_clouds(n=8, seed=4)
+    model = small_model(exact_mean=False).fit(clouds, n_steps=3, batch_size=4, progress=False)
+    moved = PointClouds(clouds.points + 5.0, clouds.mask, clouds.weights)
+    assert np.abs(model.encode(moved) - model.encode(clouds)).max() > 1e-2

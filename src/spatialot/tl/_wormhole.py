@@ -101,7 +101,10 @@ def wormhole(
     The model (trained, or the one given); ``(adata, model)`` when ``copy=True``. Writes
 
     ``.obsm['X_wormhole']``
-        The embedding of every niche, ``(n_obs, n_components)``.
+        The embedding of every niche, ``(n_obs, n_components)``. When ``n_components``
+        exceeds the dimension :math:`d` of the niche features, the first :math:`d` components
+        are each niche's mean feature vector, exactly, and the others embed its shape (see
+        ``exact_mean`` of :class:`~spatialot.models.Wormhole`).
     ``.uns['wormhole']['params']``
         The parameters of the call, the seed and whether the model was trained here.
     ``.uns['wormhole']['loss']``
