@@ -8,7 +8,9 @@ from matplotlib.axes import Axes
 
 import spatialot as sot
 from spatialot.models import ASOT
+from spatialot.models._asot import _weighted_points
 from spatialot.ot import (
+    IndexedClouds,
     PointClouds,
     anchor_cost,
     anchor_exact,
@@ -354,6 +356,35 @@ def test_save_load_round_trip(tmp_path):
         np.testing.assert_array_equal(loaded.cost().numpy(), model.cost().numpy())
         assert loaded.history == model.history
         assert repr(loaded) == repr(model)
+
+
+def test_anchors_from_a_sample_of_the_points_find_the_centres():
+    """Beyond `max_points`, k-means sees a weighted random sample, which still finds well-separated centres."""
+    rng = np.random.default_rng(3)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    points = centres[rng.integers(4, size=(200, 5))] + rng.normal(scale=0.1, size=(200, 5, 2))
+    clouds = PointClouds.from_padded(points)
+    model = ASOT(2, 4).fit(clouds, max_points=60, device="cpu")
+    found = np.sort(model.anchors.numpy() * float(model.scale), axis=0)
+    np.testing.assert_allclose(found, np.sort(centres, axis=0), atol=0.1)
+    with pytest.raises(ValueError, match="max_points"):
+        ASOT(2, 4).fit(clouds, max_points=3, device="cpu")
+
+
+def test_a_sample_of_indexed_clouds_reads_only_its_rows_with_their_mass():
+    features = np.arange(40, dtype=np.float32).reshape(20, 2)
+    indices = np.array([[0, 1, 2], [2, 3, 4], [4, 5, 6], [10, 11, 19]])
+    family = IndexedClouds(features, indices)
+    read = []
+    original = family.read_features
+    family.read_features = lambda rows: read.append(np.asarray(rows)) or original(rows)
+    points, weights = _weighted_points(family, 4, np.random.default_rng(0))
+    assert len(read[0]) == 4 and set(read[0]) <= {0, 1, 2, 3, 4, 5, 6, 10, 11, 19}
+    np.testing.assert_array_equal(points, features[read[0]])
+    mass = {0: 1 / 3, 1: 1 / 3, 2: 2 / 3, 3: 1 / 3, 4: 2 / 3, 5: 1 / 3, 6: 1 / 3, 10: 1 / 3, 11: 1 / 3, 19: 1 / 3}
+    np.testing.assert_allclose(weights, [mass[row] for row in read[0]])
+    everything, _ = _weighted_points(family, None, np.random.default_rng(0))
+    assert len(everything) == 10
 
 
 def test_model_errors():

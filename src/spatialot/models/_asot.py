@@ -293,6 +293,7 @@ class ASOT(Model):
         n_steps: int = 300,
         batch_size: int = 256,
         learning_rate: float = 1e-2,
+        max_points: int | None = 1_000_000,
         random_state: int | None = 0,
         device: torch.device | str = "auto",
         progress: bool = True,
@@ -316,6 +317,12 @@ class ASOT(Model):
             ``'ml'``: pairs per step; ``'dl'``: points per step (drawn by their mass in the clouds).
         learning_rate
             ``'ml'`` and ``'dl'``: Adam learning rate, in units of the rms spread of the points.
+        max_points
+            Most distinct points that k-means (and ASOT-DL's dictionary) sees: when the clouds
+            hold more, a uniform random sample of that many, each with its mass. A weighted
+            sample of a million points places 64 anchors as well as all of them, while k-means
+            on the 10⁷ cells of an atlas takes most of the fit (``benchmarks/scale.py``).
+            ``None``: every point.
         random_state
             Seed of k-means, pair sampling and training.
         device
@@ -336,7 +343,10 @@ class ASOT(Model):
         if self.method in ("ml", "dl"):
             n_train_pairs, n_steps = check_int("n_train_pairs", n_train_pairs), check_int("n_steps", n_steps)
             batch_size = check_int("batch_size", batch_size)
-        points, weights = _weighted_points(family)
+        if max_points is not None:
+            max_points = check_int("max_points", max_points, minimum=self.n_anchors)
+        # the sample is drawn apart from `rng`, so that it changes no other random choice of the fit
+        points, weights = _weighted_points(family, max_points, np.random.default_rng(random_state))
         if len(points) < self.n_anchors:
             raise ValueError(f"`n_anchors`={self.n_anchors} exceeds the {len(points)} distinct points of the clouds.")
         self.to(resolve_device(device))
@@ -674,8 +684,20 @@ class ASOT(Model):
         )
 
 
-def _weighted_points(family: CloudFamily) -> tuple[np.ndarray, np.ndarray]:
-    """Every distinct point of the clouds, weighted by its total mass over the clouds (float64)."""
+def _weighted_points(
+    family: CloudFamily, max_points: int | None, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct points of the clouds, each weighted by its total mass over the clouds (float64).
+
+    Beyond ``max_points`` points, a uniform random sample of ``max_points`` of them, chosen
+    before any feature is read (a backed AnnData reads only the sampled rows).
+    """
+
+    def sampled(count: int) -> np.ndarray | slice:
+        if max_points is None or count <= max_points:
+            return slice(None)
+        return np.sort(rng.choice(count, max_points, replace=False))
+
     if isinstance(family, IndexedClouds):
         sizes = family.mask.sum(1, keepdims=True)
         mass = np.bincount(
@@ -684,10 +706,12 @@ def _weighted_points(family: CloudFamily) -> tuple[np.ndarray, np.ndarray]:
             family.features.shape[0],
         )
         used = np.flatnonzero(mass > 0)
-        rows = family.read_features(used)
-        return rows.astype(np.float64), mass[used]
+        used = used[sampled(len(used))]
+        return family.read_features(used).astype(np.float64), mass[used]
     mask = family.mask.cpu().numpy()
-    return family.points.detach().cpu().numpy()[mask].astype(np.float64), family.weights.detach().cpu().numpy()[mask]
+    kept = sampled(int(mask.sum()))
+    points = family.points.detach().cpu().numpy()[mask][kept]
+    return points.astype(np.float64), family.weights.detach().cpu().numpy()[mask][kept]
 
 
 def _kmeans(points: np.ndarray, weights: np.ndarray, n_clusters: int, random_state: int | None):
