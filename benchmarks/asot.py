@@ -240,6 +240,35 @@ def leiden_ari(adata, truth, *, resolutions=RESOLUTIONS, **graph) -> dict[str, f
     return out
 
 
+def leiden_at_count(adata, truth, n_clusters: int, *, n_halvings: int = 14, **graph) -> dict[str, float]:
+    """ARI of Leiden at the resolution that gives ``n_clusters`` clusters, as k-means is told.
+
+    Bisects the resolution on a log scale between 0.005 and 5 (Leiden's cluster count grows
+    with it); when no resolution gives the count exactly, the nearest count found is scored.
+    The comparison with k-means is then one of equal information: both are told the count.
+    """
+    low, high, best = np.log(0.005), np.log(5.0), None
+    for _ in range(n_halvings):
+        resolution = float(np.exp(0.5 * (low + high)))
+        sc.tl.leiden(
+            adata,
+            resolution=resolution,
+            flavor="igraph",
+            n_iterations=2,
+            directed=False,
+            key_added="_leiden",
+            random_state=0,
+            **graph,
+        )
+        count = adata.obs["_leiden"].nunique()
+        if best is None or abs(count - n_clusters) < abs(best[1] - n_clusters):
+            best = (resolution, count, float(adjusted_rand_score(truth, adata.obs["_leiden"])))
+        if count == n_clusters:
+            break
+        low, high = (np.log(resolution), high) if count < n_clusters else (low, np.log(resolution))
+    return {"leiden_at_count": best[2], "leiden_at_count_resolution": best[0], "leiden_at_count_n": best[1]}
+
+
 def kmeans_ari(features: np.ndarray, truth, n_types: int) -> float:
     labels = KMeans(n_types, n_init=10, random_state=0).fit_predict(features)
     return float(adjusted_rand_score(truth, labels))
