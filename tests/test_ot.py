@@ -427,3 +427,67 @@ def test_read_only_numpy_arrays_are_accepted_without_a_warning():
     frozen = cloud.copy()
     frozen.flags.writeable = False
     np.testing.assert_allclose(ot.exact_w2_squared(ot.PointClouds.from_list([frozen]), batch[:1]), [0.0], atol=1e-6)
+
+
+# --------------------------------------------------------------------------- rounded assignment
+
+
+def test_rounded_assignment_is_a_near_optimal_permutation():
+    """Against scipy's exact assignment on random problems: a permutation, within 1 % of the optimum."""
+    from scipy.optimize import linear_sum_assignment
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(2, 12, 16, 3))
+    cost = torch.cdist(torch.tensor(x), torch.tensor(y)).float() ** 2
+    partner = ot.rounded_assignment(cost)
+    ratios = []
+    for problem, columns in zip(cost.numpy(), partner.numpy(), strict=True):
+        assert sorted(columns) == list(range(16))
+        rows, optimal = linear_sum_assignment(problem)
+        ratios.append(problem[np.arange(16), columns].sum() / problem[rows, optimal].sum())
+    assert np.mean(ratios) < 1.01 and np.min(ratios) > 1 - 1e-6
+    # a shuffled copy of the points has one clear optimum: the shuffle itself
+    order = rng.permutation(16)
+    shuffled = torch.tensor(x[0])[order]
+    cost = (torch.cdist(torch.tensor(x[0]), shuffled) ** 2).float()[None]
+    np.testing.assert_array_equal(ot.rounded_assignment(cost)[0], np.argsort(order))
+
+
+def test_rounded_assignment_keeps_to_masks_and_allowed_pairs():
+    rng = np.random.default_rng(1)
+    cost = torch.tensor(rng.random((3, 6, 6)), dtype=torch.float32)
+    rows = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], dtype=torch.bool)
+    columns = torch.tensor([[0, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1], [1, 0, 1, 0, 1, 0]], dtype=torch.bool)
+    groups = torch.tensor([0, 0, 1, 1, 1, 0])
+    allowed = torch.ones(3, 6, 6, dtype=torch.bool)
+    allowed[1] = (groups[:, None] == groups[None, :]) & ~torch.eye(6, dtype=torch.bool)  # within groups, no fixed point
+    partner = ot.rounded_assignment(cost, row_mask=rows, column_mask=columns, allowed=allowed)
+    for b in range(3):
+        chosen = partner[b][rows[b]]
+        assert len(set(chosen.tolist())) == int(rows[b].sum())  # one-to-one
+        assert columns[b][chosen].all()  # only real columns
+        assert (partner[b][~rows[b]] == 0).all()
+    # problem 1: every row stays in its group
+    for row, column in enumerate(partner[1].tolist()):
+        assert groups[row] == groups[column] and row != column
+
+
+def test_minibatch_pairing_rounded_on_the_device_matches_the_exact_one():
+    rng = np.random.default_rng(2)
+    points = rng.normal(size=(10, 3))
+    shuffle = rng.permutation(10)
+    cost = torch.cdist(torch.tensor(points[shuffle]), torch.tensor(points)).float() ** 2
+    groups = torch.tensor([0, 1] * 5)
+    for given in (None, groups):
+        exact = ot.minibatch_pairing(cost, given)
+        rounded = ot.minibatch_pairing(cost, given, method="rounded")
+        assert isinstance(rounded, torch.Tensor)
+        np.testing.assert_array_equal(rounded.numpy(), exact)
+    with pytest.raises(ValueError, match="method"):
+        ot.minibatch_pairing(cost, method="auction")
+
+
+def test_rounded_assignment_reads_nothing_on_the_host():
+    cost = torch.empty(4, 7, 7, device="meta")  # meta tensors hold no values: a host read raises
+    mask = torch.ones(4, 7, dtype=torch.bool, device="meta")
+    assert ot.rounded_assignment(cost, row_mask=mask, n_iter=2, n_swaps=2).shape == (4, 7)

@@ -29,6 +29,7 @@ from ..ot import (
     chamfer_costs,
     gaussian_moments,
     minibatch_pairing,
+    rounded_assignment,
     sinkhorn,
     squared_euclidean_cost,
 )
@@ -63,7 +64,9 @@ def matched_targets(
         Batches of the same length and dimension.
     matching
         ``'exact'``: an optimal one-to-one assignment (:func:`scipy.optimize.linear_sum_assignment`),
-        the exact OT map between clouds of equal size and uniform weights. ``'entropic'``: the
+        the exact OT map between clouds of equal size and uniform weights; off the CPU, a
+        near-optimal one rounded on the device (:func:`~spatialot.ot.rounded_assignment`), so
+        that a training step never waits for the host. ``'entropic'``: the
         entropic map, i.e. the barycentric projection :math:`T(x_i) = \sum_j P_{ij} y_j / a_i` of
         the plan of :func:`~spatialot.ot.sinkhorn`. ``'auto'``: exact for the pairs of equal size
         with uniform weights, entropic for the others.
@@ -82,6 +85,8 @@ def matched_targets(
     target = target.to(device=source.device, dtype=source.points.dtype)
     if matching == "entropic":  # on the device, without reading anything on the host
         return _entropic_map(source, target, epsilon)
+    if not checks_on_host(source.device):
+        return _matched_on_device(source, target, matching, epsilon)
     sizes_equal = (source.sizes == target.sizes).cpu().numpy()
     uniform = (_is_uniform(source) & _is_uniform(target)).cpu().numpy()
     exact = sizes_equal & uniform if matching == "auto" else np.full(len(source), matching == "exact")
@@ -112,6 +117,23 @@ def _assignment(source: PointClouds, target: PointClouds) -> torch.Tensor:
         partner[b, rows[row_order]] = cols[col_order]
     index = torch.as_tensor(partner, device=source.device)[..., None].expand(-1, -1, source.dim)
     return torch.gather(target.points, 1, index) * source.mask[..., None]
+
+
+def _matched_on_device(source: PointClouds, target: PointClouds, matching: Matching, epsilon: float) -> torch.Tensor:
+    """:func:`matched_targets` without a host read: assignments rounded on the device.
+
+    Every pair is assigned (:func:`~spatialot.ot.rounded_assignment`) and, with ``'auto'``,
+    also mapped entropically; each pair keeps the one its sizes and weights call for, chosen
+    on the device. ``'exact'`` is not checked for equal sizes here (a check reads the host).
+    """
+    cost = squared_euclidean_cost(source.points.detach(), target.points.detach())
+    partner = rounded_assignment(cost, row_mask=source.mask, column_mask=target.mask)
+    index = partner[..., None].expand(-1, -1, source.dim)
+    assigned = torch.gather(target.points, 1, index) * source.mask[..., None]
+    if matching == "exact":
+        return assigned
+    exact = (source.sizes == target.sizes) & _is_uniform(source) & _is_uniform(target)
+    return torch.where(exact[:, None, None], assigned, _entropic_map(source, target, epsilon))
 
 
 def _entropic_map(source: PointClouds, target: PointClouds, epsilon: float) -> torch.Tensor:
@@ -489,19 +511,21 @@ class WassersteinFlowMatching(Model):
     def _paired_start(self, data: PointClouds, groups: torch.Tensor, source: PointClouds | None) -> PointClouds:
         """Source clouds (noise when ``source`` is None) for the data clouds, re-paired by minibatch OT when asked."""
         pair = self._pairs_clouds and len(data) > 1
+        # exact on the host, where it costs nothing to read; rounded on an accelerator
+        method = "exact" if checks_on_host(data.device) else "rounded"
         if source is None:
             if not pair:
                 return self.draw_noise(data.mask)
             # i.i.d. points: noise cloud j, seen with the mask of data cloud i, is a valid partner of i
             full = self.draw_noise(torch.ones_like(data.mask))
             cost = chamfer_costs(full.points, data.mask[None].expand(len(data), -1, -1), data.points, data.mask)
-            order = torch.as_tensor(minibatch_pairing(cost, groups), device=data.points.device)
+            order = torch.as_tensor(minibatch_pairing(cost, groups, method=method), device=data.points.device)
             weights = data.mask.to(full.points.dtype) / data.mask.sum(1, keepdim=True).clamp_min(1)
             return PointClouds(full.points[order] * data.mask[..., None], data.mask, weights)
         if not pair:
             return source
         cost = chamfer_costs(source.points, source.mask, data.points, data.mask)
-        return source[minibatch_pairing(cost, groups)]
+        return source[minibatch_pairing(cost, groups, method=method)]
 
     def flow_matching_loss(
         self,

@@ -16,7 +16,7 @@ from ._anchor import (
 from ._clouds import IndexedClouds, PointClouds
 from ._exact import exact_w2_squared
 from ._gaussian import bures_geodesic, bures_wasserstein_squared, gaussian_map, gaussian_moments, sqrtm_psd
-from ._pairing import chamfer_costs, minibatch_pairing
+from ._pairing import chamfer_costs, minibatch_pairing, rounded_assignment
 from ._pairwise import paired_distances, pairwise_distances
 from ._sinkhorn import SinkhornOutput, sinkhorn, sinkhorn_divergence, squared_euclidean_cost
 
@@ -37,6 +37,7 @@ __all__ = [
     "gaussian_map",
     "gaussian_moments",
     "minibatch_pairing",
+    "rounded_assignment",
     "paired_distances",
     "pairwise_distances",
     "sinkhorn",
