@@ -50,6 +50,9 @@ Run ``nice -n 5 python benchmarks/wfm.py [--quick] [--cases simulated,bdtnp] [--
 [--generations N] [--device cpu|cuda|auto] [--out PATH]``. Diagnosis runs depart from the
 defaults with ``--set NAME=VALUE`` (an argument of ``WassersteinFlowMatching``, of its ``fit``,
 or ``sample_n_steps`` / ``sample_method`` / ``sample_guidance``), recorded in the JSON.
+``--gpu-rule`` trains as on an accelerator, on the CPU: the minibatch pairing and the point
+assignments rounded on the device (``sot.ot.rounded_assignment``) instead of scipy's exact
+ones, and the entropic matching at its fixed count of iterations.
 """
 
 from __future__ import annotations
@@ -486,7 +489,17 @@ def main(argv: list[str] | None = None) -> int:
         help="depart from the defaults (diagnosis runs): an argument of WassersteinFlowMatching, of its fit, or of "
         "its sample (sample_n_steps, sample_method, sample_guidance); repeatable",
     )
+    parser.add_argument(
+        "--gpu-rule",
+        action="store_true",
+        help="train by the rule of an accelerator, on the CPU: assignments rounded on the device "
+        "(sot.ot.rounded_assignment), Sinkhorn at a fixed count",
+    )
     args = parser.parse_args(argv)
+    if args.gpu_rule:
+        from spatialot.models import _wfm
+
+        _wfm.checks_on_host = lambda device: False
     try:
         args.overrides = parse_overrides(args.set)
     except ValueError as error:
