@@ -435,7 +435,10 @@ def gaussian_case(args, device: str) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     model = GaussianFlowMatching(3)
     start = time.perf_counter()
-    model.fit(means, covariances, n_steps=args.gaussian_steps, batch_size=128, device=device, progress=False)
+    # the --set arguments of `fit` that the Gaussian mode's `fit` takes too (e.g. the schedule)
+    accepted = set(inspect.signature(GaussianFlowMatching.fit).parameters)
+    options = {name: value for name, value in args.overrides["fit"].items() if name in accepted}
+    model.fit(means, covariances, n_steps=args.gaussian_steps, batch_size=128, device=device, progress=False, **options)
     if device == "cuda":
         torch.cuda.synchronize()
     train_s = time.perf_counter() - start

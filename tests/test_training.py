@@ -119,7 +119,8 @@ def test_the_learning_rate_factor_warms_up_linearly_then_follows_half_a_cosine_t
         step_lr.step()
 
 
-def test_training_runs_each_step_at_the_scheduled_learning_rate(family, monkeypatch):
+@pytest.mark.parametrize("name", ["Wormhole", "WassersteinFlowMatching", "GaussianFlowMatching"])
+def test_training_runs_each_step_at_the_scheduled_learning_rate(name, family, monkeypatch):
     seen = []
     step = torch.optim.Adam.step
 
@@ -129,7 +130,7 @@ def test_training_runs_each_step_at_the_scheduled_learning_rate(family, monkeypa
 
     monkeypatch.setattr(torch.optim.Adam, "step", recording)
     options = {"schedule": "cosine", "warmup_steps": 3, "decay_rate": 0.0, "learning_rate": 2e-3}
-    _fit("Wormhole", _build("Wormhole"), family, n_steps=9, **options)
+    _fit(name, _build(name), family, n_steps=9, **options)
     # steps 0-2 warm up to the full rate, steps 3-8 follow the cosine down towards 0 at step 9
     expected = [2e-3 * (i + 1) / 3 for i in range(3)] + [1e-3 * (1 + np.cos(np.pi * (i - 3) / 6)) for i in range(3, 9)]
     assert seen == pytest.approx(expected)

@@ -27,7 +27,7 @@ from ..ot import gaussian_map
 from ._base import Model
 from ._blocks import mlp
 from ._device import resolve_device, seeded
-from ._training import CHECKPOINT_EVERY, Precision, full_precision, restored_on_failure, train
+from ._training import CHECKPOINT_EVERY, Precision, Schedule, full_precision, restored_on_failure, train
 from ._wfm import (
     _INTEGRATORS,
     FlowConditioner,
@@ -212,8 +212,10 @@ class GaussianFlowMatching(Model):
         n_steps: int = 2000,
         batch_size: int = 64,
         learning_rate: float = 1e-3,
-        decay_rate: float = 0.998,
+        decay_rate: float = 0.0,
         decay_every: int = 1000,
+        schedule: Schedule = "cosine",
+        warmup_steps: int = 100,
         p_uncond: float = 0.1,
         max_grad_norm: float | None = 1.0,
         device: torch.device | str = "auto",
@@ -237,9 +239,12 @@ class GaussianFlowMatching(Model):
         batch_size
             Gaussians per minibatch.
         learning_rate
-            Initial Adam learning rate.
-        decay_rate, decay_every
-            Multiply the learning rate by ``decay_rate`` every ``decay_every`` steps.
+            Peak Adam learning rate.
+        schedule, warmup_steps, decay_rate, decay_every
+            The learning-rate schedule, as in :meth:`WassersteinFlowMatching.fit
+            <spatialot.models.WassersteinFlowMatching.fit>`: by default a warm-up of 100 steps,
+            then a cosine to 0 at ``n_steps``; ``schedule='step'`` with ``decay_rate=0.998``
+            and ``warmup_steps=0`` is the official code's (nearly constant) rate.
         p_uncond
             Fraction of labels dropped to the null label (classifier-free guidance).
         max_grad_norm
@@ -290,6 +295,8 @@ class GaussianFlowMatching(Model):
                 learning_rate=learning_rate,
                 decay_rate=decay_rate,
                 decay_every=decay_every,
+                schedule=schedule,
+                warmup_steps=warmup_steps,
                 max_grad_norm=max_grad_norm,
                 progress=progress,
                 description="WFM (Gaussian)",
