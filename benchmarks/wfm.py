@@ -444,7 +444,7 @@ def gaussian_case(args, device: str) -> dict[str, Any]:
     train_s = time.perf_counter() - start
     model.to("cpu")
     n = args.n_eval
-    generated = model.sample(n, n_steps=args.ode_steps)
+    generated = model.sample(n, **args.overrides["sample"])
     noise_mean, noise_cov = model.draw_noise(n)
     noise = ((noise_mean * model.scale + model.center).numpy(), (noise_cov * model.scale**2).numpy())
     fresh, other = _true_family(n, rng), _true_family(n, rng)
