@@ -162,9 +162,12 @@ def wfm(
     batch_size
         Niches per step; 16 (point clouds, as the official code) or 64 (Gaussians) by default.
     learning_rate
-        Adam learning rate, 1e-3 by default: in the point-cloud mode the peak of a 100-step
-        warm-up and a cosine decay to 0 over ``n_steps`` (the official code: a constant 3e-4;
-        see :meth:`~spatialot.models.WassersteinFlowMatching.fit`), constant in the Gaussian mode.
+        Adam learning rate, 1e-3 by default: the peak of a 100-step warm-up and a cosine decay
+        to 0 over ``n_steps`` in both modes (the official code: a constant 3e-4; see
+        :meth:`~spatialot.models.WassersteinFlowMatching.fit`). In the Gaussian mode the cosine
+        brings the generated family to the sampling floor on ``benchmarks/wfm.py``'s synthetic
+        family (W2² 0.244 between generated and true families, 0.249 between two true ones),
+        where a constant rate stops at 0.350.
     p_uncond
         Fraction of conditions dropped in training (classifier-free guidance).
     width
