@@ -17,8 +17,8 @@ def clouds():
 def test_an_untrained_model_prints_its_architecture_on_one_line():
     model = Wormhole(3, n_components=8, width=16, n_layers=1, n_heads=2, mlp_width=16)
     assert repr(model) == (
-        "Wormhole(dim=3, n_components=8, width=16, n_layers=1, n_heads=2, ot_distance='sinkhorn_divergence'), "
-        "not trained"
+        "Wormhole(dim=3, n_components=8, width=16, n_layers=1, n_heads=2, ot_distance='sinkhorn_divergence', "
+        "exact_mean=True), not trained"
     )
     # the layers stay one call away
     assert len(torch.nn.Module.__repr__(model).splitlines()) > 10
@@ -29,8 +29,8 @@ def test_a_trained_model_says_on_how_many_clouds_and_for_how_many_steps(clouds, 
     model = Wormhole(2, n_components=4, width=16, n_layers=1, n_heads=2, mlp_width=16, decoder_weight=0.0)
     model.fit(clouds, n_steps=3, batch_size=4, device="cpu", progress=False)
     expected = (
-        "Wormhole(dim=2, n_components=4, width=16, n_layers=1, n_heads=2, ot_distance='sinkhorn_divergence'), "
-        "trained on 12 clouds for 3 steps"
+        "Wormhole(dim=2, n_components=4, width=16, n_layers=1, n_heads=2, ot_distance='sinkhorn_divergence', "
+        "exact_mean=True), trained on 12 clouds for 3 steps"
     )
     assert repr(model) == expected
     # a second fit on fewer clouds continues the history and records its own family

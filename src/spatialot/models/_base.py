@@ -28,6 +28,7 @@ ARCHITECTURE_KEYS = (
     "n_heads",
     "base",
     "ot_distance",
+    "exact_mean",
     "noise",
     "labels",
 )
