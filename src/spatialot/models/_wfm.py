@@ -324,9 +324,10 @@ class WassersteinFlowMatching(Model):
     (so that the geometry, and with it :math:`W_2`, is preserved up to that scale); samples
     come back in the units of the data. Condition vectors are standardised per dimension.
 
-    Deviations from the official code (Haviv et al.): the minibatch pairing solves the
-    assignment exactly instead of rounding a Sinkhorn plan (exact and cheaper at these sizes),
-    and is applied within labels in conditional training, where the official code turns it off;
+    Deviations from the official code (Haviv et al.): on CPU the minibatch pairing solves the
+    assignment exactly instead of rounding a Sinkhorn plan (exact and cheaper at these sizes;
+    on a GPU it rounds a plan as the official code does, then improves the matching by
+    exchanges, see :func:`~spatialot.ot.rounded_assignment`), and is applied within labels in conditional training, where the official code turns it off;
     it pairs a pool of 64 clouds, of which each step trains on ``batch_size`` (16), where the
     official code pairs within the minibatch of 16. Why: with 16 clouds, and fewer still per
     label, the pairing is close to random, the flow-matching loss stalls at the ambiguity of

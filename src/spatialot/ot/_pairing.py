@@ -208,7 +208,9 @@ def minibatch_pairing(
     -----
     The official code solves this with Sinkhorn (ε = 0.002 on the cost divided by its maximum)
     and rounds the plan greedily to a permutation; at minibatch sizes (16) the exact assignment
-    (:func:`scipy.optimize.linear_sum_assignment`) is cheaper and exact.
+    (:func:`scipy.optimize.linear_sum_assignment`) is cheaper and exact on a CPU.
+    ``'rounded'`` is the official rounding followed by exchanges of partners, for a device
+    whose values the host should not wait for.
 
     Examples
     --------

@@ -221,7 +221,7 @@ def wfm(
     -----
     Where this departs from the official code (see
     :class:`~spatialot.models.WassersteinFlowMatching`): minibatch OT pairing is an exact
-    assignment (not a rounded Sinkhorn plan), pairs a pool of ``pairing_pool`` niches rather
+    assignment on CPU (on a GPU a rounded Sinkhorn plan, improved by exchanges), pairs a pool of ``pairing_pool`` niches rather
     than the minibatch alone, and stays on, within each label, for labelled conditions (the
     official code turns it off under conditioning); the learning rate warms up to 1e-3 and
     decays along a cosine to 0 (the official code: a constant 3e-4), which at this budget
