@@ -7,6 +7,7 @@ import torch
 from matplotlib.axes import Axes
 
 import spatialot as sot
+import spatialot.models._asot as asot_module
 from spatialot.models import ASOT
 from spatialot.models._asot import _weighted_points
 from spatialot.ot import (
@@ -322,6 +323,7 @@ def test_dl_codes_points_on_the_dictionary_exactly():
 
 def test_dl_codes_are_non_negative_and_fit_learns_a_clustered_family():
     clouds = _clustered_clouds()
+    torch.manual_seed(0)  # the sparsity network's initial weights, whatever ran before
     model = ASOT(clouds.dim, 6, method="dl").fit(clouds, n_steps=150, device="cpu", progress=False)
     assert repr(model) == "ASOT(dim=4, n_anchors=6, method='dl', n_layers=20), trained on 120 clouds for 150 steps"
     assert len(model.history) == 150 and np.mean(model.history[-10:]) < np.mean(model.history[:10])
@@ -369,6 +371,28 @@ def test_anchors_from_a_sample_of_the_points_find_the_centres():
     np.testing.assert_allclose(found, np.sort(centres, axis=0), atol=0.1)
     with pytest.raises(ValueError, match="max_points"):
         ASOT(2, 4).fit(clouds, max_points=3, device="cpu")
+
+
+def test_near_training_pairs_of_a_large_family_come_from_a_sample(monkeypatch):
+    """Beyond NEAR_PAIR_POOL clouds, only a sample is weighed for ASOT-ML's near pairs."""
+    clouds = _clustered_clouds(n_clouds=60, size=4)
+    model = ASOT(4, 6).fit(clouds, device="cpu")
+    monkeypatch.setattr(asot_module, "NEAR_PAIR_POOL", 20)
+    weighed = []
+    transform = ASOT.transform
+    monkeypatch.setattr(
+        ASOT, "transform", lambda self, family, **k: weighed.append(len(family)) or transform(self, family, **k)
+    )
+    first, second = model._training_pairs(clouds, np.random.default_rng(0), 40)
+    assert weighed == [20]
+    assert (first != second).all() and first.max() < 60 and second.max() < 60
+    # every near pair joins two clouds of the sample, the nearest of its neighbours there
+    pool = np.unique(first[:20])
+    assert len(pool) <= 20 and np.isin(second[:20][second[:20] != first[:20]], np.arange(60)).all()
+    monkeypatch.setattr(asot_module, "NEAR_PAIR_POOL", 100)  # beyond the family: every cloud, as before
+    weighed.clear()
+    model._training_pairs(clouds, np.random.default_rng(0), 40)
+    assert weighed == [60]
 
 
 def test_a_sample_of_indexed_clouds_reads_only_its_rows_with_their_mass():

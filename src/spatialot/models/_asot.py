@@ -31,6 +31,8 @@ ASOT_METHODS: tuple[str, ...] = ("kmeans", "ml", "dl")
 _MIN_CODE = 1e-6
 """Soft codes below this are set to zero (and the rest renormalised)."""
 _MINIBATCH_ABOVE = 50_000
+NEAR_PAIR_POOL = 100_000
+"""Most clouds among which ASOT-ML's near training pairs are sought (a random sample beyond it)."""
 """Points above which k-means runs as mini-batch k-means."""
 
 
@@ -309,7 +311,8 @@ class ASOT(Model):
             k-means sees every point once per cloud it belongs to, with its weight in that cloud.
         n_train_pairs
             ``'ml'`` only: pairs of clouds whose exact :math:`W_2^2` (POT) is the training target;
-            half are random pairs, half near pairs (neighbours in the initial anchor weights), so that both
+            half are random pairs, half near pairs (neighbours in the initial anchor weights, among
+            a random sample of ``NEAR_PAIR_POOL`` = 100,000 clouds when there are more), so that both
             far and close distances are learnt.
         n_steps
             ``'ml'`` and ``'dl'``: optimiser steps.
@@ -319,10 +322,9 @@ class ASOT(Model):
             ``'ml'`` and ``'dl'``: Adam learning rate, in units of the rms spread of the points.
         max_points
             Most distinct points that k-means (and ASOT-DL's dictionary) sees: when the clouds
-            hold more, a uniform random sample of that many, each with its mass. A weighted
-            sample of a million points places 64 anchors as well as all of them, while k-means
-            on the 10⁷ cells of an atlas takes most of the fit (``benchmarks/scale.py``).
-            ``None``: every point.
+            hold more, a uniform random sample of that many, each with its mass. k-means'
+            objective is a weighted mean over the points, which a sample of a million estimates
+            closely; its time and memory then stop growing with the atlas. ``None``: every point.
         random_state
             Seed of k-means, pair sampling and training.
         device
@@ -494,10 +496,18 @@ class ASOT(Model):
         n_near = n_pairs // 2
         first = rng.integers(0, n, n_pairs)
         second = (first + rng.integers(1, n, n_pairs)) % n  # never the same cloud
-        hard = self.transform(family)
-        n_neighbors = min(n, 11)
-        _, neighbours = NearestNeighbors(n_neighbors=n_neighbors).fit(hard).kneighbors(hard[first[:n_near]])
-        chosen = neighbours[np.arange(n_near), rng.integers(1, n_neighbors, n_near)]
+        # near pairs are neighbours among at most NEAR_PAIR_POOL clouds: weighing and indexing
+        # every niche of an atlas (10⁷) would cost more than the rest of the fit
+        pool = np.arange(n)
+        if n > NEAR_PAIR_POOL:
+            pool = np.sort(rng.choice(n, NEAR_PAIR_POOL, replace=False))
+            first[:n_near] = pool[rng.integers(0, NEAR_PAIR_POOL, n_near)]
+            second[:n_near] = (first[:n_near] + rng.integers(1, n, n_near)) % n
+        hard = self.transform(family if len(pool) == n else family[pool])
+        n_neighbors = min(len(pool), 11)
+        near = hard[np.searchsorted(pool, first[:n_near])]
+        _, neighbours = NearestNeighbors(n_neighbors=n_neighbors).fit(hard).kneighbors(near)
+        chosen = pool[neighbours[np.arange(n_near), rng.integers(1, n_neighbors, n_near)]]
         # duplicated histograms can return the cloud itself among its neighbours: keep those pairs random
         keep = chosen != first[:n_near]
         second[:n_near][keep] = chosen[keep]

@@ -325,16 +325,17 @@ class WassersteinFlowMatching(Model):
     come back in the units of the data. Condition vectors are standardised per dimension.
 
     Deviations from the official code (Haviv et al.): on CPU the minibatch pairing solves the
-    assignment exactly instead of rounding a Sinkhorn plan (exact and cheaper at these sizes;
-    on a GPU it rounds a plan as the official code does, then improves the matching by
-    exchanges, see :func:`~spatialot.ot.rounded_assignment`), and is applied within labels in conditional training, where the official code turns it off;
-    it pairs a pool of 64 clouds, of which each step trains on ``batch_size`` (16), where the
-    official code pairs within the minibatch of 16. Why: with 16 clouds, and fewer still per
-    label, the pairing is close to random, the flow-matching loss stalls at the ambiguity of
-    that coupling and generated niches come out blurred (points off the cell states,
-    compositions pulled to the mean); a pool of 64 lowers the loss at the same number of
-    network evaluations and brings the generated half of the 1-NN test to the real-vs-real
-    floor with labels (``benchmarks/wfm.py``; ``results/wfm-pool64-*``).
+    assignment exactly instead of rounding a Sinkhorn plan (exact and cheaper at these sizes; on
+    a GPU it rounds a plan as the official code does, then improves the matching by exchanges,
+    see :func:`~spatialot.ot.rounded_assignment`), and is applied within labels in conditional
+    training, where the official code turns it off; it pairs a pool of 64 clouds, of which each
+    step trains on ``batch_size`` (16), where the official code pairs within the minibatch of
+    16. Why: with 16 clouds, and fewer still per label, the pairing is close to random, the
+    flow-matching loss stalls at the ambiguity of that coupling and generated niches come out
+    blurred (points off the cell states, compositions pulled to the mean); a pool of 64 lowers
+    the loss at the same number of network evaluations and brings the generated half of the 1-NN
+    test to the real-vs-real floor with labels (``benchmarks/wfm.py``;
+    ``results/wfm-pool64-*``).
 
     The learning rate warms up over 100 steps to 1e-3 and falls along half a cosine to 0 at
     the last step, where the official code keeps a constant 3e-4 (spatial data; ×0.998 per

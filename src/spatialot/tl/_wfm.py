@@ -221,15 +221,15 @@ def wfm(
     -----
     Where this departs from the official code (see
     :class:`~spatialot.models.WassersteinFlowMatching`): minibatch OT pairing is an exact
-    assignment on CPU (on a GPU a rounded Sinkhorn plan, improved by exchanges), pairs a pool of ``pairing_pool`` niches rather
-    than the minibatch alone, and stays on, within each label, for labelled conditions (the
-    official code turns it off under conditioning); the learning rate warms up to 1e-3 and
-    decays along a cosine to 0 (the official code: a constant 3e-4), which at this budget
-    keeps generated niches sharp and covering the real ones; a dropped condition vector
-    becomes a learned null embedding; source niches are drawn independently of the targets and
-    re-paired by minibatch OT, as two unpaired samples (control, treated) call for, where the
-    official code pairs the i-th source cloud with the i-th data cloud. The defaults were
-    checked in ``benchmarks/wfm.py``.
+    assignment on CPU (on a GPU a rounded Sinkhorn plan, improved by exchanges), pairs a pool of
+    ``pairing_pool`` niches rather than the minibatch alone, and stays on, within each label,
+    for labelled conditions (the official code turns it off under conditioning); the learning
+    rate warms up to 1e-3 and decays along a cosine to 0 (the official code: a constant 3e-4),
+    which at this budget keeps generated niches sharp and covering the real ones; a dropped
+    condition vector becomes a learned null embedding; source niches are drawn independently of
+    the targets and re-paired by minibatch OT, as two unpaired samples (control, treated) call
+    for, where the official code pairs the i-th source cloud with the i-th data cloud. The
+    defaults were checked in ``benchmarks/wfm.py``.
 
     Examples
     --------
