@@ -218,6 +218,24 @@ def euclidean_graph(adata, features: np.ndarray, key: str) -> None:
     }
 
 
+def leiden_labels(adata, resolution: float, *, random_state: int = 0, **graph) -> np.ndarray:
+    """Leiden clusters (scanpy, igraph flavour, 2 iterations, undirected) of ``adata``'s graph.
+
+    ``graph`` names the graph as ``sc.tl.leiden`` takes it: ``neighbors_key=`` or ``adjacency=``.
+    """
+    sc.tl.leiden(
+        adata,
+        resolution=resolution,
+        flavor="igraph",
+        n_iterations=2,
+        directed=False,
+        key_added="_leiden",
+        random_state=random_state,
+        **graph,
+    )
+    return adata.obs["_leiden"].to_numpy()
+
+
 def leiden_ari(adata, truth, *, resolutions=RESOLUTIONS, **graph) -> dict[str, float]:
     """ARI against ``truth`` and number of clusters of Leiden at each resolution.
 
@@ -225,18 +243,9 @@ def leiden_ari(adata, truth, *, resolutions=RESOLUTIONS, **graph) -> dict[str, f
     """
     out = {}
     for resolution in resolutions:
-        sc.tl.leiden(
-            adata,
-            resolution=resolution,
-            flavor="igraph",
-            n_iterations=2,
-            directed=False,
-            key_added="_leiden",
-            random_state=0,
-            **graph,
-        )
-        out[f"leiden_{resolution}"] = float(adjusted_rand_score(truth, adata.obs["_leiden"]))
-        out[f"leiden_{resolution}_n"] = int(adata.obs["_leiden"].nunique())
+        labels = leiden_labels(adata, resolution, **graph)
+        out[f"leiden_{resolution}"] = float(adjusted_rand_score(truth, labels))
+        out[f"leiden_{resolution}_n"] = len(np.unique(labels))
     return out
 
 
@@ -250,19 +259,10 @@ def leiden_at_count(adata, truth, n_clusters: int, *, n_halvings: int = 14, **gr
     low, high, best = np.log(0.005), np.log(5.0), None
     for _ in range(n_halvings):
         resolution = float(np.exp(0.5 * (low + high)))
-        sc.tl.leiden(
-            adata,
-            resolution=resolution,
-            flavor="igraph",
-            n_iterations=2,
-            directed=False,
-            key_added="_leiden",
-            random_state=0,
-            **graph,
-        )
-        count = adata.obs["_leiden"].nunique()
+        labels = leiden_labels(adata, resolution, **graph)
+        count = len(np.unique(labels))
         if best is None or abs(count - n_clusters) < abs(best[1] - n_clusters):
-            best = (resolution, count, float(adjusted_rand_score(truth, adata.obs["_leiden"])))
+            best = (resolution, count, float(adjusted_rand_score(truth, labels)))
         if count == n_clusters:
             break
         low, high = (np.log(resolution), high) if count < n_clusters else (low, np.log(resolution))

@@ -39,12 +39,11 @@ import sys
 import warnings
 
 from _common import default_out, machine_info, print_table, time_call, write_json
-from asot import euclidean_graph, leiden_ari, leiden_at_count, mean_niche_baselines
+from asot import euclidean_graph, leiden_ari, leiden_at_count, leiden_labels, mean_niche_baselines
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 import numpy as np  # noqa: E402
-import scanpy as sc  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 import torch  # noqa: E402
 from anndata import AnnData  # noqa: E402
@@ -95,19 +94,7 @@ def seed_stability(graph, resolutions=RESOLUTIONS) -> dict[str, float]:
     holder = AnnData(np.zeros((graph.shape[0], 1), dtype=np.float32))
     out = {}
     for resolution in resolutions:
-        labels = []
-        for seed in SEEDS:
-            sc.tl.leiden(
-                holder,
-                resolution=resolution,
-                flavor="igraph",
-                n_iterations=2,
-                directed=False,
-                key_added="_leiden",
-                random_state=seed,
-                adjacency=graph,
-            )
-            labels.append(holder.obs["_leiden"].to_numpy())
+        labels = [leiden_labels(holder, resolution, random_state=seed, adjacency=graph) for seed in SEEDS]
         pairs = [(a, b) for i, a in enumerate(labels) for b in labels[i + 1 :]]
         out[f"stability_{resolution}"] = float(np.mean([adjusted_rand_score(a, b) for a, b in pairs]))
     return out
