@@ -486,3 +486,21 @@ def test_exact_mean_needs_more_components_than_dimensions():
     model = small_model(exact_mean=False).fit(clouds, n_steps=3, batch_size=4, progress=False)
     moved = PointClouds(clouds.points + 5.0, clouds.mask, clouds.weights)
     assert np.abs(model.encode(moved) - model.encode(clouds)).max() > 1e-2
+
+
+def test_the_loss_fits_the_whole_embedding_distance_to_the_whole_ot_distance():
+    """With exact means the loss works on centred clouds; it equals the loss on whole distances."""
+    clouds = random_clouds(n=6, seed=6)
+    model = small_model(decoder_weight=0.0, sinkhorn_tol=1e-7).fit(clouds, n_steps=2, batch_size=3, progress=False)
+    model.eval()
+    first, second = torch.triu_indices(6, 6, offset=1)
+    with torch.no_grad():
+        loss = model._loss(clouds, first, second)
+        whole = model._embedding_distances(model._encode_scaled(clouds), first, second)
+        expected = ((whole - model.pair_targets(clouds, first, second)) ** 2).mean()
+    np.testing.assert_allclose(loss.item(), expected.item(), rtol=1e-3)
+    # the loss reads the distance through `_embedding_distances`, which the peers harness's
+    # `--ablation sum-distance` replaces
+    model._embedding_distances = lambda outputs, i, j: ((outputs[i] - outputs[j]) ** 2).sum(-1)
+    with torch.no_grad():
+        assert abs(model._loss(clouds, first, second).item() - loss.item()) > 1e-6

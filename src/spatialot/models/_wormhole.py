@@ -240,13 +240,12 @@ class Wormhole(Model):
 
     def _encode_scaled(self, clouds: PointClouds) -> torch.Tensor:
         r"""Network outputs :math:`h` of clouds; :math:`\mathrm{mean}_d (h_i - h_j)^2` approximates :math:`D / s`."""
-        return self._join_means(*self._encode_centred(clouds))
-
-    def _encode_centred(self, clouds: PointClouds) -> tuple[torch.Tensor, torch.Tensor]:
-        """The learned outputs (of the centred clouds when ``exact_mean``) and the scaled means."""
         centred, means = self._centred(self._scaled(clouds))
-        learned = self.encoder_head(weighted_mean(self.encoder(centred.points, centred.weights), centred.weights))
-        return learned, means
+        return self._join_means(self._encode_shapes(centred), means)
+
+    def _encode_shapes(self, centred: PointClouds) -> torch.Tensor:
+        """The learned outputs of scaled clouds (centred by :meth:`_centred` when ``exact_mean``)."""
+        return self.encoder_head(weighted_mean(self.encoder(centred.points, centred.weights), centred.weights))
 
     def _join_means(self, learned: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
         if not self.config["exact_mean"]:
@@ -254,9 +253,13 @@ class Wormhole(Model):
         # scaled by sqrt(n) so that their share of the mean over the n outputs is |m_i - m_j|² / s
         return torch.cat([means.to(learned.dtype) * self.config["n_components"] ** 0.5, learned], -1)
 
-    @staticmethod
-    def _embedding_distances(outputs: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-        return ((outputs[first] - outputs[second]) ** 2).mean(-1)
+    def _embedding_distances(self, outputs: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """Squared differences summed over ``outputs``' components and divided by all ``n_components``.
+
+        On the whole outputs :math:`h` that is their mean; on the learned outputs alone (with
+        ``exact_mean``) it is their share of it, the mean term being the rest.
+        """
+        return ((outputs[first] - outputs[second]) ** 2).sum(-1) / self.config["n_components"]
 
     def _output_to_data_units(self) -> torch.Tensor:
         r"""Factor :math:`\sqrt{s / n}` from network outputs to embeddings in data units."""
@@ -351,7 +354,9 @@ class Wormhole(Model):
         # With `exact_mean`, D(x, y) = |m_x - m_y|² + D(x - m_x, y - m_y) for all three distances
         # (the plan of a squared-Euclidean cost is blind to translations): the means are exact
         # outputs, and the networks fit the distances between the centred clouds
-        learned, _ = self._encode_centred(clouds)
+        with full_precision(clouds.device):
+            centred, _ = self._centred(self._scaled(clouds))
+        learned = self._encode_shapes(centred)
         decoded = None
         if self.config["decoder_weight"] > 0:
             # the decoder learns to read the embedding and reshapes it only a little: a share of
@@ -360,10 +365,8 @@ class Wormhole(Model):
             read = learned.detach() if coupling == 0 else coupling * learned + (1 - coupling) * learned.detach()
             decoded = self._decode_centred(read)
         with full_precision(clouds.device):
-            # the sum over the learned outputs divided by all n, as in `_embedding_distances`
-            predicted = ((learned[first] - learned[second]).float() ** 2).sum(-1) / self.config["n_components"]
-            scaled, _ = self._centred(self._scaled(clouds))
-            targets, self_data = self._pair_targets(scaled, first, second)
+            predicted = self._embedding_distances(learned.float(), first, second)
+            targets, self_data = self._pair_targets(centred, first, second)
             loss = ((predicted - targets) ** 2).mean()
             if decoded is None:
                 return loss
@@ -372,10 +375,10 @@ class Wormhole(Model):
             uniform = torch.full(decoded.shape[:2], 1 / size, dtype=decoded.dtype, device=decoded.device)
             decoded_clouds = PointClouds(decoded, torch.ones_like(uniform, dtype=torch.bool), uniform)
             kwargs = self._sinkhorn_kwargs()
-            cross = sinkhorn(scaled, decoded_clouds, **kwargs).objective
+            cross = sinkhorn(centred, decoded_clouds, **kwargs).objective
             if self_data is None:  # the targets did not need them (exact or entropic distance)
                 with torch.no_grad():
-                    self_data = sinkhorn(scaled, scaled, **kwargs).objective
+                    self_data = sinkhorn(centred, centred, **kwargs).objective
             self_decoded = sinkhorn(decoded_clouds, decoded_clouds, **kwargs).objective
             reconstruction = (cross - 0.5 * (self_data + self_decoded)).mean()
             return loss + self.config["decoder_weight"] * reconstruction
