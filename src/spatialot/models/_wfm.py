@@ -115,7 +115,12 @@ def _assignment(source: PointClouds, target: PointClouds) -> torch.Tensor:
         rows, cols = np.flatnonzero(source_mask[b]), np.flatnonzero(target_mask[b])
         row_order, col_order = linear_sum_assignment(cost[b][np.ix_(rows, cols)])
         partner[b, rows[row_order]] = cols[col_order]
-    index = torch.as_tensor(partner, device=source.device)[..., None].expand(-1, -1, source.dim)
+    return _partners(source, target, torch.as_tensor(partner, device=source.device))
+
+
+def _partners(source: PointClouds, target: PointClouds, partner: torch.Tensor) -> torch.Tensor:
+    """The target point ``partner[b, i]`` of every source point ``i`` of cloud ``b``; zero on padding."""
+    index = partner[..., None].expand(-1, -1, source.dim)
     return torch.gather(target.points, 1, index) * source.mask[..., None]
 
 
@@ -127,9 +132,7 @@ def _matched_on_device(source: PointClouds, target: PointClouds, matching: Match
     on the device. ``'exact'`` is not checked for equal sizes here (a check reads the host).
     """
     cost = squared_euclidean_cost(source.points.detach(), target.points.detach())
-    partner = rounded_assignment(cost, row_mask=source.mask, column_mask=target.mask)
-    index = partner[..., None].expand(-1, -1, source.dim)
-    assigned = torch.gather(target.points, 1, index) * source.mask[..., None]
+    assigned = _partners(source, target, rounded_assignment(cost, row_mask=source.mask, column_mask=target.mask))
     if matching == "exact":
         return assigned
     exact = (source.sizes == target.sizes) & _is_uniform(source) & _is_uniform(target)
