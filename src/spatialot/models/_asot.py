@@ -31,9 +31,9 @@ ASOT_METHODS: tuple[str, ...] = ("kmeans", "ml", "dl")
 _MIN_CODE = 1e-6
 """Soft codes below this are set to zero (and the rest renormalised)."""
 _MINIBATCH_ABOVE = 50_000
+"""Points above which k-means runs as mini-batch k-means."""
 NEAR_PAIR_POOL = 100_000
 """Most clouds among which ASOT-ML's near training pairs are sought (a random sample beyond it)."""
-"""Points above which k-means runs as mini-batch k-means."""
 
 
 class ASOT(Model):
