@@ -64,7 +64,7 @@ from sklearn.neighbors import NearestNeighbors  # noqa: E402
 
 import spatialot as sot  # noqa: E402
 from spatialot.models import ASOT  # noqa: E402
-from spatialot.ot import anchor_paired_distances  # noqa: E402
+from spatialot.ot import anchor_kneighbors, anchor_paired_distances  # noqa: E402
 
 RESOLUTIONS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 SEEDS = (0, 1, 2)
@@ -141,11 +141,48 @@ def _weights_graph(adata, key):
     return holder.obsp["_graph_connectivities"].tocsr()
 
 
+def _binary(indices: np.ndarray) -> sp.csr_matrix:
+    n, k = indices.shape
+    rows = np.repeat(np.arange(n), k - 1)
+    graph = sp.csr_matrix((np.ones(rows.size), (rows, indices[:, 1:].ravel())), shape=(n, n))
+    return ((graph + graph.T) > 0).astype(np.float32).tocsr()
+
+
+def _lists_graph(weighting: str = "umap", *, epsilon_scale: float = 1.0, n_iter: int | None = None):
+    """The lists of ``tl.asot_neighbors`` (15 of 15 candidates) from ``anchor_kneighbors``, weighted otherwise.
+
+    ``weighting``: ``'binary'`` (1 on the union of the lists) or a kernel of ``tl.asot_neighbors``.
+    """
+
+    def build(adata, key):
+        from spatialot.tl._asot import _graph
+
+        result = adata.uns[key]
+        indices, distances = anchor_kneighbors(
+            np.asarray(adata.obsm[f"X_{key}"], dtype=np.float32),
+            torch.as_tensor(np.asarray(result["cost"]), dtype=torch.float32),
+            15,
+            epsilon=float(result["epsilon"]) * epsilon_scale,
+            n_iter=n_iter or int(result["params"]["n_iter"]),
+            debias=True,
+            n_candidates=15,
+            device="cpu",
+        )
+        if weighting == "binary":
+            return _binary(indices)
+        return _graph(indices, distances, len(indices), 15, weighting)[1].tocsr()
+
+    return build
+
+
 # graph name -> builder(adata, asot key) returning the connectivities; the first is the default
 GRAPHS = {
     "tl.asot_neighbors (default)": _asot_graph(),
+    "tl.asot_neighbors, kernel='umap'": _asot_graph(kernel="umap"),
     "tl.asot_neighbors, 30 candidates": _asot_graph(n_candidates=30),
     "tl.asot_neighbors, not debiased": _asot_graph(debias=False),
+    "same lists, binary weights": _lists_graph("binary"),
+    "epsilon / 10, 100 iterations": _lists_graph("gauss", epsilon_scale=0.1, n_iter=100),
     "anchor weights, Euclidean 15-NN": _weights_graph,
 }
 
@@ -168,14 +205,15 @@ def repeat(args) -> int:
         truth = adata.obs["niche_type"].cat.codes.to_numpy()
         holder = AnnData(np.zeros((adata.n_obs, 1), dtype=np.float32))
         features = mean_niche_baselines(adata, family)["mean niche expression (log1p, PCA 30)"]
-        euclidean_graph(holder, features, "mean_nn")
-        scores = [
-            leiden_at_count(holder, truth, N_TYPES, neighbors_key="mean_nn", random_state=seed)["leiden_at_count"]
-            for seed in args.leiden_seeds
-        ]
-        name = "mean niche expression, Euclidean 15-NN"
-        rows.append({"tissue": tissue, "asot": "-", "graph": name, "scores": scores})
-        print(f"  {rows[-1]}", file=sys.stderr, flush=True)
+        for kernel in ("umap", "gauss"):  # scanpy's default, and the kernel of tl.asot_neighbors
+            euclidean_graph(holder, features, "mean_nn", kernel)
+            scores = [
+                leiden_at_count(holder, truth, N_TYPES, neighbors_key="mean_nn", random_state=seed)["leiden_at_count"]
+                for seed in args.leiden_seeds
+            ]
+            name = f"mean niche expression, Euclidean 15-NN, kernel={kernel!r}"
+            rows.append({"tissue": tissue, "asot": "-", "graph": name, "scores": scores})
+            print(f"  {rows[-1]}", file=sys.stderr, flush=True)
         for method, variant in zip(args.methods, names, strict=True):
             model = ASOT(family.dim, 32, method=method)
             fit_s, _ = time_call(partial(model.fit, family, random_state=tissue + 1, device="cpu", progress=False))
