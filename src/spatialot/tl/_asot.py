@@ -198,11 +198,11 @@ def asot_neighbors(
     ``benchmarks/asot_graph.py`` (10,000 cells, 32 anchors, 15 neighbours), Leiden on the exact
     debiased OT 15-NN graph of ASOT-k reaches ARI at most 0.12 with niches of 8 cells (24
     components) and 0.56 with niches of 32, over resolutions 0.1–1. Told the number of niche
-    types as k-means is (resolution bisected to 5 clusters; mean over 3 tissues and 5 seeds,
-    ``--repeat``), Leiden on this graph scores 0.70 (ASOT-k) and 0.68 (ASOT-ML) with niches of 8,
-    against 0.57 and 0.53 for k-means on the weights and 0.44 for Leiden on the mean niche
-    expression; with niches of 32, 0.86 and 0.87 against 0.88 and 0.86 (k-means) and 0.85. With
-    ASOT-DL on niches of 8 it fails (0.07 against 0.49 for k-means): its codes give one nearly
+    types as k-means is (resolution bisected to 5 clusters; mean over 5 tissues and 3–5 seeds,
+    ``--repeat``), Leiden on this graph scores 0.66 (ASOT-k) and 0.64 (ASOT-ML) with niches of 8,
+    against 0.51 and 0.47 for k-means on the weights and 0.39–0.44 for Leiden on the mean niche
+    expression; with niches of 32, 0.86 and 0.87 against 0.88 and 0.85 (k-means) and 0.85. With
+    ASOT-DL on niches of 8 it fails (0.10 against 0.43 for k-means): its codes give one nearly
     fixed dense vector per cell type, so its weights sit on the lattice of compositions, where
     every kNN graph tried clusters badly, the Euclidean one of the weights included
     (``benchmarks/README.md``). It costs ``n * n_candidates`` OT problems instead of all pairs.
@@ -246,9 +246,10 @@ def asot_neighbors(
         whose weights fall from 1 at each niche's nearest other niche with a width fitted so that
         they sum to :math:`\log_2 k`: among niches, where copies and near-copies sit at (almost)
         0, that concentrates the weight on the first few of each list. The Gaussian width is the
-        median of the list, and Leiden on it agrees better with the niche types in 5 of the 6
-        settings of ``benchmarks/asot_graph.py --repeat`` (ASOT-k, -ML, -DL; niches of 8 and 32:
-        +0.014, +0.033, +0.007 and +0.018, +0.007, +0.003 ARI, mean over 3 tissues and 5 seeds).
+        median of the list, and Leiden on it agrees better with the niche types in all 6
+        settings of ``benchmarks/asot_graph.py --repeat`` (ASOT-k, -ML, -DL; niches of 8:
+        +0.013, +0.056, +0.032 ARI; of 32: +0.006, +0.001, +0.002; mean over 5 tissues and 3–5
+        Leiden seeds, same tissue and seed paired).
     batch_size
         Pairs solved at once; bounds the working memory.
     key_added
