@@ -34,9 +34,18 @@ Run ``python benchmarks/asot_graph.py [--size 8] [--out PATH]``; CPU, about 5 mi
 seed (``--tissue-seeds``, the ASOT fit seeded with it plus 1) and every ASOT variant
 (``--methods``), each graph of ``GRAPHS`` is clustered by Leiden bisected to 5 clusters once per
 Leiden seed (``--leiden-seeds``), k-means (told 5, ``n_init=10``) runs once per seed on the
-weights, and Leiden on the Euclidean 15-NN graph of the mean niche expression once per Leiden
-seed; each row gives the mean and standard deviation of the ARI over seeds (``ari_mean``,
-``ari_sd``) and, pooled over tissues, over all runs. Output ``asot-graph-repeat-kK``.
+weights, and Leiden on the Euclidean 15-NN graph of the mean niche expression (UMAP and
+Gaussian kernels) once per Leiden seed; each row gives the mean and standard deviation of the ARI
+over seeds (``ari_mean``, ``ari_sd``) and, pooled over tissues, over all runs. ``--graphs``
+picks graphs of ``GRAPHS`` by name, separated by ``;``. Output ``asot-graph-repeat-kK``; about
+10 minutes per 3 tissues, 5 seeds and 6 graphs at ``nice 19`` on a shared 2-core machine.
+The runs of ``benchmarks/README.md``::
+
+    python benchmarks/asot_graph.py --repeat --size 8  # and 32, at commit 7b57525: asot-graph-repeat-k8-cpu.json
+    G="tl.asot_neighbors (default);tl.asot_neighbors, kernel='umap';tl.asot_neighbors, 30 candidates;\
+    same lists, binary weights;epsilon / 10, 100 iterations;anchor weights, Euclidean 15-NN"
+    python benchmarks/asot_graph.py --repeat --size 8 --tissue-seeds 0,1,2,3,4 --graphs "$G" \
+        --out benchmarks/results/asot-graph-repeat-kernel-k8-cpu.json  # --size 32 with --leiden-seeds 0,1,2
 """
 
 from __future__ import annotations
