@@ -196,8 +196,8 @@ def mean_niche_baselines(adata, family) -> dict[str, np.ndarray]:
     }
 
 
-def euclidean_graph(adata, features: np.ndarray, key: str) -> None:
-    """A 15-NN Euclidean graph with the same UMAP connectivities as the ASOT graph (scanpy's layout).
+def euclidean_graph(adata, features: np.ndarray, key: str, kernel: str = "umap") -> None:
+    """A 15-NN Euclidean graph with connectivities of ``tl.asot_neighbors``' ``kernel`` (scanpy's layout).
 
     ``sc.pp.neighbors`` is not used: in this environment (scipy sparse arrays) it fails in
     ``_ind_dist_shortcut``; building both graphs with one routine also keeps the comparison fair.
@@ -209,7 +209,7 @@ def euclidean_graph(adata, features: np.ndarray, key: str) -> None:
     distances, indices = NearestNeighbors(n_neighbors=15).fit(features).kneighbors(features)
     indices[:, 0] = np.arange(len(features))  # duplicates may come before the point itself
     distances[:, 0] = 0.0
-    distance_matrix, connectivities = _graph(indices, distances**2, len(features), 15)
+    distance_matrix, connectivities = _graph(indices, distances**2, len(features), 15, kernel)
     adata.obsp[f"{key}_distances"], adata.obsp[f"{key}_connectivities"] = distance_matrix, connectivities
     adata.uns[key] = {
         "connectivities_key": f"{key}_connectivities",

@@ -29,6 +29,23 @@ beside the ARI at scanpy's default resolution 1, and the ARI of Leiden told the 
 as k-means is (the resolution bisected until Leiden finds 5 clusters): equal information.
 
 Run ``python benchmarks/asot_graph.py [--size 8] [--out PATH]``; CPU, about 5 minutes.
+
+``--repeat`` measures the noise of the equal-information comparison instead: for every tissue
+seed (``--tissue-seeds``, the ASOT fit seeded with it plus 1) and every ASOT variant
+(``--methods``), each graph of ``GRAPHS`` is clustered by Leiden bisected to 5 clusters once per
+Leiden seed (``--leiden-seeds``), k-means (told 5, ``n_init=10``) runs once per seed on the
+weights, and Leiden on the Euclidean 15-NN graph of the mean niche expression (UMAP and
+Gaussian kernels) once per Leiden seed; each row gives the mean and standard deviation of the ARI
+over seeds (``ari_mean``, ``ari_sd``) and, pooled over tissues, over all runs. ``--graphs``
+picks graphs of ``GRAPHS`` by name, separated by ``;``. Output ``asot-graph-repeat-kK``; about
+10 minutes per 3 tissues, 5 seeds and 6 graphs at ``nice 19`` on a shared 2-core machine.
+The runs of ``benchmarks/README.md``::
+
+    python benchmarks/asot_graph.py --repeat --size 8  # and 32, at commit 7b57525: asot-graph-repeat-k8-cpu.json
+    G="tl.asot_neighbors (default);tl.asot_neighbors, kernel='umap';tl.asot_neighbors, 30 candidates;\
+    same lists, binary weights;epsilon / 10, 100 iterations;anchor weights, Euclidean 15-NN"
+    python benchmarks/asot_graph.py --repeat --size 8 --tissue-seeds 0,1,2,3,4 --graphs "$G" \
+        --out benchmarks/results/asot-graph-repeat-kernel-k8-cpu.json  # --size 32 with --leiden-seeds 0,1,2
 """
 
 from __future__ import annotations
@@ -37,6 +54,7 @@ import argparse
 import os
 import sys
 import warnings
+from functools import partial
 
 from _common import default_out, machine_info, print_table, time_call, write_json
 from asot import euclidean_graph, leiden_ari, leiden_at_count, leiden_labels, mean_niche_baselines
@@ -55,7 +73,7 @@ from sklearn.neighbors import NearestNeighbors  # noqa: E402
 
 import spatialot as sot  # noqa: E402
 from spatialot.models import ASOT  # noqa: E402
-from spatialot.ot import anchor_paired_distances  # noqa: E402
+from spatialot.ot import anchor_kneighbors, anchor_paired_distances  # noqa: E402
 
 RESOLUTIONS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 SEEDS = (0, 1, 2)
@@ -118,6 +136,157 @@ def euclidean_knn(features: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]
     return indices, distances
 
 
+def _asot_graph(**options):
+    def build(adata, key):
+        sot.tl.asot_neighbors(adata, key=key, n_neighbors=15, key_added="_graph", progress=False, **options)
+        return adata.obsp["_graph_connectivities"].tocsr()
+
+    return build
+
+
+def _weights_graph(adata, key):
+    holder = AnnData(np.zeros((adata.n_obs, 1), dtype=np.float32))
+    euclidean_graph(holder, np.asarray(adata.obsm[f"X_{key}"]), "_graph")
+    return holder.obsp["_graph_connectivities"].tocsr()
+
+
+def _binary(indices: np.ndarray) -> sp.csr_matrix:
+    n, k = indices.shape
+    rows = np.repeat(np.arange(n), k - 1)
+    graph = sp.csr_matrix((np.ones(rows.size), (rows, indices[:, 1:].ravel())), shape=(n, n))
+    return ((graph + graph.T) > 0).astype(np.float32).tocsr()
+
+
+def _lists_graph(weighting: str = "umap", *, epsilon_scale: float = 1.0, n_iter: int | None = None):
+    """The lists of ``tl.asot_neighbors`` (15 of 15 candidates) from ``anchor_kneighbors``, weighted otherwise.
+
+    ``weighting``: ``'binary'`` (1 on the union of the lists) or a kernel of ``tl.asot_neighbors``.
+    """
+
+    def build(adata, key):
+        from spatialot.tl._asot import _graph
+
+        result = adata.uns[key]
+        indices, distances = anchor_kneighbors(
+            np.asarray(adata.obsm[f"X_{key}"], dtype=np.float32),
+            torch.as_tensor(np.asarray(result["cost"]), dtype=torch.float32),
+            15,
+            epsilon=float(result["epsilon"]) * epsilon_scale,
+            n_iter=n_iter or int(result["params"]["n_iter"]),
+            debias=True,
+            n_candidates=15,
+            device="cpu",
+        )
+        if weighting == "binary":
+            return _binary(indices)
+        return _graph(indices, distances, len(indices), 15, weighting)[1].tocsr()
+
+    return build
+
+
+# graph name -> builder(adata, asot key) returning the connectivities; the first is the default
+GRAPHS = {
+    "tl.asot_neighbors (default)": _asot_graph(),
+    "tl.asot_neighbors, kernel='umap'": _asot_graph(kernel="umap"),
+    "tl.asot_neighbors, 30 candidates": _asot_graph(n_candidates=30),
+    "tl.asot_neighbors, not debiased": _asot_graph(debias=False),
+    "same lists, binary weights": _lists_graph("binary"),
+    "epsilon / 10, 100 iterations": _lists_graph("gauss", epsilon_scale=0.1, n_iter=100),
+    "anchor weights, Euclidean 15-NN": _weights_graph,
+}
+
+
+def _spread(values) -> dict[str, float]:
+    return {"ari_mean": float(np.mean(values)), "ari_sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+
+
+def repeat(args) -> int:
+    """The equal-information comparison over tissue, fit, Leiden and k-means seeds (``--repeat``)."""
+    torch.set_num_threads(1)
+    load_start = list(os.getloadavg())
+    names = [{"kmeans": "ASOT-k", "ml": "ASOT-ML", "dl": "ASOT-DL"}[m] for m in args.methods]
+    graphs = {name: GRAPHS[name] for name in (args.graphs or GRAPHS)}
+    rows = []
+    for tissue in args.tissue_seeds:
+        adata = sot.datasets.simulated_tissue(args.n_cells, random_state=tissue)
+        sot.pp.niches(adata, k=args.size, use_rep="X_latent")
+        family = sot.get.niche_clouds(adata)
+        truth = adata.obs["niche_type"].cat.codes.to_numpy()
+        holder = AnnData(np.zeros((adata.n_obs, 1), dtype=np.float32))
+        features = mean_niche_baselines(adata, family)["mean niche expression (log1p, PCA 30)"]
+        for kernel in ("umap", "gauss"):  # scanpy's default, and the kernel of tl.asot_neighbors
+            euclidean_graph(holder, features, "mean_nn", kernel)
+            scores = [
+                leiden_at_count(holder, truth, N_TYPES, neighbors_key="mean_nn", random_state=seed)["leiden_at_count"]
+                for seed in args.leiden_seeds
+            ]
+            name = f"mean niche expression, Euclidean 15-NN, kernel={kernel!r}"
+            rows.append({"tissue": tissue, "asot": "-", "graph": name, "scores": scores})
+            print(f"  {rows[-1]}", file=sys.stderr, flush=True)
+        for method, variant in zip(args.methods, names, strict=True):
+            model = ASOT(family.dim, 32, method=method)
+            fit_s, _ = time_call(partial(model.fit, family, random_state=tissue + 1, device="cpu", progress=False))
+            weights = model.transform(family)
+            key = f"asot_{method}"
+            adata.obsm[f"X_{key}"] = weights
+            points, offsets = model.cost_geometry()
+            adata.uns[key] = {
+                "params": {"n_iter": model.config["n_iter"]},
+                "cost": model.cost().double().numpy(),
+                "epsilon": model.absolute_epsilon(),
+                "cost_anchors": points,
+                "cost_offsets": offsets,
+            }
+            scores = [
+                float(adjusted_rand_score(truth, KMeans(N_TYPES, n_init=10, random_state=seed).fit_predict(weights)))
+                for seed in args.leiden_seeds
+            ]
+            common = {"tissue": tissue, "asot": variant, "fit_s": fit_s}
+            rows.append(common | {"graph": "k-means on the weights (told 5)", "scores": scores})
+            print(f"  {rows[-1]}", file=sys.stderr, flush=True)
+            for name, build in graphs.items():
+                graph_s, graph = time_call(lambda b=build, a=adata, k=key: b(a, k))
+                scores = [
+                    leiden_at_count(holder, truth, N_TYPES, adjacency=graph, random_state=seed)["leiden_at_count"]
+                    for seed in args.leiden_seeds
+                ]
+                rows.append(common | {"graph": name, "graph_s": graph_s, "scores": scores})
+                print(f"  {rows[-1]}", file=sys.stderr, flush=True)
+    for row in rows:
+        row |= _spread(row["scores"])
+    pooled = {}
+    for row in rows:
+        pooled.setdefault((row["asot"], row["graph"]), []).extend(row["scores"])
+    summary = [{"asot": a, "graph": g, "runs": len(v)} | _spread(v) for (a, g), v in pooled.items()]
+    columns = [("tissue", "tissue"), ("asot", "asot", "<"), ("graph", "graph", "<")]
+    columns += [("ari_mean", "ARI mean"), ("ari_sd", "sd")]
+    table = print_table(rows, columns, title=f"ARI at {N_TYPES} clusters, niches of {args.size}, per tissue")
+    columns = [("asot", "asot", "<"), ("graph", "graph", "<"), ("runs", "runs")]
+    columns += [("ari_mean", "ARI mean"), ("ari_sd", "sd")]
+    pooled_table = print_table(summary, columns, title="pooled over tissues and seeds")
+    payload = {
+        "benchmark": "asot-graph-repeat",
+        "machine": machine_info("cpu"),
+        "loadavg_start": load_start,
+        "loadavg_end": list(os.getloadavg()),
+        "params": {
+            "data": f"sot.datasets.simulated_tissue({args.n_cells}, random_state=T) for T in {args.tissue_seeds}; "
+            f"sot.pp.niches(adata, k={args.size}, use_rep='X_latent')",
+            "asot": "32 anchors, defaults, fit with random_state=T + 1",
+            "leiden": f"igraph, resolution bisected to {N_TYPES} clusters, seeds {args.leiden_seeds}",
+            "kmeans": f"k={N_TYPES}, n_init=10, seeds {args.leiden_seeds}",
+        },
+        "rows": rows,
+        "pooled": summary,
+        "table": table,
+        "pooled_table": pooled_table,
+    }
+    out = args.out or default_out(f"asot-graph-repeat-k{args.size}", "cpu", False)
+    write_json(out, payload)
+    print(f"\nwrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=8, help="cells per niche")
@@ -126,7 +295,15 @@ def main(argv: list[str] | None = None) -> int:
         "--method", default="kmeans", choices=("kmeans", "ml", "dl"), help="ASOT variant (output gets a suffix)"
     )
     parser.add_argument("--out", default=None)
+    parser.add_argument("--repeat", action="store_true", help="seeds and tissues: the noise of the comparison")
+    ints = lambda text: [int(t) for t in text.split(",")]  # noqa: E731
+    parser.add_argument("--tissue-seeds", type=ints, default=[0, 1, 2], help="--repeat: tissue seeds")
+    parser.add_argument("--leiden-seeds", type=ints, default=[0, 1, 2, 3, 4], help="--repeat: Leiden/k-means seeds")
+    parser.add_argument("--methods", type=lambda t: t.split(","), default=["kmeans", "ml", "dl"], help="--repeat")
+    parser.add_argument("--graphs", type=lambda t: t.split(";"), default=None, help="--repeat: names in GRAPHS")
     args = parser.parse_args(argv)
+    if args.repeat:
+        return repeat(args)
     torch.set_num_threads(1)
     load_start = list(os.getloadavg())
     adata = sot.datasets.simulated_tissue(args.n_cells, random_state=0)

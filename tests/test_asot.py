@@ -3,6 +3,7 @@ import numpy as np
 import ot as pot
 import pytest
 import scanpy as sc
+import scipy.sparse as sp
 import torch
 from matplotlib.axes import Axes
 
@@ -20,6 +21,7 @@ from spatialot.ot import (
     anchor_pairwise_distances,
     anchor_sinkhorn,
 )
+from spatialot.tl._asot import _fuzzy_simplicial_set, _gauss_kernel
 
 
 def _histograms(n, k, *, seed=0, sparsity=0.0):
@@ -243,6 +245,45 @@ def test_kneighbors_of_a_composition_lattice_stay_connected():
         assert connectivities[copy, 0] == pytest.approx(1.0)
 
 
+def test_graph_kernels_match_scanpy_and_umap_closed_forms():
+    # scanpy's method='gauss' on sparse kNN distances, and UMAP's fuzzy simplicial set, on the
+    # Euclidean kNN of points in general position (symmetric distances, no ties)
+    from scanpy.neighbors import _connectivity
+    from scipy.optimize import brentq
+    from sklearn.neighbors import NearestNeighbors
+
+    x = np.random.default_rng(0).normal(size=(80, 3))
+    distances, indices = NearestNeighbors(n_neighbors=7).fit(x).kneighbors(x)
+    rows = np.repeat(np.arange(80), 6)
+    sparse = sp.csr_matrix((distances[:, 1:].ravel(), (rows, indices[:, 1:].ravel())), shape=(80, 80))
+    expected = _connectivity.gauss(sparse, 7, knn=True)
+    gauss = _gauss_kernel(indices, distances)
+    np.testing.assert_allclose(gauss.toarray(), expected.toarray(), rtol=1e-5, atol=1e-7)
+    # by hand for one listed pair: sigma_i^2 the median squared distance of i's six neighbours
+    i, j = 0, indices[0, 1]
+    s_i, s_j = np.median(distances[i, 1:] ** 2), np.median(distances[j, 1:] ** 2)
+    by_hand = np.sqrt(2 * np.sqrt(s_i * s_j) / (s_i + s_j)) * np.exp(-(distances[0, 1] ** 2) / (s_i + s_j))
+    assert gauss[i, j] == pytest.approx(by_hand, rel=1e-5) and gauss[j, i] == gauss[i, j]
+    # UMAP: each row's directed weights are exp(-(d - rho) / sigma), rho the nearest distance (weight
+    # 1) and sigma such that they sum to log2(k); the union is a + a.T - a * a.T
+    directed = np.zeros((80, 80))
+    for row in range(80):
+        gaps = distances[row, 1:] - distances[row, 1]
+        sigma = brentq(lambda s, g=gaps: np.exp(-g / s).sum() - np.log2(7), 1e-6, 1e3, xtol=1e-12)
+        directed[row, indices[row, 1:]] = np.exp(-gaps / sigma)
+    umap = _fuzzy_simplicial_set(indices, distances.astype(np.float32)).toarray()
+    np.testing.assert_allclose(umap, directed + directed.T - directed * directed.T, rtol=1e-4, atol=1e-6)
+
+
+def test_gauss_kernel_keeps_copies_finite():
+    # a row whose median distance is 0 (copies) takes the floor width, not a division by 0
+    indices = np.array([[0, 1, 2], [1, 0, 2], [2, 0, 1]])
+    distances = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+    graph = _gauss_kernel(indices, distances).toarray()
+    assert np.isfinite(graph).all() and graph[0, 1] == pytest.approx(1.0)
+    assert (graph == graph.T).all() and (np.diag(graph) == 0).all()
+
+
 def test_solver_errors():
     h = torch.tensor(_histograms(3, 4), dtype=torch.float32)
     cost = anchor_cost(np.eye(4))
@@ -461,6 +502,22 @@ def test_tl_asot_writes_results_that_survive_h5ad(fitted, tmp_path):
     np.testing.assert_allclose(stored, np.maximum(direct, 0), rtol=1e-3, atol=1e-5)
     params = adata.uns["asot_neighbors"]["params"]
     assert params["debias"] and params["n_candidates"] == 10
+    assert params["method"] == "gauss"  # scanpy's name for the kernel, the default
+    # the connectivities: the kernel on W2 (the square root of the stored distances) of the lists
+    lists = np.concatenate([np.arange(adata.n_obs)[:, None], distances.indices.reshape(adata.n_obs, -1)], axis=1)
+    listed = np.concatenate([np.zeros((adata.n_obs, 1)), distances.data.reshape(adata.n_obs, -1)], axis=1)
+    np.testing.assert_allclose(
+        connectivities.toarray(), _gauss_kernel(lists, np.sqrt(listed)).toarray(), rtol=1e-4, atol=1e-6
+    )  # the stored distances are float32
+    umap = sot.tl.asot_neighbors(adata, n_neighbors=10, kernel="umap", progress=False, copy=True)
+    np.testing.assert_array_equal(umap.obsp["asot_neighbors_distances"].toarray(), distances.toarray())
+    np.testing.assert_allclose(
+        umap.obsp["asot_neighbors_connectivities"].toarray(),
+        _fuzzy_simplicial_set(lists, np.sqrt(listed).astype(np.float32)).toarray(),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+    assert umap.uns["asot_neighbors"]["params"]["method"] == "umap"
 
     path = tmp_path / "asot.h5ad"
     adata.write_h5ad(path)
@@ -518,6 +575,8 @@ def test_tl_errors_leave_adata_unchanged(tissue):
         sot.tl.asot_neighbors(adata, method="emd", progress=False)
     with pytest.raises(ValueError, match="n_candidates"):
         sot.tl.asot_neighbors(adata, n_neighbors=10, n_candidates=5, progress=False)
+    with pytest.raises(ValueError, match="kernel"):
+        sot.tl.asot_neighbors(adata, kernel="cosine", progress=False)
     assert (set(adata.uns), set(adata.obsm), set(adata.obsp)) == before
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -16,6 +18,9 @@ from ..get import niche_clouds
 from ..models._asot import ASOT, ASOT_METHODS, ASOTMethod
 from ..ot._anchor import ANCHOR_METHODS, AnchorMethod, anchor_kneighbors
 from ._utils import check_result, write_result
+
+GRAPH_KERNELS = ("gauss", "umap")
+"""Kernels of :func:`asot_neighbors`' connectivities, named as ``method`` of :func:`scanpy.pp.neighbors`."""
 
 
 @inject_docs
@@ -164,6 +169,7 @@ def asot_neighbors(
     method: AnchorMethod = "sinkhorn",
     debias: bool = True,
     n_candidates: int | None = None,
+    kernel: Literal["gauss", "umap"] = "gauss",
     batch_size: int | None = None,
     key_added: str = "asot_neighbors",
     device: str = "auto",
@@ -181,22 +187,27 @@ def asot_neighbors(
     and builds no graph): each niche's candidates are its ``n_candidates`` nearest niches by the
     Euclidean distance of the anchor weights (what :func:`scanpy.pp.neighbors` would find on
     ``.obsm['X_{key}']``), OT is solved for those pairs only, and the ``n_neighbors`` nearest by
-    OT are kept (see :func:`~spatialot.ot.anchor_kneighbors`); the connectivities are UMAP's
-    weights on the OT distances. Why: small niches coded on anchors form a lattice of
-    compositions that OT measures almost exactly, and the OT kNN of a lattice is a graph of
-    near-copies (niches of one composition that differ only by which close anchor took a point)
-    that Leiden splits into one cluster per composition. The Euclidean distance of the weights
-    counts moved mass wherever it moves, so its neighbour lists mix compositions a cell or two
-    apart, and OT then weighs (and, with ``n_candidates > n_neighbors``, chooses) among them. On
-    the simulated tissue of ``benchmarks/asot_graph.py`` (10,000 cells, ASOT-k with 32 anchors,
-    15 neighbours), Leiden on the exact debiased OT 15-NN graph reaches ARI at most 0.12 with
-    niches of 8 cells (24 components) and 0.56 with niches of 32, over resolutions 0.1–1; this
-    graph reaches 0.59–0.72 at resolutions 0.2–0.7 (0.60 at its most seed-stable resolution,
-    0.53 at 1) and 0.87 at 0.1 (its most stable; 0.21 at 1, 48 clusters), beside k-means on the
-    weights told the number of types (0.61, 0.89) and Leiden on the mean niche expression (at
-    most 0.59, 0.86); see ``benchmarks/README.md``. It costs ``n * n_candidates`` OT problems
-    instead of all pairs. Choose Leiden's resolution with care: on niches of 32 cells the default
-    of 1 splits each type.
+    OT are kept (see :func:`~spatialot.ot.anchor_kneighbors`); the connectivities are scanpy's
+    Gaussian kernel on the OT distances (``kernel``, see there why not UMAP's). Why Euclidean
+    candidates: small niches coded on anchors form a lattice of compositions that OT measures
+    almost exactly, and the OT kNN of a lattice is a graph of near-copies (niches of one
+    composition that differ only by which close anchor took a point) that Leiden splits into one
+    cluster per composition. The Euclidean distance of the weights counts moved mass wherever it
+    moves, so its neighbour lists mix compositions a cell or two apart, and OT then weighs (and,
+    with ``n_candidates > n_neighbors``, chooses) among them. On the simulated tissue of
+    ``benchmarks/asot_graph.py`` (10,000 cells, 32 anchors, 15 neighbours), Leiden on the exact
+    debiased OT 15-NN graph of ASOT-k reaches ARI at most 0.12 with niches of 8 cells (24
+    components) and 0.56 with niches of 32, over resolutions 0.1–1. Told the number of niche
+    types as k-means is (resolution bisected to 5 clusters; mean over 5 tissues and 3–5 seeds,
+    ``--repeat``), Leiden on this graph scores 0.66 (ASOT-k) and 0.64 (ASOT-ML) with niches of 8,
+    against 0.51 and 0.47 for k-means on the weights and 0.39–0.44 for Leiden on the mean niche
+    expression; with niches of 32, 0.86 and 0.87 against 0.88 and 0.85 (k-means) and 0.85. With
+    ASOT-DL on niches of 8 it fails (0.10 against 0.43 for k-means): its codes give one nearly
+    fixed dense vector per cell type, so its weights sit on the lattice of compositions, where
+    every kNN graph tried clusters badly, the Euclidean one of the weights included
+    (``benchmarks/README.md``). It costs ``n * n_candidates`` OT problems instead of all pairs.
+    Choose Leiden's resolution with care: on niches of 32 cells the default of 1 splits each
+    type.
 
     The distance is debiased (``debias``): half of each niche's entropic self-cost is
     subtracted, so a niche is at distance 0 from itself and spread niches are not pushed away
@@ -224,6 +235,21 @@ def asot_neighbors(
         the Euclidean lists); larger values let OT choose, which on niches of 8 cells lowers
         Leiden's agreement with the niche types and on niches of 32 raises it at the higher
         resolutions (``benchmarks/README.md``).
+    kernel
+        How the distances become connectivities, named as ``method`` of :func:`scanpy.pp.neighbors`.
+        ``'gauss'``: scanpy's Gaussian kernel with adaptive widths (Haghverdi et al. 2016),
+        :math:`w_{ij} = \sqrt{2\sigma_i\sigma_j / (\sigma_i^2 + \sigma_j^2)}\,
+        \exp(-W_{ij}^2 / (\sigma_i^2 + \sigma_j^2))` with :math:`\sigma_i^2` the median ASOT
+        distance of niche ``i``'s list; a pair listed by one side only gets the same weight both
+        ways, a pair listed by both the larger of its two (Sinkhorn values are not exactly
+        symmetric). ``'umap'``: UMAP's fuzzy simplicial set on :math:`W_2` (scanpy's default),
+        whose weights fall from 1 at each niche's nearest other niche with a width fitted so that
+        they sum to :math:`\log_2 k`: among niches, where copies and near-copies sit at (almost)
+        0, that concentrates the weight on the first few of each list. The Gaussian width is the
+        median of the list, and Leiden on it agrees better with the niche types in all 6
+        settings of ``benchmarks/asot_graph.py --repeat`` (ASOT-k, -ML, -DL; niches of 8:
+        +0.013, +0.056, +0.032 ARI; of 32: +0.006, +0.001, +0.002; mean over 5 tissues and 3–5
+        Leiden seeds, same tissue and seed paired).
     batch_size
         Pairs solved at once; bounds the working memory.
     key_added
@@ -241,13 +267,12 @@ def asot_neighbors(
         debiased and clipped at 0 with ``debias=True``)
         from each niche to its ``n_neighbors - 1`` neighbours (see above).
     ``.obsp['{key_added}_connectivities']``
-        Sparse symmetric weights from UMAP's fuzzy simplicial set (as :func:`scanpy.pp.neighbors`
-        with ``method='umap'``), computed on :math:`W_2` (the square root of the distances),
-        a metric.
+        Sparse symmetric weights of ``kernel`` on :math:`W_2` (the square root of the
+        distances), a metric.
     ``.uns['{key_added}']``
-        ``connectivities_key``, ``distances_key`` and ``params`` (``n_neighbors``,
-        ``method='umap'``, ``use_rep``, the ASOT ``key``, solver and ``n_candidates``), as scanpy writes; ``metric`` is
-        ``'euclidean'``, the metric :func:`scanpy.tl.umap` uses on ``use_rep`` to place
+        ``connectivities_key``, ``distances_key`` and ``params`` (``n_neighbors``, ``method``
+        (the ``kernel``), ``use_rep``, the ASOT ``key``, solver and ``n_candidates``), as scanpy
+        writes; ``metric`` is ``'euclidean'``, the metric :func:`scanpy.tl.umap` uses on ``use_rep`` to place
         disconnected components of the graph, while the graph itself is by ASOT (``distance``).
 
     Examples
@@ -267,6 +292,8 @@ def asot_neighbors(
         raise KeyError(f"No ASOT result under `key`={key!r}: run `sot.tl.asot(adata, key_added={key!r})` first.")
     if method not in ANCHOR_METHODS:
         raise ValueError(f"`method` must be one of {ANCHOR_METHODS}, got {method!r}.")
+    if kernel not in GRAPH_KERNELS:
+        raise ValueError(f"`kernel` must be one of {GRAPH_KERNELS}, got {kernel!r}.")
     n_neighbors = check_int("n_neighbors", n_neighbors, minimum=2, maximum=adata.n_obs, why="the number of cells")
     weights = np.asarray(adata.obsm[keys.obsm], dtype=np.float32)
     result = adata.uns[keys.uns]
@@ -292,7 +319,7 @@ def asot_neighbors(
         device=resolve_device(device),
         progress=progress,
     )
-    distance_matrix, connectivities = _graph(indices, distances, adata.n_obs, n_neighbors)
+    distance_matrix, connectivities = _graph(indices, distances, adata.n_obs, n_neighbors, kernel)
     check_result(graph_keys.distances, distance_matrix)
     check_result(graph_keys.connectivities, connectivities)
 
@@ -301,7 +328,7 @@ def asot_neighbors(
     adata.obsp[graph_keys.connectivities] = connectivities
     params = {
         "n_neighbors": n_neighbors,
-        "method": "umap",
+        "method": kernel,  # scanpy's name for the kernel of the connectivities
         # what sc.tl.umap uses to place disconnected components on `use_rep`; the graph is by ASOT
         "metric": "euclidean",
         "distance": "ASOT W2^2, debiased (connectivities on W2)" if debias else "ASOT W2^2 (connectivities on W2)",
@@ -327,15 +354,50 @@ def asot_neighbors(
     return adata if copy else None
 
 
-def _graph(indices: np.ndarray, distances: np.ndarray, n_obs: int, n_neighbors: int):
-    """Scanpy's distance matrix (self excluded) and UMAP connectivities (on the metric W2)."""
+def _graph(indices: np.ndarray, distances: np.ndarray, n_obs: int, n_neighbors: int, kernel: str = "umap"):
+    """Scanpy's distance matrix (self excluded) and connectivities: ``kernel`` on the metric W2.
+
+    ``distances`` are squared (:math:`W_2^2`), ``indices[:, 0]`` each row itself.
+    """
     metric = np.sqrt(np.maximum(distances, 0)).astype(np.float32)
-    connectivities = _fuzzy_simplicial_set(indices, metric)
+    if kernel == "gauss":
+        connectivities = _gauss_kernel(indices, metric)
+    else:
+        connectivities = _fuzzy_simplicial_set(indices, metric)
     rows = np.repeat(np.arange(n_obs), n_neighbors - 1)
     distance_matrix = sp.csr_matrix(
         (distances[:, 1:].ravel().astype(np.float32), (rows, indices[:, 1:].ravel())), shape=(n_obs, n_obs)
     )
     return distance_matrix, connectivities
+
+
+def _gauss_kernel(indices: np.ndarray, distances: np.ndarray) -> sp.csr_matrix:
+    r"""Scanpy's Gaussian kernel with adaptive widths (``method='gauss'``, Haghverdi et al. 2016) on kNN lists.
+
+    With :math:`\sigma_i^2` the median squared distance from row ``i`` to its neighbours
+    (``indices[:, 0]``, the row itself, excluded), :math:`w_{ij} = \sqrt{2\sigma_i\sigma_j /
+    (\sigma_i^2 + \sigma_j^2)} \exp(-d_{ij}^2 / (\sigma_i^2 + \sigma_j^2))` for every listed
+    pair, and a pair listed by one side only gets the same weight both ways, as scanpy's
+    ``neighbors._connectivity.gauss`` computes on sparse kNN distances. Two deviations: a pair
+    listed by both sides takes the larger of its two weights, so the matrix is symmetric even
+    where the two solved distances differ slightly (a Sinkhorn value after a fixed number of
+    iterations is not exactly symmetric); and a width is at least ``1e-3`` times the mean
+    positive distance (the floor of UMAP's widths), so that a row whose median distance is 0
+    (copies) keeps finite weights.
+    """
+    n_obs, k = indices.shape
+    listed = distances[:, 1:].astype(np.float64)
+    squared = listed**2
+    positive = listed[listed > 0]
+    floor = (1e-3 * float(positive.mean())) ** 2 if positive.size else 1.0
+    sigma_sq = np.maximum(np.median(squared, axis=1), floor)
+    rows, columns = np.repeat(np.arange(n_obs), k - 1), indices[:, 1:].ravel()
+    denominator = sigma_sq[rows] + sigma_sq[columns]
+    values = np.sqrt(2 * np.sqrt(sigma_sq[rows] * sigma_sq[columns]) / denominator)
+    values *= np.exp(-squared.ravel() / denominator)
+    keep = rows != columns
+    graph = sp.csr_matrix((values[keep], (rows[keep], columns[keep])), shape=(n_obs, n_obs))
+    return sp.csr_matrix(graph.maximum(graph.T)).astype(np.float32)
 
 
 def _fuzzy_simplicial_set(indices: np.ndarray, distances: np.ndarray, *, n_iter: int = 64) -> sp.csr_matrix:
