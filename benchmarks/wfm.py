@@ -93,9 +93,12 @@ VARIANTS = {
     "labels": ("labels", True),
     "labels-no-mbot": ("labels", False),
     "vectors": ("vectors", True),
+    "vectors-linear": ("vectors", True),
     "uncond": (None, True),
     "uncond-no-mbot": (None, False),
 }
+# variants that depart from the model's defaults: the official linear embedding of condition vectors
+VARIANT_MODEL = {"vectors-linear": {"condition_layers": 1}}
 
 
 # ---------------------------------------------------------------------------- data
@@ -396,6 +399,7 @@ def point_cloud_case(name: str, loaded, args, device: str) -> dict[str, Any]:
                 "matching": defaults["matching"],
                 "minibatch_ot": minibatch_ot,
                 "pairing_pool": defaults["pairing_pool"],
+                **VARIANT_MODEL.get(variant, {}),
                 **args.overrides["model"],
             },
         )
@@ -440,6 +444,7 @@ def point_cloud_case(name: str, loaded, args, device: str) -> dict[str, Any]:
         result = {
             "conditioning": conditioning,
             "minibatch_ot": minibatch_ot,
+            "model_overrides": VARIANT_MODEL.get(variant, {}),
             "train_s": train_s,
             "ms_per_step": 1000 * train_s / steps,
             "sample_s_per_generation": sample_s / args.generations,
