@@ -397,39 +397,6 @@ def test_continuous_conditions_move_the_niche_means_linearly(tmp_path):
         WassersteinFlowMatching(2, 6, **SMALL).fit(family, conditions=condition, progress=False)
 
 
-def test_condition_vectors_pass_through_an_mlp_that_learns_a_nonlinear_rule(tmp_path):
-    # niches centred at +2 when the two entries of the condition share a sign and at -2 when they
-    # do not (exclusive or): no affine function of the condition separates the two
-    rng = np.random.default_rng(4)
-    condition = rng.choice([-1.0, 1.0], size=(256, 2)) + 0.1 * rng.normal(size=(256, 2))
-    sign = np.sign(condition[:, 0] * condition[:, 1])
-    means = np.column_stack([2 * sign, np.zeros(256)])
-    family = PointClouds.from_padded(means[:, None, :] + 0.3 * rng.normal(size=(256, 6, 2)))
-    torch.manual_seed(0)
-    model = WassersteinFlowMatching(2, 6, condition_dim=2, **SMALL)
-    assert model.config["condition_layers"] == 2 and isinstance(model.conditioner.vectors, torch.nn.Sequential)
-    model.fit(family, conditions=condition, n_steps=300, learning_rate=2e-3, device="cpu", progress=False)
-    asked = np.array([[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0]]).repeat(10, 0)
-    generated = model.sample(conditions=asked, n_steps=20, random_state=1)
-    centres = (generated.points * generated.weights[..., None]).sum(1).numpy()[:, 0]
-    assert centres[:20].min() > 0.5 and centres[20:].max() < -0.5
-    # the official linear layer, and checkpoints written before `condition_layers` existed
-    linear = WassersteinFlowMatching(2, 6, condition_dim=2, condition_layers=1, **SMALL)
-    assert isinstance(linear.conditioner.vectors, torch.nn.Linear)
-    linear.fit(family, conditions=condition, n_steps=5, progress=False)
-    linear.save(tmp_path / "linear.pt")
-    checkpoint = torch.load(tmp_path / "linear.pt", weights_only=True)
-    del checkpoint["config"]["condition_layers"]
-    torch.save(checkpoint, tmp_path / "old.pt")
-    old = WassersteinFlowMatching.load(tmp_path / "old.pt", device="cpu")
-    assert old.config["condition_layers"] == 1
-    torch.testing.assert_close(
-        old.sample(conditions=asked[:5], n_steps=3).points, linear.sample(conditions=asked[:5], n_steps=3).points
-    )
-    with pytest.raises(ValueError, match="condition_layers"):
-        WassersteinFlowMatching(2, 6, condition_dim=2, condition_layers=0)
-
-
 def test_transport_from_a_source_family_recovers_a_translation():
     # targets are the source clouds translated by a fixed vector; the two families are given
     # unpaired (shuffled), and unseen source clouds are transported by that vector

@@ -163,21 +163,18 @@ class FlowConditioner(nn.Module):
 
     The last label row is the *null* label of classifier-free guidance: the label of an
     unconditional model, and the dropped label during conditional training. Continuous
-    condition vectors (``condition_dim > 0``) pass through ``condition_layers`` dense layers
-    (1: a linear layer, as in the official code; 2: an MLP, as the time features); a dropped
-    vector is replaced by a learned null embedding (the official code feeds a zero vector,
-    which is also a valid condition).
+    condition vectors (``condition_dim > 0``) pass through a linear layer, as in the official
+    code; a dropped vector is replaced by a learned null embedding (the official code feeds a
+    zero vector, which is also a valid condition).
     """
 
-    def __init__(
-        self, width: int, n_labels: int, n_frequencies: int = 16, condition_dim: int = 0, condition_layers: int = 2
-    ):
+    def __init__(self, width: int, n_labels: int, n_frequencies: int = 16, condition_dim: int = 0):
         super().__init__()
         self.register_buffer("frequencies", math.pi * 2.0 ** torch.arange(n_frequencies, dtype=torch.float32) / 8)
         self.time = mlp([2 * n_frequencies, width, width])
         self.labels = nn.Embedding(n_labels + 1, width)
         if condition_dim:
-            self.vectors = condition_embedding(condition_dim, width, condition_layers)
+            self.vectors = nn.Linear(condition_dim, width)
             self.null_vector = nn.Parameter(torch.zeros(width))
 
     def forward(
@@ -195,11 +192,6 @@ class FlowConditioner(nn.Module):
                 embedded = torch.where(null[:, None], self.null_vector.to(embedded.dtype), embedded)
             out = out + embedded
         return out
-
-
-def condition_embedding(condition_dim: int, width: int, n_layers: int) -> nn.Module:
-    """Embedding of condition vectors: a linear layer (``n_layers=1``, the official one) or an MLP."""
-    return nn.Linear(condition_dim, width) if n_layers == 1 else mlp([condition_dim] + [width] * n_layers)
 
 
 def label_codes(labels: Sequence | np.ndarray | str | int | None, names: list[str], n: int) -> np.ndarray:
@@ -289,12 +281,6 @@ class WassersteinFlowMatching(Model):
     condition_dim
         Length of a continuous condition vector per cloud (e.g. the centre cell's expression or
         embedding); ``None`` for none. Labels and vectors may be used together.
-    condition_layers
-        Dense layers that embed a condition vector before it joins the time features: 1 is the
-        official linear layer, 2 (default) an MLP (``condition_dim → width → width``, as the
-        time features). Why: on the simulated tissue, niches generated from the centre's latent
-        vector through a linear layer lost CHANGEME points of centre-label classifier accuracy
-        against the real niches they were generated for.
     width, n_layers, n_heads, mlp_width, dropout
         Shape of the set transformer (the official one: 512, 6, 4, 512, 0.1; smaller by default
         for CPU).
@@ -389,7 +375,6 @@ class WassersteinFlowMatching(Model):
         *,
         labels: Sequence[str] | None = None,
         condition_dim: int | None = None,
-        condition_layers: int = 2,
         width: int = 128,
         n_layers: int = 3,
         n_heads: int = 4,
@@ -406,7 +391,6 @@ class WassersteinFlowMatching(Model):
         dim, max_size = check_int("dim", dim), check_int("max_size", max_size)
         width, n_layers = check_int("width", width), check_int("n_layers", n_layers)
         pairing_pool = check_int("pairing_pool", pairing_pool)
-        condition_layers = check_int("condition_layers", condition_layers)
         if condition_dim is not None:
             condition_dim = check_int("condition_dim", condition_dim)
         if noise not in _NOISES:
@@ -425,7 +409,6 @@ class WassersteinFlowMatching(Model):
             max_size=int(max_size),
             labels=names,
             condition_dim=None if condition_dim is None else int(condition_dim),
-            condition_layers=condition_layers,
             width=width,
             n_layers=n_layers,
             n_heads=n_heads,
@@ -440,9 +423,7 @@ class WassersteinFlowMatching(Model):
             pairing_pool=pairing_pool,
         )
         self.label_names: list[str] = names or []
-        self.conditioner = FlowConditioner(
-            width, len(self.label_names), n_frequencies, condition_dim or 0, condition_layers
-        )
+        self.conditioner = FlowConditioner(width, len(self.label_names), n_frequencies, condition_dim or 0)
         self.transformer = SetTransformer(dim, width, n_layers, n_heads, mlp_width, dropout)
         self.head = zero_init(nn.Linear(width, dim))
         # fitted state
@@ -461,11 +442,6 @@ class WassersteinFlowMatching(Model):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints written before source families existed were all trained from noise
         state_dict.setdefault(prefix + "from_source", torch.zeros((), dtype=torch.bool))
-        # checkpoints written before `condition_layers` existed embed condition vectors by one linear layer
-        if prefix + "conditioner.vectors.weight" in state_dict and self.config.get("condition_layers", 1) != 1:
-            condition_dim = self.config["condition_dim"]
-            self.conditioner.vectors = condition_embedding(condition_dim, self.config["width"], 1).to(self.device)
-            self.config["condition_layers"] = 1
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ pieces
