@@ -18,7 +18,8 @@ minibatch-OT pairing pool of 64, width 128, 3 layers, lr 1e-3 after a 100-step w
 cosine decay to 0, normal noise, Euler 100 steps,
 guidance 1): conditioned on the label with and
 without minibatch OT pairing, conditioned on the centre's vector, and unconditional with and
-without minibatch OT pairing. Each generated niche takes the label (or vector) and size of
+without minibatch OT pairing; on request, ``vectors-paired``: the centre's vector with the
+conditional pairing of ``condition_pairing=1`` (diagnosis). Each generated niche takes the label (or vector) and size of
 one scored real niche; ``--generations`` generations (seeds) per model.
 
 Metrics (the authors' scripts score niches by leave-one-out 1-NN accuracy on a distance matrix):
@@ -93,12 +94,12 @@ VARIANTS = {
     "labels": ("labels", True),
     "labels-no-mbot": ("labels", False),
     "vectors": ("vectors", True),
-    "vectors-linear": ("vectors", True),
+    "vectors-paired": ("vectors", True),
     "uncond": (None, True),
     "uncond-no-mbot": (None, False),
 }
-# variants that depart from the model's defaults: the official linear embedding of condition vectors
-VARIANT_MODEL = {"vectors-linear": {"condition_layers": 1}}
+# variants that depart from the model's defaults: condition vectors with minibatch OT pairing (C²OT)
+VARIANT_MODEL = {"vectors-paired": {"condition_pairing": 1.0}}
 
 
 # ---------------------------------------------------------------------------- data
@@ -566,7 +567,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--n-paired", type=int, default=None, help="test niches of the paired classifier score (default 3000)"
     )
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {list(VARIANTS)}")
+    parser.add_argument(
+        "--variants",
+        default=",".join(v for v in VARIANTS if v not in VARIANT_MODEL),
+        help=f"comma-separated, of {list(VARIANTS)} (default: all but {list(VARIANT_MODEL)})",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--cases", default="simulated,bdtnp", help="simulated, bdtnp, gaussian")
     parser.add_argument("--seed", type=int, default=0)
