@@ -3,7 +3,9 @@
 Same data, split, classifier, paired niches and generation seeds as ``benchmarks/wfm.py`` (the
 random draws are replayed in its order), for the named variants only; ``--set`` as there. A
 model trained here with the same seed and settings is the model of ``wfm.py``, so the first
-``--generations`` of a ``wfm.py`` run are comparable generation by generation.
+``--generations`` of a ``wfm.py`` run are comparable generation by generation. Also scored:
+real training-colour niches in the place of generated ones (``reference_scores``), what a
+perfect sampler given the vector, or the label, would score. ``--variants ''`` scores only these.
 
 Run ``nice -n 19 python benchmarks/wfm_classifier_probe.py --case simulated --variants vectors,vectors-paired
 [--generations 2] [--set NAME=VALUE] --out PATH``.
@@ -13,16 +15,46 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Any
 
 import numpy as np
 import torch
 import wfm
 from _common import machine_info, write_json
 from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import NearestNeighbors
 
 import spatialot as sot
 from spatialot.models import WassersteinFlowMatching
 from spatialot.ot import IndexedClouds
+
+
+def reference_scores(classifier, family, labels, vectors, train_cells, paired_cells) -> dict[str, Any]:
+    """What a perfect sampler would score, from real niches of the training colour.
+
+    ``label_from_vector_1nn``: how well the centre's vector tells its label (1-NN against the
+    training cells). ``nearest_vector_niche``: the classifier's accuracy, with each paired
+    cell's own label, on the real niche of the training cell whose vector is the k-th nearest
+    (k = 1…5): a sampler of p(niche | vector) scores about this. ``same_label_niche``: the same
+    on the niche of a random training cell of the same label (5 draws; what a sampler of
+    p(niche | label) scores, with the classifier's advantage on its own training niches).
+    """
+    train_vectors, paired_vectors = vectors[train_cells], vectors[paired_cells]
+    _, nearest = NearestNeighbors(n_neighbors=5).fit(train_vectors).kneighbors(paired_vectors)
+    truth = labels[paired_cells]
+
+    def accuracy(cells) -> float:
+        return float((classifier.predict(wfm.features_of(family.gather(cells))) == truth).mean())
+
+    same_label = []
+    for draw in range(5):
+        rng = np.random.default_rng(10 + draw)
+        same_label.append(accuracy(np.array([rng.choice(train_cells[labels[train_cells] == t]) for t in truth])))
+    return {
+        "label_from_vector_1nn": float((labels[train_cells][nearest[:, 0]] == truth).mean()),
+        "nearest_vector_niche": [accuracy(train_cells[nearest[:, k]]) for k in range(5)],
+        "same_label_niche": {"mean": float(np.mean(same_label)), "sd": float(np.std(same_label, ddof=1))},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     paired_cells = np.sort(paired_rng.choice(test_cells, min(args.n_paired, len(test_cells)), replace=False))
     real_correct = classifier.predict(wfm.features_of(family.gather(paired_cells))) == labels[paired_cells]
     train = IndexedClouds(family.features, family.indices[train_cells], family.mask[train_cells])
+    references = reference_scores(classifier, family, labels, vectors, train_cells, paired_cells)
+    print(f"{args.case} references: {references}", flush=True)
     rows = {}
-    for variant in args.variants.split(","):
+    for variant in filter(None, args.variants.split(",")):
         conditioning, minibatch_ot = wfm.VARIANTS[variant]
         torch.manual_seed(args.seed)
         model = WassersteinFlowMatching(
@@ -121,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_after": os.getloadavg(),
         "machine": machine_info("cpu"),
         "n_paired_niches": len(paired_cells),
+        "classifier_real_paired": float(real_correct.mean()),
+        "references": references,
         "variants": rows,
     }
     print(f"wrote {write_json(args.out, payload)}")
