@@ -188,6 +188,30 @@ def test_minibatch_ot_pairs_each_source_cloud_with_its_translate():
     np.testing.assert_allclose(noise.weights.sum(1).numpy(), 1.0, rtol=1e-6)
 
 
+def test_condition_pairing_trades_the_chamfer_cost_for_the_distance_between_vectors():
+    # models with condition vectors skip the pairing unless `condition_pairing` > 0; a huge weight
+    # keeps every noise cloud with the vector of the slot it was drawn for (no re-pairing), a
+    # tiny one pairs as the Chamfer cost alone does
+    rng = np.random.default_rng(5)
+    data = PointClouds.from_padded(np.exp(rng.uniform(-1.5, 0.7, 16))[:, None, None] * rng.normal(size=(16, 6, 2)))
+    groups = torch.zeros(16, dtype=torch.long)
+    vectors = torch.as_tensor(rng.normal(size=(16, 3)), dtype=torch.float32)
+    assert not WassersteinFlowMatching(2, 6, condition_dim=3, **SMALL)._pairs_clouds
+    for weight, expected in ((1e9, "identity"), (1e-9, "chamfer")):
+        model = WassersteinFlowMatching(2, 6, condition_dim=3, condition_pairing=weight, **SMALL)
+        torch.manual_seed(0)
+        start = model._paired_start(data, groups, None, vectors)
+        torch.manual_seed(0)
+        noise = model.draw_noise(torch.ones_like(data.mask))
+        if expected == "identity":
+            torch.testing.assert_close(start.points, noise.points)
+        else:
+            cost = chamfer_costs(noise.points, data.mask[None].expand(16, -1, -1), data.points, data.mask)
+            torch.testing.assert_close(start.points, noise.points[minibatch_pairing(cost)])
+    with pytest.raises(ValueError, match="condition_pairing"):
+        WassersteinFlowMatching(2, 6, condition_dim=3, condition_pairing=-1.0)
+
+
 def _zero_velocity(model: WassersteinFlowMatching) -> WassersteinFlowMatching:
     """The model with a head that outputs 0: its flow-matching loss is the mean squared displacement."""
     with torch.no_grad():

@@ -1,0 +1,167 @@
+"""Probe of the paired classifier score of ``wfm.py`` alone, without its 1-NN / MMD² scoring (diagnosis runs).
+
+Same data, split, classifier, paired niches and generation seeds as ``benchmarks/wfm.py`` (the
+random draws are replayed in its order), for the named variants only; ``--set`` as there. A
+model trained here with the same seed and settings is the model of ``wfm.py``, so the first
+``--generations`` of a ``wfm.py`` run are comparable generation by generation. Also scored:
+real training-colour niches in the place of generated ones (``reference_scores``), what a
+perfect sampler given the vector, or the label, would score. ``--variants ''`` scores only these.
+
+Run ``nice -n 19 python benchmarks/wfm_classifier_probe.py --case simulated --variants vectors,vectors-paired
+[--generations 2] [--set NAME=VALUE] --out PATH``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+import numpy as np
+import torch
+import wfm
+from _common import machine_info, write_json
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import NearestNeighbors
+
+import spatialot as sot
+from spatialot.models import WassersteinFlowMatching
+from spatialot.ot import IndexedClouds
+
+
+def reference_scores(classifier, family, labels, vectors, train_cells, paired_cells) -> dict[str, Any]:
+    """What a perfect sampler would score, from real niches of the training colour.
+
+    ``label_from_vector_1nn``: how well the centre's vector tells its label (1-NN against the
+    training cells). ``nearest_vector_niche``: the classifier's accuracy, with each paired
+    cell's own label, on the real niche of the training cell whose vector is the k-th nearest
+    (k = 1…5): a sampler of p(niche | vector) scores about this. ``same_label_niche``: the same
+    on the niche of a random training cell of the same label (5 draws; what a sampler of
+    p(niche | label) scores, with the classifier's advantage on its own training niches).
+    """
+    train_vectors, paired_vectors = vectors[train_cells], vectors[paired_cells]
+    _, nearest = NearestNeighbors(n_neighbors=5).fit(train_vectors).kneighbors(paired_vectors)
+    truth = labels[paired_cells]
+
+    def accuracy(cells) -> float:
+        return float((classifier.predict(wfm.features_of(family.gather(cells))) == truth).mean())
+
+    same_label = []
+    for draw in range(5):
+        rng = np.random.default_rng(10 + draw)
+        same_label.append(accuracy(np.array([rng.choice(train_cells[labels[train_cells] == t]) for t in truth])))
+    return {
+        "label_from_vector_1nn": float((labels[train_cells][nearest[:, 0]] == truth).mean()),
+        "nearest_vector_niche": [accuracy(train_cells[nearest[:, k]]) for k in range(5)],
+        "same_label_niche": {"mean": float(np.mean(same_label)), "sd": float(np.std(same_label, ddof=1))},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--case", default="simulated", choices=["simulated", "bdtnp"])
+    parser.add_argument("--variants", default="vectors,vectors-paired")
+    parser.add_argument("--generations", type=int, default=2)
+    parser.add_argument("--n-paired", type=int, default=3000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    overrides = wfm.parse_overrides(args.set)
+    load_before = os.getloadavg()
+    loaded = wfm.simulated(args.seed, 6000) if args.case == "simulated" else wfm.bdtnp(args.seed)
+    adata, labels, vectors, colour, _, _ = loaded
+    defaults = wfm.tl_defaults()
+    # the draws of wfm.point_cloud_case, in its order
+    rng = np.random.default_rng(args.seed)
+    family = sot.get.niche_clouds(adata)
+    train_cells, test_cells = np.flatnonzero(colour == 0), np.flatnonzero(colour == 1)
+    rng.choice(test_cells, min(300, len(test_cells)), replace=False)
+    names = sorted(set(labels[train_cells]))
+    sample_train = rng.choice(train_cells, min(len(train_cells), 4000), replace=False)
+    classifier = LogisticRegression(max_iter=3000).fit(
+        wfm.features_of(family.gather(sample_train)), labels[sample_train]
+    )
+    paired_rng = np.random.default_rng(args.seed + 2000)
+    paired_cells = np.sort(paired_rng.choice(test_cells, min(args.n_paired, len(test_cells)), replace=False))
+    real_correct = classifier.predict(wfm.features_of(family.gather(paired_cells))) == labels[paired_cells]
+    train = IndexedClouds(family.features, family.indices[train_cells], family.mask[train_cells])
+    references = reference_scores(classifier, family, labels, vectors, train_cells, paired_cells)
+    print(f"{args.case} references: {references}", flush=True)
+    rows = {}
+    for variant in filter(None, args.variants.split(",")):
+        conditioning, minibatch_ot = wfm.VARIANTS[variant]
+        torch.manual_seed(args.seed)
+        model = WassersteinFlowMatching(
+            family.dim,
+            family.max_size,
+            labels=names if conditioning == "labels" else None,
+            condition_dim=vectors.shape[1] if conditioning == "vectors" else None,
+            width=defaults["width"],
+            n_layers=defaults["n_layers"],
+            noise=defaults["noise"],
+            matching=defaults["matching"],
+            minibatch_ot=minibatch_ot,
+            pairing_pool=defaults["pairing_pool"],
+            **{**wfm.VARIANT_MODEL.get(variant, {}), **overrides["model"]},
+        )
+        model.fit(
+            train,
+            labels[train_cells] if conditioning == "labels" else None,
+            conditions=vectors[train_cells] if conditioning == "vectors" else None,
+            **{
+                "n_steps": defaults["n_steps"],
+                "batch_size": defaults["batch_size"],
+                "learning_rate": defaults["learning_rate"],
+                "p_uncond": defaults["p_uncond"],
+                "device": "cpu",
+                "random_state": args.seed,
+                "progress": False,
+                **overrides["fit"],
+            },
+        )
+        correct = []
+        for generation in range(args.generations):
+            generated = model.sample(
+                labels=list(labels[paired_cells]) if conditioning == "labels" else None,
+                conditions=vectors[paired_cells] if conditioning == "vectors" else None,
+                sizes=family.sizes[paired_cells],
+                **{
+                    "n_steps": defaults["ode_steps"],
+                    "method": defaults["method"],
+                    "guidance": defaults["guidance"],
+                    **overrides["sample"],
+                },
+                random_state=args.seed + 500 + generation,
+            )
+            correct.append(classifier.predict(wfm.features_of(generated)) == labels[paired_cells])
+        rows[variant] = wfm.paired_classifier(np.array(correct), real_correct, labels[paired_cells], args.seed)
+        rows[variant]["final_loss_mean_last_100"] = float(np.mean(model.history[-100:]))
+        rows[variant]["model_overrides"] = wfm.VARIANT_MODEL.get(variant, {})
+        paired = rows[variant]
+        print(
+            f"{args.case} {variant}: generated {paired['generated']:.4f} real {paired['real']:.4f} "
+            f"gap {paired['gap_points']:+.2f} ± {paired['gap_se_cells']:.2f} "
+            f"loss {rows[variant]['final_loss_mean_last_100']:.3f}",
+            flush=True,
+        )
+    payload = {
+        "benchmark": "wfm_classifier_probe",
+        "description": __doc__,
+        "args": vars(args),
+        "overrides": overrides,
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+        "machine": machine_info("cpu"),
+        "n_paired_niches": len(paired_cells),
+        "classifier_real_paired": float(real_correct.mean()),
+        "references": references,
+        "variants": rows,
+    }
+    print(f"wrote {write_json(args.out, payload)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
