@@ -107,7 +107,7 @@ def gaussian_benchmark(
     ref_mean, ref_cov = (a[0] for a in random_gaussians(rng, 1, dim))
     means, covs = random_gaussians(rng, 500, dim)
     clouds = sot.ot.PointClouds.from_padded(sample(rng, means, covs, n_points))
-    model = HOTET(dim, base=base, conjugate_steps=CONJUGATE_STEPS, random_state=seed, device=device)
+    model = HOTET(dim, base=base, conjugate_steps=CONJUGATE_STEPS, random_state=seed)
     start = time.perf_counter()
     model.fit(
         clouds,
@@ -117,6 +117,7 @@ def gaussian_benchmark(
         learning_rate=learning_rate,
         random_state=seed,
         progress=False,
+        device=device,
     )
     fit_s = time.perf_counter() - start
 
@@ -179,7 +180,7 @@ def w2_benchmark(
     draws = train_family.sample(n_points * samples_per_measure, seed + 1).astype(np.float32)
     clouds = sot.ot.PointClouds.from_padded(draws.reshape(n_train * samples_per_measure, n_points, dim))
     del draws
-    model = HOTET(dim, base=base, conjugate_steps=CONJUGATE_STEPS, random_state=seed, device=device)
+    model = HOTET(dim, base=base, conjugate_steps=CONJUGATE_STEPS, random_state=seed)
     start = time.perf_counter()
     model.fit(
         clouds,
@@ -188,6 +189,7 @@ def w2_benchmark(
         learning_rate=learning_rate,
         random_state=seed,
         progress=False,
+        device=device,
     )
     fit_s = time.perf_counter() - start
 
@@ -278,7 +280,7 @@ def w2_ceiling(
         icnn_module.positive = torch.nn.functional.softplus
         icnn_module.inverse_positive = lambda value: value + torch.log(-torch.expm1(-value))
     try:
-        model = HOTET(dim, conjugate_steps=CONJUGATE_STEPS, random_state=seed, device=device)
+        model = HOTET(dim, conjugate_steps=CONJUGATE_STEPS, random_state=seed).to(device)
         model.forward_net = _FreeParameters(model.forward_net.head.bias, n_measures).to(device)
         model.inverse_net = _FreeParameters(model.inverse_net.head.bias, n_measures).to(device)
         rng = np.random.default_rng(seed)
@@ -392,9 +394,9 @@ def bdtnp_benchmark(steps: int, per_niche_steps: int, device: str, quick: bool) 
     results: dict[str, Any] = {"n_train_niches": len(train_family), "n_test_niches": len(test_family)}
     models = {}
     for base in ("identity", "gaussian"):
-        model = models[base] = HOTET(8, base=base, conjugate_steps=CONJUGATE_STEPS, device=device)
+        model = models[base] = HOTET(8, base=base, conjugate_steps=CONJUGATE_STEPS)
         start = time.perf_counter()
-        model.fit(train_family, n_steps=steps, n_reference_samples=256, progress=False)
+        model.fit(train_family, n_steps=steps, n_reference_samples=256, progress=False, device=device)
         fit_s = time.perf_counter() - start
 
         niches = test_family.gather()

@@ -33,7 +33,7 @@ def gaussian_problem():
     reference = _sample(rng, ref_mean, ref_cov, 2000)[0]
     means, covs = _gaussians(rng, 64, dim)
     clouds = sot.ot.PointClouds.from_padded(_sample(rng, means, covs, 64))
-    model = HOTET(dim, **SMALL, n_anchors=32, device="cpu")
+    model = HOTET(dim, **SMALL, n_anchors=32)
     model.fit(clouds, reference=reference, n_steps=400, n_reference_samples=128, learning_rate=3e-3, progress=False)
     return {"model": model, "clouds": clouds, "means": means, "covs": covs, "ref": (ref_mean[0], ref_cov[0])}
 
@@ -99,7 +99,7 @@ def test_gradients_reach_every_block():
     dim = 3
     family = sot.datasets.w2_benchmark(4, dim, random_state=0)
     clouds = sot.ot.PointClouds.from_padded(family.sample(32, 1).astype(np.float32))
-    model = HOTET(dim, **SMALL, device="cpu")
+    model = HOTET(dim, **SMALL)
     model.fit(clouds, reference=(np.zeros(dim), np.eye(dim)), n_steps=1, learning_rate=1e-12, progress=False)
     model.train()
     reference = model.sample_reference(4, 64, np.random.default_rng(0))
@@ -138,9 +138,9 @@ def test_one_non_gaussian_measure_is_mapped_better_than_by_the_gaussian_map():
     dim = 2
     family = sot.datasets.w2_benchmark(1, dim, random_state=NON_GAUSSIAN_SEED)
     clouds = sot.ot.PointClouds.from_padded(family.sample(512, 1).astype(np.float32))
-    model = HOTET(dim, **SMALL, device="cpu")
+    model = HOTET(dim, **SMALL)
     model.fit(clouds, reference=(np.zeros(dim), np.eye(dim)), n_steps=NON_GAUSSIAN_STEPS, progress=False)
-    gaussian = HOTET(dim, **SMALL, device="cpu")  # the Gaussian start: the closed-form map of the sample moments
+    gaussian = HOTET(dim, **SMALL)  # the Gaussian start: the closed-form map of the sample moments
     gaussian.fit(clouds, reference=(np.zeros(dim), np.eye(dim)), n_steps=1, learning_rate=1e-12, progress=False)
     z = np.random.default_rng(2).standard_normal((1, 2000, dim))
     x = family.forward(z)  # exact Brenier map of the reference onto the measure
@@ -221,11 +221,11 @@ def test_save_load_round_trip(gaussian_problem, tmp_path):
 def test_model_errors(gaussian_problem):
     clouds = gaussian_problem["clouds"]
     with pytest.raises(RuntimeError, match="not fitted"):
-        HOTET(2, **SMALL, device="cpu").embed(clouds)
+        HOTET(2, **SMALL).embed(clouds)
     with pytest.raises(ValueError, match="dimension 2"):
-        HOTET(3, **SMALL, device="cpu").fit(clouds, n_steps=1, progress=False)
+        HOTET(3, **SMALL).fit(clouds, n_steps=1, progress=False)
     with pytest.raises(ValueError, match="`reference` must have shape"):
-        HOTET(2, **SMALL, device="cpu").fit(clouds, reference=np.zeros((5, 3)), n_steps=1, progress=False)
+        HOTET(2, **SMALL).fit(clouds, reference=np.zeros((5, 3)), n_steps=1, progress=False)
     with pytest.raises(ValueError, match="fixed at the first"):
         gaussian_problem["model"].fit(clouds, reference=np.zeros((5, 2)), n_steps=1, progress=False)
     with pytest.raises(ValueError, match="`points` must have shape"):
@@ -244,7 +244,7 @@ def _tissue():
 
 def test_tl_hotet_writes_and_round_trips(tmp_path):
     adata = _tissue()
-    model = HOTET(3, **SMALL, n_anchors=16, device="cpu")
+    model = HOTET(3, **SMALL, n_anchors=16)
     returned = sot.tl.hotet(adata, model=model, n_steps=20, progress=False)
     assert returned is model
     assert adata.obsm["X_hotet"].shape == (60, 16 * 3)
@@ -288,7 +288,7 @@ def test_tl_hotet_bad_input_leaves_adata_unchanged():
     with pytest.raises(ValueError, match=r"shape \(n_points, 3\)"):
         sot.tl.hotet(adata, reference=np.zeros((4, 2)))
     with pytest.raises(ValueError, match="built for 2-D"):
-        sot.tl.hotet(adata, model=HOTET(2, **SMALL, device="cpu"))
+        sot.tl.hotet(adata, model=HOTET(2, **SMALL))
     with pytest.raises(ValueError, match="`n_steps`"):
         sot.tl.hotet(adata, n_steps=0)
     with pytest.raises(KeyError, match="No HOTET result"):
@@ -301,7 +301,7 @@ def test_gaussian_base_starts_at_the_plug_in_gaussian_map():
     means, covs = _gaussians(rng, 4, 3)
     ref_mean, ref_cov = (a[0] for a in _gaussians(rng, 1, 3))
     clouds = sot.ot.PointClouds.from_padded(_sample(rng, means, covs, 200))
-    model = HOTET(3, **SMALL, base="gaussian", shrinkage=0.0, device="cpu")
+    model = HOTET(3, **SMALL, base="gaussian", shrinkage=0.0)
     model.fit(clouds, reference=(ref_mean, ref_cov), n_steps=1, learning_rate=1e-9, progress=False)
     sample_means, sample_covs = sot.ot.gaussian_moments(clouds.to(dtype=torch.float64))
     scale2 = float(model.scale) ** 2
@@ -323,7 +323,7 @@ def test_gaussian_base_starts_at_the_plug_in_gaussian_map():
 
 def test_training_is_reproducible():
     clouds = sot.ot.PointClouds.from_padded(np.random.default_rng(3).normal(size=(10, 6, 2)))
-    runs = [HOTET(2, **SMALL, device="cpu").fit(clouds, n_steps=3, progress=False) for _ in range(2)]
+    runs = [HOTET(2, **SMALL).fit(clouds, n_steps=3, progress=False) for _ in range(2)]
     assert runs[0].history == runs[1].history
     np.testing.assert_array_equal(runs[0].embed(clouds), runs[1].embed(clouds))
 
@@ -388,7 +388,7 @@ def test_w2_benchmark_inverse_and_potential():
 
 def _quadratic_model(dim):
     """A HOTET whose ICNNs are pure quadratics (hidden units switched off), so conjugates are closed-form."""
-    model = HOTET(dim, **SMALL, device="cpu")
+    model = HOTET(dim, **SMALL)
     params = model.icnn.initial_params(torch.Generator().manual_seed(0))[None].double()
     pieces = model.icnn.split(params)
     pieces["u"].fill_(0.0)  # squared: 0, no hidden contribution
@@ -425,7 +425,7 @@ def test_refined_conjugate_reaches_the_closed_form_and_beats_the_batch_maximum()
 def test_conjugate_steps_zero_is_the_papers_batch_loss():
     rng = np.random.default_rng(4)
     clouds = sot.ot.PointClouds.from_padded(rng.normal(size=(4, 12, 2)).astype(np.float32))
-    model = HOTET(2, **SMALL, conjugate_steps=0, device="cpu")
+    model = HOTET(2, **SMALL, conjugate_steps=0)
     model.fit(clouds, n_steps=1, learning_rate=1e-12, progress=False)
     batch = clouds.to(dtype=torch.float32)
     reference = model.sample_reference(4, 16, np.random.default_rng(0))
@@ -443,7 +443,7 @@ def test_conjugate_steps_zero_is_the_papers_batch_loss():
     )
     torch.testing.assert_close(loss, expected)
     # refined conjugates are tighter lower bounds of the same conjugates: the loss can only rise
-    refined = HOTET(2, **SMALL, device="cpu")
+    refined = HOTET(2, **SMALL)
     refined.load_state_dict(model.state_dict())
     assert refined.config["conjugate_steps"] == 3
     assert float(refined._step_loss(batch, reference).detach()) >= float(loss.detach()) - 1e-6

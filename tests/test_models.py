@@ -1,5 +1,7 @@
 """What every model shares, from ``models/_base.py``: the one-line repr and what ``fit`` records."""
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -98,3 +100,23 @@ def test_models_take_reversed_numpy_arrays(clouds):
     np.testing.assert_array_equal(
         hotet.transport(clouds[:2], reference[::-1][:5]), hotet.transport(clouds[:2], reference[::-1][:5].copy())
     )
+
+
+@pytest.mark.parametrize("model_class", [Wormhole, WassersteinFlowMatching, GaussianFlowMatching, HOTET, ASOT])
+def test_every_model_has_one_shape_architecture_in_the_constructor_training_in_fit(model_class):
+    # the device is where a model trains, so it is an argument of `fit`, never of the constructor
+    constructor = inspect.signature(model_class.__init__).parameters
+    fit = inspect.signature(model_class.fit).parameters
+    assert "device" not in constructor
+    for name in ("device", "random_state", "progress"):
+        assert fit[name].kind is inspect.Parameter.KEYWORD_ONLY, name
+
+
+def test_hotet_trains_where_fit_is_told_and_refuses_an_unknown_device(clouds):
+    model = HOTET(2, width=16, n_layers=1, n_heads=2, mlp_width=16, hyper_width=16, n_anchors=8)
+    model.fit(clouds, n_steps=1, batch_size=4, n_reference_samples=8, device="cpu", progress=False)
+    assert {tensor.device.type for tensor in model.state_dict().values()} == {"cpu"}
+    with pytest.raises(ValueError, match="device"):
+        HOTET(2, width=16, n_layers=1, n_heads=2, mlp_width=16, hyper_width=16).fit(
+            clouds, n_steps=1, device="tpu", progress=False
+        )

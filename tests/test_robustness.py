@@ -183,7 +183,7 @@ def _hotet_failing_at(model, step, failure):
 @pytest.mark.parametrize("failure", ["nan", "exception"])
 def test_failed_first_hotet_fit_leaves_the_model_unfitted(atlas, failure):
     adata = _small(atlas)
-    model = HOTET(4, **SMALL_HOTET, n_anchors=8, device="cpu")
+    model = HOTET(4, **SMALL_HOTET, n_anchors=8)
     weights, training = _weights(model), model.training
     _hotet_failing_at(model, 3, failure)
     before = _state(adata)
@@ -198,7 +198,7 @@ def test_failed_first_hotet_fit_leaves_the_model_unfitted(atlas, failure):
 
 def test_failed_second_hotet_fit_keeps_the_first(atlas):
     adata = _small(atlas)
-    model = HOTET(4, **SMALL_HOTET, n_anchors=8, device="cpu")
+    model = HOTET(4, **SMALL_HOTET, n_anchors=8)
     model.fit(sot.get.niche_clouds(adata), n_steps=3, progress=False)
     weights, history = _weights(model), list(model.history)
     _hotet_failing_at(model, 2, "nan")
@@ -265,7 +265,7 @@ def test_tl_never_writes_a_non_finite_result(atlas, tool):
         model.fit(family, n_steps=2, batch_size=4, progress=False)
         broken = model.encoder_head[-1].bias
     else:
-        model = HOTET(4, **SMALL_HOTET, n_anchors=8, device="cpu").fit(family, n_steps=2, progress=False)
+        model = HOTET(4, **SMALL_HOTET, n_anchors=8).fit(family, n_steps=2, progress=False)
         broken = model.inverse_net.head.bias
     with torch.no_grad():
         broken.fill_(float("inf"))
@@ -307,7 +307,7 @@ def test_hotet_refuses_huge_features_with_a_clear_error(atlas):
     adata.obsm["X_small"] = np.asarray(adata.X[:, :4], dtype=np.float64) * 1e20
     sot.pp.niches(adata, k=8, use_rep="X_small")
     before = _state(adata)
-    model = HOTET(4, **SMALL_HOTET, n_anchors=8, device="cpu")
+    model = HOTET(4, **SMALL_HOTET, n_anchors=8)
     with pytest.raises(ValueError, match="exceeds the float32 range.*scale the features"):
         sot.tl.hotet(adata, model=model, n_steps=2, progress=False)
     _assert_same_state(adata, before)

@@ -126,8 +126,6 @@ class HOTET(Model):
         (see Notes); ``0`` is the paper's batch maximum (*MM-B*).
     random_state
         Seed of the initial weights and of the anchor sample.
-    device
-        ``'auto'`` (CUDA when present, else CPU), ``'cpu'`` or ``'cuda'``.
 
     Notes
     -----
@@ -235,7 +233,6 @@ class HOTET(Model):
         shrinkage: float = 0.1,
         conjugate_steps: int = 3,
         random_state: int | None = 0,
-        device: torch.device | str = "auto",
     ):
         if base not in ("identity", "gaussian"):
             raise ValueError(f"`base` must be 'identity' or 'gaussian', got {base!r}.")
@@ -271,7 +268,6 @@ class HOTET(Model):
         self.register_buffer("reference_points", torch.zeros(0, dim))
         self.register_buffer("anchors", torch.zeros(n_anchors, dim))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
-        self.to(resolve_device(device))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # a user-given reference cloud has a size unknown to the constructor
@@ -486,6 +482,7 @@ class HOTET(Model):
         checkpoint: str | os.PathLike | None = None,
         checkpoint_every: int = CHECKPOINT_EVERY,
         precision: Precision = "float32",
+        device: torch.device | str = "auto",
     ) -> HOTET:
         """Train both maps on a family of clouds; the reference is fixed at the first call.
 
@@ -518,6 +515,9 @@ class HOTET(Model):
         precision
             ``'float32'``, or ``'bfloat16'`` for bf16 autocast of the networks (the Gaussian base
             maps and the dual loss stay float32).
+        device
+            Where to train: ``'auto'`` (CUDA when present, else CPU), ``'cpu'`` or ``'cuda'``; the
+            model stays there for :meth:`transport`, :meth:`inverse_transport` and :meth:`embed`.
 
         Returns
         -------
@@ -541,6 +541,7 @@ class HOTET(Model):
         n_steps = check_int("n_steps", n_steps)
         batch_size = check_int("batch_size", batch_size)
         n_reference_samples = check_int("n_reference_samples", n_reference_samples)
+        self.to(resolve_device(device))
         # a failure anywhere below, reference included, leaves the model as it was
         with restored_on_failure(self), seeded(random_state) as rng:
             if not bool(self.fitted):

@@ -163,7 +163,7 @@ def hotet(
             )
     trained = model is None or not bool(model.fitted)
     if model is None:
-        model = HOTET(family.dim, n_anchors=n_anchors, base=base, random_state=random_state, device=target_device)
+        model = HOTET(family.dim, n_anchors=n_anchors, base=base, random_state=random_state)
     elif device != "auto":
         model.to(target_device)
     history_start = len(model.history)
@@ -180,6 +180,7 @@ def hotet(
             checkpoint=checkpoint,
             checkpoint_every=checkpoint_every,
             precision=precision,
+            device=target_device,
         )
     embedding = model.embed(family, progress=progress)
 
