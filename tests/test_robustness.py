@@ -463,3 +463,18 @@ def test_tl_training_resumes_from_its_checkpoint_and_refuses_a_bad_precision(atl
     with pytest.raises(ValueError, match="`precision` must be one of"):
         call(adata, n_steps=2, precision="float16", progress=False)
     _assert_same_state(adata, before)
+
+
+@pytest.mark.parametrize("name", ["wormhole", "wfm"])
+def test_tl_training_runs_the_schedule_it_is_given_and_refuses_an_unknown_one(atlas, tmp_path, name):
+    call, _ = _TRAINING_FRONT_ENDS[name]
+    adata = _small(atlas)
+    path = tmp_path / f"{name}.pt"
+    call(adata, n_steps=3, schedule="step", warmup_steps=2, checkpoint=path, progress=False)
+    run = torch.load(path, weights_only=True)["run"]  # what the training loop ran
+    assert (run["schedule"], run["warmup_steps"]) == ("step", 2)
+    assert adata.uns[name]["params"]["schedule"] == "step" and adata.uns[name]["params"]["warmup_steps"] == 2
+    before = _state(adata)
+    with pytest.raises(ValueError, match="schedule"):
+        call(adata, n_steps=2, schedule="linear", progress=False)
+    _assert_same_state(adata, before)

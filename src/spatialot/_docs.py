@@ -38,6 +38,13 @@ checkpoint
     when it exists, training resumes from it (see :doc:`/training`).
 checkpoint_every
     Steps between two checkpoints.""",
+    "schedule": """\
+schedule, warmup_steps
+    The learning-rate schedule of training: after a linear warm-up over ``warmup_steps`` steps,
+    ``'cosine'`` (default) lowers the rate along half a cosine to 0 at ``n_steps``; ``'step'``
+    keeps it and multiplies it by the model's ``decay_rate`` every ``decay_every`` steps (see the
+    model's ``fit``). A cosine run ends at its ``n_steps``, so its checkpoint resumes only a run
+    of the same budget.""",
     "precision": """\
 precision
     ``'float32'``, or ``'bfloat16'`` for bf16 autocast of the networks in training (for a GPU; the

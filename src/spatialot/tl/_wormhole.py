@@ -15,7 +15,7 @@ from .._validation import check_int
 from ..get import niche_clouds
 from ..models import Wormhole
 from ..models._device import resolve_device, seeded
-from ..models._training import CHECKPOINT_EVERY, Precision
+from ..models._training import CHECKPOINT_EVERY, Precision, Schedule
 from ..models._wormhole import _OT_DISTANCES, OTDistance
 from ._utils import write_result
 
@@ -29,6 +29,8 @@ def wormhole(
     n_steps: int = 1000,
     batch_size: int = 16,
     learning_rate: float = 1e-3,
+    schedule: Schedule = "cosine",
+    warmup_steps: int = 100,
     ot_distance: OTDistance = "sinkhorn_divergence",
     epsilon: float = 0.01,
     decoder_weight: float = 1.0,
@@ -74,6 +76,7 @@ def wormhole(
     learning_rate
         Peak Adam learning rate, reached after a linear warm-up of 100 steps and lowered along
         half a cosine to 0 at ``n_steps`` (see :meth:`~spatialot.models.Wormhole.fit`).
+    {schedule}
     ot_distance
         The OT distance the embedding learns (see :class:`~spatialot.models.Wormhole`):
         ``'sinkhorn_divergence'`` (default, the paper's S2), ``'entropic'`` (the paper's W2) or
@@ -156,6 +159,8 @@ def wormhole(
             n_steps=n_steps,
             batch_size=batch_size,
             learning_rate=learning_rate,
+            schedule=schedule,
+            warmup_steps=warmup_steps,
             device=resolved,
             random_state=random_state,
             progress=progress,
@@ -174,6 +179,8 @@ def wormhole(
             n_steps=n_steps,
             batch_size=batch_size,
             learning_rate=learning_rate,
+            schedule=schedule,
+            warmup_steps=warmup_steps,
             random_state=random_state,
             precision=precision,
         )
