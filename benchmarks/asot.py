@@ -269,6 +269,19 @@ def leiden_at_count(adata, truth, n_clusters: int, *, n_halvings: int = 14, **gr
     return {"leiden_at_count": best[2], "leiden_at_count_resolution": best[0], "leiden_at_count_n": best[1]}
 
 
+def store_asot(adata, key: str, model: ASOT, weights: np.ndarray) -> None:
+    """Write a fitted ASOT model's weights and cost into ``adata`` as ``sot.tl.asot`` does (for ``asot_neighbors``)."""
+    adata.obsm[f"X_{key}"] = weights
+    points, offsets = model.cost_geometry()
+    adata.uns[key] = {
+        "params": {"n_iter": model.config["n_iter"]},
+        "cost": model.cost().double().numpy(),
+        "epsilon": model.absolute_epsilon(),
+        "cost_anchors": points,
+        "cost_offsets": offsets,
+    }
+
+
 def kmeans_ari(features: np.ndarray, truth, n_types: int) -> float:
     labels = KMeans(n_types, n_init=10, random_state=0).fit_predict(features)
     return float(adjusted_rand_score(truth, labels))
@@ -281,15 +294,7 @@ def bench_clustering(adata, models: dict[str, tuple[ASOT, np.ndarray]], *, umap:
     rows = []
     for name, (model, weights) in models.items():
         key = f"asot_{name}"
-        adata.obsm[f"X_{key}"] = weights
-        points, offsets = model.cost_geometry()
-        adata.uns[key] = {
-            "params": {"n_iter": model.config["n_iter"]},
-            "cost": model.cost().double().numpy(),
-            "epsilon": model.absolute_epsilon(),
-            "cost_anchors": points,
-            "cost_offsets": offsets,
-        }
+        store_asot(adata, key, model, weights)
         seconds, _ = time_call(
             lambda k=key: sot.tl.asot_neighbors(adata, key=k, n_neighbors=15, key_added=f"{k}_nn", progress=False)
         )

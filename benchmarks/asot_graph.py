@@ -57,7 +57,7 @@ import warnings
 from functools import partial
 
 from _common import default_out, machine_info, print_table, time_call, write_json
-from asot import euclidean_graph, leiden_ari, leiden_at_count, leiden_labels, mean_niche_baselines
+from asot import euclidean_graph, leiden_ari, leiden_at_count, leiden_labels, mean_niche_baselines, store_asot
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -228,15 +228,7 @@ def repeat(args) -> int:
             fit_s, _ = time_call(partial(model.fit, family, random_state=tissue + 1, device="cpu", progress=False))
             weights = model.transform(family)
             key = f"asot_{method}"
-            adata.obsm[f"X_{key}"] = weights
-            points, offsets = model.cost_geometry()
-            adata.uns[key] = {
-                "params": {"n_iter": model.config["n_iter"]},
-                "cost": model.cost().double().numpy(),
-                "epsilon": model.absolute_epsilon(),
-                "cost_anchors": points,
-                "cost_offsets": offsets,
-            }
+            store_asot(adata, key, model, weights)
             scores = [
                 float(adjusted_rand_score(truth, KMeans(N_TYPES, n_init=10, random_state=seed).fit_predict(weights)))
                 for seed in args.leiden_seeds
@@ -346,15 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     for k in (15, 30):
         rows.append(graph_row(f"{variant} debiased, plain {k}-NN", indices[:, :k], metric[:, :k], truth))
     rows.append(graph_row(f"{variant} debiased, plain 30-NN", indices, metric, truth, weighting="binary"))
-    adata.obsm["X_asot"] = weights
-    points, offsets = model.cost_geometry()
-    adata.uns["asot"] = {
-        "params": {"n_iter": model.config["n_iter"]},
-        "cost": cost.numpy(),
-        "epsilon": model.absolute_epsilon(),
-        "cost_anchors": points,
-        "cost_offsets": offsets,
-    }
+    store_asot(adata, "asot", model, weights)
     for n_candidates in (15, 30, 45):
         graph_s, _ = time_call(
             lambda c=n_candidates: sot.tl.asot_neighbors(adata, n_neighbors=15, n_candidates=c, progress=False)
