@@ -344,6 +344,76 @@ def tl_defaults() -> dict[str, Any]:
     }
 
 
+def train_variant(
+    variant: str,
+    family,
+    train,
+    labels,
+    vectors,
+    train_cells,
+    names,
+    defaults,
+    steps: int,
+    device: str,
+    seed: int,
+    overrides,
+) -> tuple[WassersteinFlowMatching, float]:
+    """A variant's model at ``sot.tl.wfm``'s defaults (``--set`` overrides), trained, and its fit seconds."""
+    conditioning, minibatch_ot = VARIANTS[variant]
+    torch.manual_seed(seed)
+    model = WassersteinFlowMatching(
+        family.dim,
+        family.max_size,
+        labels=names if conditioning == "labels" else None,
+        condition_dim=vectors.shape[1] if conditioning == "vectors" else None,
+        **{
+            "width": defaults["width"],
+            "n_layers": defaults["n_layers"],
+            "noise": defaults["noise"],
+            "matching": defaults["matching"],
+            "minibatch_ot": minibatch_ot,
+            "pairing_pool": defaults["pairing_pool"],
+            **VARIANT_MODEL.get(variant, {}),
+            **overrides["model"],
+        },
+    )
+    start = time.perf_counter()
+    model.fit(
+        train,
+        labels[train_cells] if conditioning == "labels" else None,
+        conditions=vectors[train_cells] if conditioning == "vectors" else None,
+        **{
+            "n_steps": steps,
+            "batch_size": defaults["batch_size"],
+            "learning_rate": defaults["learning_rate"],
+            "p_uncond": defaults["p_uncond"],
+            "device": device,
+            "random_state": seed,
+            "progress": False,
+            **overrides["fit"],
+        },
+    )
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return model, time.perf_counter() - start
+
+
+def generate_for(model, conditioning, cells, family, labels, vectors, defaults, overrides, random_state: int):
+    """One generated niche per cell of ``cells``, from its own label or vector (by ``conditioning``) and size."""
+    return model.sample(
+        labels=list(labels[cells]) if conditioning == "labels" else None,
+        conditions=vectors[cells] if conditioning == "vectors" else None,
+        sizes=family.sizes[cells],
+        **{
+            "n_steps": defaults["ode_steps"],
+            "method": defaults["method"],
+            "guidance": defaults["guidance"],
+            **overrides["sample"],
+        },
+        random_state=random_state,
+    )
+
+
 def point_cloud_case(name: str, loaded, args, device: str) -> dict[str, Any]:
     adata, labels, vectors, colour, tile, groups = loaded
     defaults = tl_defaults()
@@ -387,57 +457,34 @@ def point_cloud_case(name: str, loaded, args, device: str) -> dict[str, Any]:
     train = IndexedClouds(family.features, family.indices[train_cells], family.mask[train_cells])
     for variant in args.variants:
         conditioning, minibatch_ot = VARIANTS[variant]
-        torch.manual_seed(args.seed)
-        model = WassersteinFlowMatching(
-            family.dim,
-            family.max_size,
-            labels=names if conditioning == "labels" else None,
-            condition_dim=vectors.shape[1] if conditioning == "vectors" else None,
-            **{
-                "width": defaults["width"],
-                "n_layers": defaults["n_layers"],
-                "noise": defaults["noise"],
-                "matching": defaults["matching"],
-                "minibatch_ot": minibatch_ot,
-                "pairing_pool": defaults["pairing_pool"],
-                **VARIANT_MODEL.get(variant, {}),
-                **args.overrides["model"],
-            },
-        )
-        start = time.perf_counter()
-        model.fit(
+        model, train_s = train_variant(
+            variant,
+            family,
             train,
-            labels[train_cells] if conditioning == "labels" else None,
-            conditions=vectors[train_cells] if conditioning == "vectors" else None,
-            **{
-                "n_steps": steps,
-                "batch_size": defaults["batch_size"],
-                "learning_rate": defaults["learning_rate"],
-                "p_uncond": defaults["p_uncond"],
-                "device": device,
-                "random_state": args.seed,
-                "progress": False,
-                **args.overrides["fit"],
-            },
+            labels,
+            vectors,
+            train_cells,
+            names,
+            defaults,
+            steps,
+            device,
+            args.seed,
+            args.overrides,
         )
-        if device == "cuda":
-            torch.cuda.synchronize()
-        train_s = time.perf_counter() - start
         model.to("cpu")
         generations, features, sample_s = [], [], 0.0
         for generation in range(args.generations):
             start = time.perf_counter()
-            generated = model.sample(
-                labels=list(labels[eval_cells]) if conditioning == "labels" else None,
-                conditions=vectors[eval_cells] if conditioning == "vectors" else None,
-                sizes=family.sizes[eval_cells],
-                **{
-                    "n_steps": defaults["ode_steps"],
-                    "method": defaults["method"],
-                    "guidance": defaults["guidance"],
-                    **args.overrides["sample"],
-                },
-                random_state=args.seed + generation,
+            generated = generate_for(
+                model,
+                conditioning,
+                eval_cells,
+                family,
+                labels,
+                vectors,
+                defaults,
+                args.overrides,
+                args.seed + generation,
             )
             sample_s += time.perf_counter() - start
             generations.append(scores(real, generated, real_matrices, eval_groups))
@@ -461,17 +508,16 @@ def point_cloud_case(name: str, loaded, args, device: str) -> dict[str, Any]:
             start = time.perf_counter()
             generated_correct = []
             for generation in range(args.generations):
-                generated = model.sample(
-                    labels=list(labels[paired_cells]) if conditioning == "labels" else None,
-                    conditions=vectors[paired_cells] if conditioning == "vectors" else None,
-                    sizes=family.sizes[paired_cells],
-                    **{
-                        "n_steps": defaults["ode_steps"],
-                        "method": defaults["method"],
-                        "guidance": defaults["guidance"],
-                        **args.overrides["sample"],
-                    },
-                    random_state=args.seed + 500 + generation,
+                generated = generate_for(
+                    model,
+                    conditioning,
+                    paired_cells,
+                    family,
+                    labels,
+                    vectors,
+                    defaults,
+                    args.overrides,
+                    args.seed + 500 + generation,
                 )
                 generated_correct.append(classifier.predict(features_of(generated)) == labels[paired_cells])
             result["classifier_paired"] = paired_classifier(

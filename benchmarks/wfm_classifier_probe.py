@@ -25,7 +25,6 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import NearestNeighbors
 
 import spatialot as sot
-from spatialot.models import WassersteinFlowMatching
 from spatialot.ot import IndexedClouds
 
 
@@ -91,49 +90,33 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.case} references: {references}", flush=True)
     rows = {}
     for variant in filter(None, args.variants.split(",")):
-        conditioning, minibatch_ot = wfm.VARIANTS[variant]
-        torch.manual_seed(args.seed)
-        model = WassersteinFlowMatching(
-            family.dim,
-            family.max_size,
-            labels=names if conditioning == "labels" else None,
-            condition_dim=vectors.shape[1] if conditioning == "vectors" else None,
-            width=defaults["width"],
-            n_layers=defaults["n_layers"],
-            noise=defaults["noise"],
-            matching=defaults["matching"],
-            minibatch_ot=minibatch_ot,
-            pairing_pool=defaults["pairing_pool"],
-            **{**wfm.VARIANT_MODEL.get(variant, {}), **overrides["model"]},
-        )
-        model.fit(
+        conditioning, _ = wfm.VARIANTS[variant]
+        model, _ = wfm.train_variant(
+            variant,
+            family,
             train,
-            labels[train_cells] if conditioning == "labels" else None,
-            conditions=vectors[train_cells] if conditioning == "vectors" else None,
-            **{
-                "n_steps": defaults["n_steps"],
-                "batch_size": defaults["batch_size"],
-                "learning_rate": defaults["learning_rate"],
-                "p_uncond": defaults["p_uncond"],
-                "device": "cpu",
-                "random_state": args.seed,
-                "progress": False,
-                **overrides["fit"],
-            },
+            labels,
+            vectors,
+            train_cells,
+            names,
+            defaults,
+            defaults["n_steps"],
+            "cpu",
+            args.seed,
+            overrides,
         )
         correct = []
         for generation in range(args.generations):
-            generated = model.sample(
-                labels=list(labels[paired_cells]) if conditioning == "labels" else None,
-                conditions=vectors[paired_cells] if conditioning == "vectors" else None,
-                sizes=family.sizes[paired_cells],
-                **{
-                    "n_steps": defaults["ode_steps"],
-                    "method": defaults["method"],
-                    "guidance": defaults["guidance"],
-                    **overrides["sample"],
-                },
-                random_state=args.seed + 500 + generation,
+            generated = wfm.generate_for(
+                model,
+                conditioning,
+                paired_cells,
+                family,
+                labels,
+                vectors,
+                defaults,
+                overrides,
+                args.seed + 500 + generation,
             )
             correct.append(classifier.predict(wfm.features_of(generated)) == labels[paired_cells])
         rows[variant] = wfm.paired_classifier(np.array(correct), real_correct, labels[paired_cells], args.seed)
