@@ -522,7 +522,7 @@ class WassersteinFlowMatching(Model):
     @property
     def _pairs_clouds(self) -> bool:
         """Whether training re-pairs source and data clouds by minibatch OT."""
-        vectors_allowed = not self.config.get("condition_dim") or self.config.get("condition_pairing", 0.0) > 0
+        vectors_allowed = not self.config.get("condition_dim") or self.config["condition_pairing"] > 0
         return bool(self.config["minibatch_ot"]) and vectors_allowed
 
     def _pool_size(self, batch_size: int, n_clouds: int, from_noise: bool) -> int:
@@ -564,7 +564,7 @@ class WassersteinFlowMatching(Model):
             return cost
         distances = torch.cdist(vectors.float(), vectors.float()) ** 2
         scale = cost.mean() / distances.mean().clamp_min(1e-12)
-        return cost + self.config.get("condition_pairing", 0.0) * scale * distances
+        return cost + self.config["condition_pairing"] * scale * distances
 
     def flow_matching_loss(
         self,
