@@ -473,6 +473,11 @@ class ASOT(Model):
         """ASOT-DL: the dictionary (started at the centroids) and the sparsity MLP, on points alone."""
         device = self.device
         center = np.average(points, axis=0, weights=weights)
+        # drawn here, under fit's seed: drawn by the constructor, the start (and so the fitted
+        # codes) would depend on whatever used torch's global generator before
+        for layer in self.sparsity:
+            if isinstance(layer, nn.Linear):
+                layer.reset_parameters()
         with torch.no_grad():
             self.center.copy_(torch.as_tensor(center, dtype=torch.float32))
             self.anchors.copy_(torch.as_tensor((centers - center) / float(self.scale), dtype=torch.float32))
