@@ -120,3 +120,13 @@ def test_hotet_trains_where_fit_is_told_and_refuses_an_unknown_device(clouds):
         HOTET(2, width=16, n_layers=1, n_heads=2, mlp_width=16, hyper_width=16).fit(
             clouds, n_steps=1, device="tpu", progress=False
         )
+
+
+def test_wfm_front_end_and_both_wfm_models_train_the_same_default_budget():
+    # benchmarks/wfm.py measures sot.tl.wfm's default; a model used directly must get the same one
+    from spatialot import tl
+
+    front_end = inspect.signature(tl.wfm).parameters["n_steps"].default
+    for model_class in (WassersteinFlowMatching, GaussianFlowMatching):
+        assert inspect.signature(model_class.fit).parameters["n_steps"].default == front_end
+    assert front_end == 6000

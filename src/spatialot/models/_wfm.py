@@ -355,9 +355,10 @@ class WassersteinFlowMatching(Model):
 
     The learning rate warms up over 100 steps to 1e-3 and falls along half a cosine to 0 at
     the last step, where the official code keeps a constant 3e-4 (spatial data; ×0.998 per
-    1,000 steps) over 32,000 steps of a 512-wide, 6-block network. Why: at the 2,000 steps of
-    this CPU-sized default, a constant rate ends training with the weights still moving, and
-    the generated niches come out blurred and short of part of the real ones. Unconditional, on
+    1,000 steps) over 32,000 steps of a 512-wide, 6-block network. Why: at the few thousand
+    steps of a CPU-sized budget (2,000 when this was measured; 6,000 is the default), a
+    constant rate ends training with the weights still moving, and the generated niches come
+    out blurred and short of part of the real ones. Unconditional, on
     the simulated tissue (``benchmarks/wfm.py``, ``results/wfm-probe/``, 3 generations, floor
     0.540): 1-NN under :math:`W_2^2` 0.608 with the real half at 0.663 and MMD² 0.016 at the
     constant 3e-4; 0.572 with the cosine at 3e-4; 0.547, real half 0.606 and MMD² 0.0010 (the
@@ -663,7 +664,7 @@ class WassersteinFlowMatching(Model):
         *,
         conditions: np.ndarray | torch.Tensor | None = None,
         source: CloudFamily | None = None,
-        n_steps: int = 2000,
+        n_steps: int = 6000,
         batch_size: int = 16,
         learning_rate: float = 1e-3,
         decay_rate: float = 0.0,

@@ -209,7 +209,7 @@ class GaussianFlowMatching(Model):
         covariances: np.ndarray | torch.Tensor,
         labels: Sequence | np.ndarray | None = None,
         *,
-        n_steps: int = 2000,
+        n_steps: int = 6000,
         batch_size: int = 64,
         learning_rate: float = 1e-3,
         decay_rate: float = 0.0,
