@@ -14,7 +14,8 @@ samples of ``--n-points`` points; 50 unseen measures, each map predicted from a 
 **Scoring** (``w2_scores``): L2-UVP = 100 · E‖T̂ − T*‖² / Var(target) and the cosine of the
 displacements, mean over the unseen measures, for the forward map μ_b → ν and the inverse map
 ν → μ_b; beside them the closed-form Gaussian map between each test sample's moments and ν
-(``w2_gaussian_baseline``).
+(``w2_gaussian_baseline``). ``--eval-every N`` also scores the official maps every N steps
+(their script scores every 1,000), the RNG state kept so that the run itself is unchanged.
 
 **spatialot** (``fit_w2``): ``sot.models.HOTET(d)`` with its defaults (Gaussian base, three
 conjugate ascent steps), trained as ``benchmarks/hotet.py --only-w2`` trains it.
@@ -79,6 +80,7 @@ import random
 import sys
 import time
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -160,9 +162,21 @@ class _PretrainingPair:
 
 
 def train_official(
-    official: dict[str, Any], config: dict[str, Any], data, steps: int, inverse_condition: str, seed: int
+    official: dict[str, Any],
+    config: dict[str, Any],
+    data,
+    steps: int,
+    inverse_condition: str,
+    seed: int,
+    score: Callable[[np.ndarray, np.ndarray], dict[str, float]],
+    eval_every: int = 0,
 ) -> dict[str, Any]:
-    """Their multi-distribution script's model and training loop, on ``data`` (a ``W2Data``)."""
+    """Their multi-distribution script's model and training loop, on ``data`` (a ``W2Data``).
+
+    Every ``eval_every`` steps (0: never) the maps of the unseen measures are scored with ``score``
+    (training mode, as their script scores; the RNG state is restored so that the run is unchanged),
+    excluded from the training time.
+    """
     dim = config["DIM"]
     torch.manual_seed(config["SEED"])
     D = official["MainDenseICNN"](**config["D_HYPERPARAMS"])  # noqa: N806 (their names)
@@ -212,11 +226,26 @@ def train_official(
     lr = config["LR"]
     optimisers = [torch.optim.Adam(m.parameters(), lr=lr) for m in (embedding_x, embedding_y, H, H_conj)]
 
+    def predict(eval_mode: bool) -> tuple[np.ndarray, np.ndarray]:
+        for module in (H, H_conj, embedding_x, embedding_y):
+            module.train(not eval_mode)
+        forward, inverse = [], []
+        for b in range(len(data.test)):
+            given = data.test.points[b]  # the unseen measure's own sample (deviation 5)
+            W = calc_W(H, embedding_x, given, config)  # noqa: N806
+            W_conj = calc_W(H_conj, embedding_y, given, config)  # noqa: N806  (their eval loop: the source)
+            x = torch.as_tensor(data.x[b], dtype=torch.float32).requires_grad_(True)
+            z = torch.as_tensor(data.z[b], dtype=torch.float32).requires_grad_(True)
+            forward.append(D.push_nograd(x, W).numpy())
+            inverse.append(D_conj.push_nograd(z, W_conj).numpy())
+        return np.stack(forward), np.stack(inverse)
+
     picker = random.Random(seed)
+    curve = []
     n_train, n_samples = data.train_points.shape[:2]
     history = []
     start = time.perf_counter()
-    for _ in range(steps):
+    for step in range(steps):
         pairs_sampled = picker.sample(range(n_train), N_DISTRIBUTIONS)
         W_loss = 0  # noqa: N806
         for module in (H, H_conj, embedding_x, embedding_y):
@@ -239,26 +268,19 @@ def train_official(
         for opt in optimisers:
             opt.step()
         history.append(float(W_loss.detach()))
+        if eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
+            paused = time.perf_counter()
+            kept = torch.get_rng_state()
+            curve.append({"step": step + 1, **score(*predict(eval_mode=False))})
+            torch.set_rng_state(kept)
+            start += time.perf_counter() - paused
     train_s = time.perf_counter() - start
-
-    def predict(eval_mode: bool) -> tuple[np.ndarray, np.ndarray]:
-        for module in (H, H_conj, embedding_x, embedding_y):
-            module.train(not eval_mode)
-        forward, inverse = [], []
-        for b in range(len(data.test)):
-            given = data.test.points[b]  # the unseen measure's own sample (deviation 5)
-            W = calc_W(H, embedding_x, given, config)  # noqa: N806
-            W_conj = calc_W(H_conj, embedding_y, given, config)  # noqa: N806  (their eval loop: the source)
-            x = torch.as_tensor(data.x[b], dtype=torch.float32).requires_grad_(True)
-            z = torch.as_tensor(data.z[b], dtype=torch.float32).requires_grad_(True)
-            forward.append(D.push_nograd(x, W).numpy())
-            inverse.append(D_conj.push_nograd(z, W_conj).numpy())
-        return np.stack(forward), np.stack(inverse)
 
     torch.manual_seed(seed + 4)  # the dropout masks of the training-mode evaluation
     maps = {"train": predict(eval_mode=False), "eval": predict(eval_mode=True)}
     return {
         "maps": maps,
+        "curve": curve,
         "pretrain_s": pretrain_s,
         "pretrain_final_mse": float(pretrain_loss),
         "train_s": train_s,
@@ -298,7 +320,16 @@ def run_dim(bench, official, args: argparse.Namespace, dim: int) -> dict[str, An
     for variant in args.inverse_condition:
         key = VARIANTS[variant]
         with cuda_calls_stay_on_cpu():
-            result = train_official(official, config, data, args.steps, variant, args.seed)
+            result = train_official(
+                official,
+                config,
+                data,
+                args.steps,
+                variant,
+                args.seed,
+                lambda forward, inverse: bench.w2_scores(data, forward, inverse),
+                args.eval_every,
+            )
         for mode, (forward, inverse) in result.pop("maps").items():
             row[key + ("_eval_mode" if mode == "eval" else "")] = bench.w2_scores(data, forward, inverse)
         row[key].update(result, s_per_step=result["train_s"] / args.steps)
@@ -349,6 +380,7 @@ def main() -> None:
         default=list(VARIANTS),
         help="official variants to run: H_conj conditioned on Y in training as written (reference), or on X (source)",
     )
+    parser.add_argument("--eval-every", type=int, default=0, help="score the official maps every N steps (0: never)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None)
