@@ -65,7 +65,7 @@ Deviations needed to run their code here (each also in ``benchmarks/README.md``)
 Run (from the repository root; see ``benchmarks/README.md``)::
 
     git --git-dir=<mirror of JiangMingchen/HOTET> archive HEAD | tar -x -C /work/hotet-official
-    pip install -r benchmarks/peers/requirements.txt   # hypnettorch (--no-deps), pyyaml
+    pip install -r benchmarks/peers/requirements.txt   # hypnettorch, for their src/mnet.py
     python benchmarks/peers/hotet.py --dims 2 4 8 --steps 1000
 """
 
