@@ -45,6 +45,8 @@ Integrator = Literal["euler", "midpoint"]
 _MATCHINGS = ("auto", "exact", "entropic")
 _NOISES = ("normal", "cholesky")
 _INTEGRATORS = ("euler", "midpoint")
+# training steps of both WFM models and of sot.tl.wfm, one budget (its choice: tl.wfm's `n_steps`)
+DEFAULT_N_STEPS = 6000
 
 
 # ---------------------------------------------------------------------------- OT matching of points
@@ -664,7 +666,7 @@ class WassersteinFlowMatching(Model):
         *,
         conditions: np.ndarray | torch.Tensor | None = None,
         source: CloudFamily | None = None,
-        n_steps: int = 6000,
+        n_steps: int = DEFAULT_N_STEPS,
         batch_size: int = 16,
         learning_rate: float = 1e-3,
         decay_rate: float = 0.0,

@@ -30,6 +30,7 @@ from ._device import resolve_device, seeded
 from ._training import CHECKPOINT_EVERY, Precision, Schedule, full_precision, restored_on_failure, train
 from ._wfm import (
     _INTEGRATORS,
+    DEFAULT_N_STEPS,
     FlowConditioner,
     Integrator,
     _resolve_count,
@@ -209,7 +210,7 @@ class GaussianFlowMatching(Model):
         covariances: np.ndarray | torch.Tensor,
         labels: Sequence | np.ndarray | None = None,
         *,
-        n_steps: int = 6000,
+        n_steps: int = DEFAULT_N_STEPS,
         batch_size: int = 64,
         learning_rate: float = 1e-3,
         decay_rate: float = 0.0,

@@ -19,7 +19,7 @@ from ..get import niche_clouds
 from ..models._batches import family_moments
 from ..models._device import resolve_device, seeded
 from ..models._training import CHECKPOINT_EVERY, Precision, Schedule
-from ..models._wfm import WassersteinFlowMatching
+from ..models._wfm import DEFAULT_N_STEPS, WassersteinFlowMatching
 from ..models._wfm_gaussian import GaussianFlowMatching
 from ..ot import IndexedClouds, sqrtm_psd
 from ._utils import write_result
@@ -116,7 +116,7 @@ def wfm(
     niche_key: str = "niche",
     condition_key: str | None = None,
     mode: Literal["pointcloud", "gaussian"] = "pointcloud",
-    n_steps: int = 6000,
+    n_steps: int = DEFAULT_N_STEPS,
     batch_size: int | None = None,
     learning_rate: float | None = None,
     schedule: Schedule = "cosine",
