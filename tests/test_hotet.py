@@ -296,27 +296,40 @@ def test_tl_hotet_bad_input_leaves_adata_unchanged():
     assert (set(adata.obsm), set(adata.uns)) == before
 
 
-def test_gaussian_base_starts_at_the_plug_in_gaussian_map():
+@pytest.mark.parametrize("shrinkage", [0.0, 0.5, "oas"])
+def test_gaussian_base_starts_at_the_plug_in_gaussian_map(shrinkage):
     rng = np.random.default_rng(2)
     means, covs = _gaussians(rng, 4, 3)
     ref_mean, ref_cov = (a[0] for a in _gaussians(rng, 1, 3))
-    clouds = sot.ot.PointClouds.from_padded(_sample(rng, means, covs, 200))
-    model = HOTET(3, **SMALL, base="gaussian", shrinkage=0.0)
+    # clouds of 6 points: few enough that the shrinkage moves the covariance a long way
+    clouds = sot.ot.PointClouds.from_padded(_sample(rng, means, covs, 6))
+    model = HOTET(3, **SMALL, base="gaussian", shrinkage=shrinkage)
     model.fit(clouds, reference=(ref_mean, ref_cov), n_steps=1, learning_rate=1e-9, progress=False)
-    sample_means, sample_covs = sot.ot.gaussian_moments(clouds.to(dtype=torch.float64))
-    scale2 = float(model.scale) ** 2
-    matrix, shift = sot.ot.gaussian_map(
-        sample_means,
-        sample_covs + 1e-4 * scale2 * torch.eye(3, dtype=torch.float64),
-        torch.tensor(ref_mean),
-        torch.tensor(ref_cov),
-    )
     points = _sample(rng, means, covs, 100)
-    expected = points @ matrix.numpy().transpose(0, 2, 1) + shift.numpy()[:, None, :]
+    scale2 = float(model.scale) ** 2
+
+    def plug_in_map(weight):
+        sample_means, sample_covs = sot.ot.gaussian_moments(clouds.to(dtype=torch.float64), shrinkage=weight)
+        matrix, shift = sot.ot.gaussian_map(
+            sample_means,
+            sample_covs + 1e-4 * scale2 * torch.eye(3, dtype=torch.float64),
+            torch.tensor(ref_mean),
+            torch.tensor(ref_cov),
+        )
+        return points @ matrix.numpy().transpose(0, 2, 1) + shift.numpy()[:, None, :]
+
+    def l2_uvp(predicted, expected):
+        return 100 * ((predicted - expected) ** 2).sum(-1).mean() / np.trace(ref_cov)
+
     predicted = model.transport(clouds, points)
-    assert 100 * ((predicted - expected) ** 2).sum(-1).mean() / np.trace(ref_cov) < 1.0
+    assert l2_uvp(predicted, plug_in_map(shrinkage)) < 1.0
+    # and not the map of another shrinkage: the test tells them apart
+    other = 0.0 if shrinkage else 0.5
+    assert l2_uvp(predicted, plug_in_map(other)) > 5.0
     with pytest.raises(ValueError, match="`base`"):
         HOTET(3, base="affine")
+    with pytest.raises(ValueError, match="`shrinkage` must be 'oas' or a number"):
+        HOTET(3, shrinkage="ledoit")
     with pytest.raises(ValueError, match="positive definite"):
         HOTET(3, **SMALL).fit(clouds, reference=(ref_mean, -ref_cov), n_steps=1, progress=False)
 

@@ -295,6 +295,35 @@ def test_gaussian_moments_ignore_padding():
     np.testing.assert_allclose(covs[0].numpy(), np.cov(cloud.T, bias=True))
 
 
+@pytest.mark.parametrize(("n_points", "dim"), [(5, 2), (8, 8), (6, 12), (128, 8), (128, 64)])
+def test_oas_shrinkage_matches_scikit_learn(n_points, dim):
+    from sklearn.covariance import oas
+
+    rng = np.random.default_rng(n_points + dim)
+    clouds = [rng.normal(size=(n_points, dim)) * rng.uniform(0.5, 2.0, size=dim) + 3.0 for _ in range(2)]
+    # beside a larger cloud, both are padded by three slots: the padding must count neither as points nor in n
+    padded = ot.PointClouds.from_list([clouds[0], clouds[1], rng.normal(size=(n_points + 3, dim))], dtype=torch.float64)
+    means, covs = ot.gaussian_moments(padded, shrinkage="oas")
+    for index in range(2):
+        expected, _ = oas(clouds[index])
+        np.testing.assert_allclose(covs[index].numpy(), expected, atol=1e-12)
+        np.testing.assert_allclose(means[index].numpy(), clouds[index].mean(0))
+
+
+def test_fixed_shrinkage_keeps_the_trace_and_moves_towards_the_identity():
+    rng = np.random.default_rng(31)
+    clouds = ot.PointClouds.from_list([rng.normal(size=(7, 4)) * [1.0, 2.0, 3.0, 4.0]], dtype=torch.float64)
+    _, raw = ot.gaussian_moments(clouds)
+    _, half = ot.gaussian_moments(clouds, shrinkage=0.25)
+    _, full = ot.gaussian_moments(clouds, shrinkage=1.0)
+    level = torch.trace(raw[0]) / 4
+    torch.testing.assert_close(half[0], 0.75 * raw[0] + 0.25 * level * torch.eye(4, dtype=torch.float64))
+    torch.testing.assert_close(full[0], level * torch.eye(4, dtype=torch.float64))
+    for bad in (-0.1, 1.5, "ledoit", True):
+        with pytest.raises(ValueError, match="`shrinkage` must be 'oas' or a number in"):
+            ot.gaussian_moments(clouds, shrinkage=bad)
+
+
 def test_unchecked_sinkhorn_matches_the_checked_solve_and_pot():
     x = _random_clouds(6, 12, 3, seed=29, ragged=True).to(dtype=torch.float64)
     y = _random_clouds(6, 9, 3, seed=30, shift=0.5, ragged=True).to(dtype=torch.float64)

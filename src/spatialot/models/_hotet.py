@@ -19,7 +19,7 @@ from torch import nn
 from .._docs import inject_docs
 from .._validation import as_tensor, check_float32_range, check_int
 from ..ot import PointClouds
-from ..ot._gaussian import gaussian_map, sqrtm_psd
+from ..ot._gaussian import check_shrinkage, gaussian_map, gaussian_moments, sqrtm_psd
 from ._base import Model
 from ._batches import CloudFamily, map_batches, pooled_moments, take
 from ._blocks import SetTransformer, mlp, weighted_mean
@@ -119,8 +119,14 @@ class HOTET(Model):
         reference's moments (the *Gaussian initialisation* of ICNNs, Bunne et al. 2022), so the
         network learns only the non-Gaussian correction.
     shrinkage
-        With ``base='gaussian'``, weight of the identity (scaled to the mean variance) mixed into
-        each cloud's covariance, which is singular when a cloud has fewer points than dimensions.
+        With ``base='gaussian'``, how each cloud's covariance is shrunk towards a multiple of the
+        identity before the closed-form map is taken (:func:`spatialot.ot.gaussian_moments`):
+        ``'oas'`` (default) picks the weight per cloud from its size and spread, as
+        :func:`sklearn.covariance.oas` does; a number in ``[0, 1]`` fixes it. A cloud's sample
+        covariance is singular when it has fewer points than dimensions, and noisy well beyond:
+        on ``sot.datasets.w2_benchmark`` with 128 points per measure, the closed-form map of the
+        OAS covariance has L2-UVP 9.0 / 9.1 % (forward / inverse) at d = 64 against 20.7 / 11.7 %
+        with a fixed weight of 0.1 (``benchmarks/hotet.py``).
     conjugate_steps
         Ascent steps that refine each conjugate of the dual loss from the other direction's map
         (see Notes); ``0`` is the paper's batch maximum (*MM-B*).
@@ -230,14 +236,13 @@ class HOTET(Model):
         hyper_width: int = 256,
         n_anchors: int = 64,
         base: str = "gaussian",
-        shrinkage: float = 0.1,
+        shrinkage: float | str = "oas",
         conjugate_steps: int = 3,
         random_state: int | None = 0,
     ):
         if base not in ("identity", "gaussian"):
             raise ValueError(f"`base` must be 'identity' or 'gaussian', got {base!r}.")
-        if not 0 <= shrinkage <= 1:
-            raise ValueError(f"`shrinkage` must lie in [0, 1], got {shrinkage!r}.")
+        check_shrinkage(shrinkage)
         dim = check_int("dim", dim)
         n_anchors = check_int("n_anchors", n_anchors)
         conjugate_steps = check_int("conjugate_steps", conjugate_steps, minimum=0)
@@ -361,15 +366,10 @@ class HOTET(Model):
         """Square root and shift of the closed-form Gaussian map between the cloud's moments and the reference's."""
         if self.config["base"] == "identity":
             return None
-        dim = self.config["dim"]
-        mean = (weights[..., None] * x).sum(1)
-        centred = (x - mean[:, None, :]) * (weights[..., None] > 0)
-        cov = (weights[..., None] * centred).transpose(1, 2) @ centred
-        # shrinkage towards a multiple of the identity: niches have fewer points than dimensions
-        eye = torch.eye(dim, dtype=x.dtype, device=x.device)
-        level = torch.diagonal(cov, dim1=1, dim2=2).mean(1)[:, None, None]
-        alpha = self.config["shrinkage"]
-        cov = (1 - alpha) * cov + alpha * level * eye + 1e-4 * eye
+        clouds = PointClouds(x, weights > 0, weights)
+        mean, cov = gaussian_moments(clouds, shrinkage=self.config["shrinkage"])
+        # a floor for clouds of one point (or of identical points), whose covariance is 0
+        cov = cov + 1e-4 * torch.eye(self.config["dim"], dtype=x.dtype, device=x.device)
         ref_mean = self._normalise(self.reference_mean).expand_as(mean)
         ref_cov = (self.reference_cov / self.scale**2).expand_as(cov)
         if direction == "forward":

@@ -12,6 +12,8 @@ Every function is batched over leading dimensions and differentiable.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from .._validation import as_tensor
@@ -38,18 +40,29 @@ def sqrtm_psd(matrices: torch.Tensor) -> torch.Tensor:
     return _psd_power(matrices, 0.5)
 
 
-def gaussian_moments(clouds: PointClouds) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted mean and covariance of each cloud.
+def gaussian_moments(clouds: PointClouds, *, shrinkage: float | str = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Weighted mean and covariance of each cloud, the covariance optionally shrunk towards a multiple of the identity.
 
     Parameters
     ----------
     clouds
         A batch of weighted clouds.
+    shrinkage
+        Weight :math:`\rho` of the target :math:`\tfrac{\operatorname{tr} S}{d} I` in
+        :math:`(1 - \rho) S + \rho \tfrac{\operatorname{tr} S}{d} I`, where :math:`S` is the
+        cloud's weighted covariance: a number in ``[0, 1]`` (``0``, the default, is :math:`S`), or
+        ``'oas'`` for the Oracle Approximating Shrinkage of Chen et al. (2010), which picks
+        :math:`\rho` per cloud from its own :math:`S` and size, as :func:`sklearn.covariance.oas`
+        does. The sample covariance of :math:`n` points in :math:`d` dimensions scatters its
+        eigenvalues (it is singular for :math:`n \le d`); OAS undoes most of that error when
+        :math:`n` is not much larger than :math:`d` and leaves :math:`S` nearly untouched when it
+        is. A weighted cloud counts as :math:`n = 1 / \sum_i w_i^2` points (its size when the
+        weights are uniform).
 
     Returns
     -------
     Means of shape ``(batch, dim)`` and covariances of shape ``(batch, dim, dim)`` (the weighted
-    second central moment, without a small-sample correction).
+    second central moment, without a small-sample correction, then shrunk).
 
     Examples
     --------
@@ -58,12 +71,49 @@ def gaussian_moments(clouds: PointClouds) -> tuple[torch.Tensor, torch.Tensor]:
     >>> means, covariances = gaussian_moments(PointClouds.from_list([np.array([[0.0, 0.0], [2.0, 0.0]])]))
     >>> means, covariances[0, 0]
     (tensor([[1., 0.]]), tensor([1., 0.]))
+    >>> gaussian_moments(PointClouds.from_list([np.array([[0.0, 0.0], [2.0, 0.0]])]), shrinkage=0.5)[1][0]
+    tensor([[0.7500, 0.0000],
+            [0.0000, 0.2500]])
     """
+    check_shrinkage(shrinkage)
     weights = clouds.weights[..., None]
     means = (weights * clouds.points).sum(1)
     centred = (clouds.points - means[:, None, :]) * clouds.mask[..., None]
     covariances = (weights * centred).transpose(1, 2) @ centred
+    if isinstance(shrinkage, str) or shrinkage > 0:
+        dim = covariances.shape[-1]
+        level = torch.diagonal(covariances, dim1=-2, dim2=-1).mean(-1)
+        if isinstance(shrinkage, str):
+            # Chen et al. (2010), eq. 23 without its 2/d terms, as scikit-learn writes it
+            mean_square = (covariances**2).mean((-2, -1))
+            n_points = 1.0 / (clouds.weights**2).sum(1)
+            denominator = (n_points + 1) * (mean_square - level**2 / dim)
+            ratio = (mean_square + level**2) / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+            rho = torch.where(denominator > 0, ratio.clamp(max=1.0), torch.ones_like(ratio))[:, None, None]
+        else:
+            rho = shrinkage
+        eye = torch.eye(dim, dtype=covariances.dtype, device=covariances.device)
+        covariances = (1 - rho) * covariances + rho * level[:, None, None] * eye
     return means, covariances
+
+
+def check_shrinkage(shrinkage: float | str) -> None:
+    """A ``ValueError`` naming ``shrinkage`` unless it is ``'oas'`` or a number in ``[0, 1]``.
+
+    Examples
+    --------
+    >>> check_shrinkage("oas")
+    >>> check_shrinkage(1.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: `shrinkage` must be 'oas' or a number in [0, 1], got 1.5.
+    """
+    if isinstance(shrinkage, str):
+        if shrinkage == "oas":
+            return
+    elif isinstance(shrinkage, numbers.Real) and not isinstance(shrinkage, bool) and 0 <= shrinkage <= 1:
+        return
+    raise ValueError(f"`shrinkage` must be 'oas' or a number in [0, 1], got {shrinkage!r}.")
 
 
 def bures_wasserstein_squared(
