@@ -343,7 +343,7 @@ def run_dim(bench, official, args: argparse.Namespace, dim: int) -> dict[str, An
             "points_per_distribution": args.n_points,
         }
         print(f"d={dim} {key}: {row[key]['s_per_step']:.3f} s/step", flush=True)
-    row["gaussian"] = bench.w2_scores(data, *bench.w2_gaussian_baseline(data))
+    row["gaussian"] = bench.w2_scores(data, *bench.w2_gaussian_baseline(data))  # HOTET's default base
     row["load_after"] = list(os.getloadavg())
     return row
 
