@@ -364,6 +364,7 @@ def train_variant(
     model = WassersteinFlowMatching(
         family.dim,
         family.max_size,
+        random_state=seed,
         labels=names if conditioning == "labels" else None,
         condition_dim=vectors.shape[1] if conditioning == "vectors" else None,
         **{
@@ -563,7 +564,7 @@ def gaussian_case(args, device: str) -> dict[str, Any]:
     rng = np.random.default_rng(args.seed)
     means, covariances = _true_family(4000, rng)
     torch.manual_seed(args.seed)
-    model = GaussianFlowMatching(3)
+    model = GaussianFlowMatching(3, random_state=args.seed)
     start = time.perf_counter()
     # the --set arguments of `fit` that the Gaussian mode's `fit` takes too (e.g. the schedule)
     accepted = set(inspect.signature(GaussianFlowMatching.fit).parameters)

@@ -112,6 +112,40 @@ def test_every_model_has_one_shape_architecture_in_the_constructor_training_in_f
         assert fit[name].kind is inspect.Parameter.KEYWORD_ONLY, name
 
 
+SMALL_MODELS = {
+    Wormhole: lambda **seed: Wormhole(2, n_components=8, width=16, n_layers=1, n_heads=2, mlp_width=16, **seed),
+    WassersteinFlowMatching: lambda **seed: WassersteinFlowMatching(
+        2, 6, width=16, n_layers=1, n_heads=2, mlp_width=16, **seed
+    ),
+    GaussianFlowMatching: lambda **seed: GaussianFlowMatching(2, width=16, n_layers=1, **seed),
+    HOTET: lambda **seed: HOTET(2, width=16, n_layers=1, n_heads=2, mlp_width=16, hyper_width=16, **seed),
+}
+
+
+@pytest.mark.parametrize("model_class", list(SMALL_MODELS))
+def test_initial_weights_follow_the_constructors_seed_not_torchs_global_generator(model_class):
+    build = SMALL_MODELS[model_class]
+
+    def weights(model):
+        return torch.cat([parameter.detach().flatten() for parameter in model.parameters()])
+
+    torch.manual_seed(1)
+    state_before = torch.random.get_rng_state()
+    first = weights(build())
+    # building a model leaves the global generator where it was
+    assert torch.equal(torch.random.get_rng_state(), state_before)
+    torch.manual_seed(2)
+    torch.testing.assert_close(weights(build()), first)  # the default seed, whatever the global state
+    torch.testing.assert_close(weights(build(random_state=0)), first)
+    assert not torch.equal(weights(build(random_state=1)), first)
+    # None draws from torch's global generator
+    torch.manual_seed(3)
+    unseeded = weights(build(random_state=None))
+    torch.manual_seed(3)
+    torch.testing.assert_close(weights(build(random_state=None)), unseeded)
+    assert not torch.equal(unseeded, first)
+
+
 def test_hotet_trains_where_fit_is_told_and_refuses_an_unknown_device(clouds):
     model = HOTET(2, width=16, n_layers=1, n_heads=2, mlp_width=16, hyper_width=16, n_anchors=8)
     model.fit(clouds, n_steps=1, batch_size=4, n_reference_samples=8, device="cpu", progress=False)

@@ -335,6 +335,10 @@ class WassersteinFlowMatching(Model):
         pairing: 2.60), but its niches' centre-label classifier gap moves only from -3.5 to
         -3.1 points (± 0.8, two generations of 3,000 niches), within the noise; its 1-NN
         scores and BDTNP are not measured.
+    random_state
+        Seed of the initial weights, drawn here whatever torch's global generator holds (``None``:
+        drawn from it). Training and sampling are seeded by the ``random_state`` of :meth:`fit`
+        and :meth:`sample`.
 
     Notes
     -----
@@ -404,6 +408,7 @@ class WassersteinFlowMatching(Model):
         minibatch_ot: bool = True,
         pairing_pool: int = 64,
         condition_pairing: float = 0.0,
+        random_state: int | None = 0,
     ):
         dim, max_size = check_int("dim", dim), check_int("max_size", max_size)
         width, n_layers = check_int("width", width), check_int("n_layers", n_layers)
@@ -441,11 +446,13 @@ class WassersteinFlowMatching(Model):
             minibatch_ot=bool(minibatch_ot),
             pairing_pool=pairing_pool,
             condition_pairing=float(condition_pairing),
+            random_state=random_state,
         )
         self.label_names: list[str] = names or []
-        self.conditioner = FlowConditioner(width, len(self.label_names), n_frequencies, condition_dim or 0)
-        self.transformer = SetTransformer(dim, width, n_layers, n_heads, mlp_width, dropout)
-        self.head = zero_init(nn.Linear(width, dim))
+        with seeded(random_state):
+            self.conditioner = FlowConditioner(width, len(self.label_names), n_frequencies, condition_dim or 0)
+            self.transformer = SetTransformer(dim, width, n_layers, n_heads, mlp_width, dropout)
+            self.head = zero_init(nn.Linear(width, dim))
         # fitted state
         self.register_buffer("center", torch.zeros(dim))
         self.register_buffer("scale", torch.ones(()))

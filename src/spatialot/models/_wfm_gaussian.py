@@ -97,6 +97,10 @@ class GaussianFlowMatching(Model):
         Added to the diagonal of the standardised data covariances, so that every covariance
         is non-singular (niches with fewer points than dimensions have singular ones); taken
         off the generated covariances again, so that they are unbiased.
+    random_state
+        Seed of the initial weights, drawn here whatever torch's global generator holds (``None``:
+        drawn from it). Training and sampling are seeded by the ``random_state`` of :meth:`fit`
+        and :meth:`sample`.
 
     Notes
     -----
@@ -124,6 +128,7 @@ class GaussianFlowMatching(Model):
         n_layers: int = 3,
         n_frequencies: int = 16,
         ridge: float = 1e-2,
+        random_state: int | None = 0,
     ):
         dim, width, n_layers = check_int("dim", dim), check_int("width", width), check_int("n_layers", n_layers)
         if not ridge > 0:
@@ -132,17 +137,24 @@ class GaussianFlowMatching(Model):
         if names is not None and (len(names) == 0 or len(set(names)) != len(names)):
             raise ValueError("`labels` must be a non-empty list of distinct names.")
         super().__init__(
-            dim=int(dim), labels=names, width=width, n_layers=n_layers, n_frequencies=n_frequencies, ridge=ridge
+            dim=int(dim),
+            labels=names,
+            width=width,
+            n_layers=n_layers,
+            n_frequencies=n_frequencies,
+            ridge=ridge,
+            random_state=random_state,
         )
         self.label_names: list[str] = names or []
         n_triangle = dim * (dim + 1) // 2
         self.register_buffer("triangle", torch.tril_indices(dim, dim), persistent=False)
-        self.conditioner = FlowConditioner(width, len(self.label_names), n_frequencies)
-        self.embed = nn.Linear(dim + n_triangle, width)
-        self.mean_tower = mlp([width] * (n_layers + 1), final_activation=True)
-        self.mean_head = zero_init(nn.Linear(width, dim))
-        self.cov_tower = mlp([width] * (n_layers + 1), final_activation=True)
-        self.cov_head = zero_init(nn.Linear(width, n_triangle))
+        with seeded(random_state):
+            self.conditioner = FlowConditioner(width, len(self.label_names), n_frequencies)
+            self.embed = nn.Linear(dim + n_triangle, width)
+            self.mean_tower = mlp([width] * (n_layers + 1), final_activation=True)
+            self.mean_head = zero_init(nn.Linear(width, dim))
+            self.cov_tower = mlp([width] * (n_layers + 1), final_activation=True)
+            self.cov_head = zero_init(nn.Linear(width, n_triangle))
         self.register_buffer("center", torch.zeros(dim))
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("cholesky_mean", torch.eye(dim))

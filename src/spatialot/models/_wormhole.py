@@ -109,6 +109,9 @@ class Wormhole(Model):
         and scale pairs correctly: at ``1e-2`` they correlate with converged values to better
         than 0.9999 at a quarter of the iterations of ``1e-3`` on clustered niches. On a GPU the
         tolerance is checked once per :meth:`fit`, not per step: see the notes.
+    random_state
+        Seed of the initial weights, drawn here whatever torch's global generator holds (``None``:
+        drawn from it). The minibatches are seeded by :meth:`fit`'s own ``random_state``.
 
     Notes
     -----
@@ -174,6 +177,7 @@ class Wormhole(Model):
         decoder_weight: float = 1.0,
         sinkhorn_tol: float = 1e-2,
         exact_mean: bool | None = None,
+        random_state: int | None = 0,
     ):
         if ot_distance not in _OT_DISTANCES:
             raise ValueError(f"`ot_distance` must be one of {_OT_DISTANCES}, got {ot_distance!r}.")
@@ -203,20 +207,23 @@ class Wormhole(Model):
             decoder_weight=decoder_weight,
             sinkhorn_tol=sinkhorn_tol,
             exact_mean=bool(exact_mean),
+            random_state=random_state,
         )
         # fitted state: the cost scale and the data range the decoder squashes into
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("lower", torch.zeros(dim))
         self.register_buffer("upper", torch.ones(dim))
-        self.encoder = SetTransformer(dim, width, n_layers, n_heads, mlp_width, dropout)
-        self.encoder_head = mlp([width, width, n_components - self._mean_components])
-        self.decoder = SetTransformer(width, width, n_layers, n_heads, mlp_width, dropout)
-        self.decoder_head = mlp([width, width, dim])
-        # the token layer's size follows `decoder_size`, which may wait for the training clouds
-        self.decoder_tokens: nn.Linear | None = None
-        if decoder_size is not None:
-            self._build_decoder_tokens(int(decoder_size))
-        glorot_init(self)
+        with seeded(random_state):
+            self.encoder = SetTransformer(dim, width, n_layers, n_heads, mlp_width, dropout)
+            self.encoder_head = mlp([width, width, n_components - self._mean_components])
+            self.decoder = SetTransformer(width, width, n_layers, n_heads, mlp_width, dropout)
+            self.decoder_head = mlp([width, width, dim])
+            # the token layer's size follows `decoder_size`, which may wait for the training clouds
+            # (then it is drawn in `fit`, under fit's seed)
+            self.decoder_tokens: nn.Linear | None = None
+            if decoder_size is not None:
+                self._build_decoder_tokens(int(decoder_size))
+            glorot_init(self)
 
     def _build_decoder_tokens(self, decoder_size: int) -> None:
         self.config["decoder_size"] = decoder_size

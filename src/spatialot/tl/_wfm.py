@@ -17,7 +17,7 @@ from .._keys import ResultKeys
 from .._validation import check_int
 from ..get import niche_clouds
 from ..models._batches import family_moments
-from ..models._device import resolve_device, seeded
+from ..models._device import resolve_device
 from ..models._training import CHECKPOINT_EVERY, Precision, Schedule
 from ..models._wfm import DEFAULT_N_STEPS, WassersteinFlowMatching
 from ..models._wfm_gaussian import GaussianFlowMatching
@@ -299,22 +299,24 @@ def wfm(
             names = [name for name in names if name in set(values)]
     resolved = resolve_device(device)
 
-    with seeded(random_state):  # the initial weights
-        if gaussian:
-            model: WFMModel = GaussianFlowMatching(family.dim, labels=names, width=width, n_layers=n_layers)
-        else:
-            model = WassersteinFlowMatching(
-                family.dim,
-                family.max_size,
-                labels=names,
-                condition_dim=None if vectors is None else vectors.shape[1],
-                width=width,
-                n_layers=n_layers,
-                noise=noise,
-                matching=matching,
-                minibatch_ot=minibatch_ot,
-                pairing_pool=pairing_pool,
-            )
+    if gaussian:
+        model: WFMModel = GaussianFlowMatching(
+            family.dim, labels=names, width=width, n_layers=n_layers, random_state=random_state
+        )
+    else:
+        model = WassersteinFlowMatching(
+            family.dim,
+            family.max_size,
+            labels=names,
+            condition_dim=None if vectors is None else vectors.shape[1],
+            width=width,
+            n_layers=n_layers,
+            noise=noise,
+            matching=matching,
+            minibatch_ot=minibatch_ot,
+            pairing_pool=pairing_pool,
+            random_state=random_state,
+        )
     fit_kwargs = {
         "n_steps": n_steps,
         "batch_size": batch_size,

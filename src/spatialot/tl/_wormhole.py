@@ -14,7 +14,7 @@ from .._keys import ResultKeys
 from .._validation import check_int
 from ..get import niche_clouds
 from ..models import Wormhole
-from ..models._device import resolve_device, seeded
+from ..models._device import resolve_device
 from ..models._training import CHECKPOINT_EVERY, Precision, Schedule
 from ..models._wormhole import _OT_DISTANCES, OTDistance
 from ._utils import write_result
@@ -145,15 +145,15 @@ def wormhole(
     start = logg.info("training Wasserstein Wormhole" if model is None else "embedding niches with Wormhole")
     trained_here = model is None
     if trained_here:
-        with seeded(random_state):
-            model = Wormhole(
-                family.dim,
-                n_components=n_components,
-                ot_distance=ot_distance,
-                epsilon=epsilon,
-                decoder_weight=decoder_weight,
-                decoder_size=decoder_size,
-            )
+        model = Wormhole(
+            family.dim,
+            n_components=n_components,
+            ot_distance=ot_distance,
+            epsilon=epsilon,
+            decoder_weight=decoder_weight,
+            decoder_size=decoder_size,
+            random_state=random_state,
+        )
         model.fit(
             family,
             n_steps=n_steps,
