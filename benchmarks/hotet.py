@@ -459,7 +459,10 @@ class PerNicheICNN(Model):
         self.params = nn.Parameter(self.icnn.initial_params(torch.Generator().manual_seed(0)).repeat(n_niches, 1))
 
 
-def bdtnp_benchmark(steps: int, per_niche_steps: int, device: str, quick: bool) -> dict[str, Any]:
+def bdtnp_benchmark(
+    steps: int, per_niche_steps: int, device: str, quick: bool, shrinkages: tuple[float | str, ...] = ()
+) -> dict[str, Any]:
+    """Part 2; each of ``shrinkages`` also trains a Gaussian-base model at that shrinkage (key ``gaussian_<value>``)."""
     import scanpy as sc
 
     adata = sot.datasets.bdtnp()
@@ -477,8 +480,11 @@ def bdtnp_benchmark(steps: int, per_niche_steps: int, device: str, quick: bool) 
 
     results: dict[str, Any] = {"n_train_niches": len(train_family), "n_test_niches": len(test_family)}
     models = {}
-    for base in ("identity", "gaussian"):
-        model = models[base] = HOTET(8, base=base, conjugate_steps=CONJUGATE_STEPS)
+    variants = {"identity": {"base": "identity"}, "gaussian": {"base": "gaussian"}}
+    variants.update({f"gaussian_{value}": {"base": "gaussian", "shrinkage": value} for value in shrinkages})
+    for name, options in variants.items():
+        model = HOTET(8, conjugate_steps=CONJUGATE_STEPS, **options)
+        models[name] = model
         start = time.perf_counter()
         model.fit(train_family, n_steps=steps, n_reference_samples=256, progress=False, device=device)
         fit_s = time.perf_counter() - start
@@ -502,7 +508,8 @@ def bdtnp_benchmark(steps: int, per_niche_steps: int, device: str, quick: bool) 
         right = (left + pair_rng.integers(1, len(test_family), n_pairs)) % len(test_family)
         learned = ((embedding[left] - embedding[right]) ** 2).sum(-1)
         exact = sot.ot.exact_w2_squared(niches[left], niches[right])
-        results[base] = {
+        results[name] = {
+            "shrinkage": model.config["shrinkage"],
             "fit_s": fit_s,
             "steps": steps,
             "w2sq_niche_to_reference_mean": float(own.mean()),
@@ -516,6 +523,7 @@ def bdtnp_benchmark(steps: int, per_niche_steps: int, device: str, quick: bool) 
         }
 
     # one ICNN per niche: the same forward loss, free parameters, the same ICNN size
+    model = models["gaussian"]
     n_single = 4 if quick else 8
     niches = test_family.gather(np.arange(n_single))
     baseline = PerNicheICNN(8, n_single).to(device)
@@ -627,6 +635,13 @@ def main() -> None:
     parser.add_argument("--n-points", type=int, default=256)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--bdtnp-steps", type=int, default=1000)
+    parser.add_argument(
+        "--bdtnp-shrinkages",
+        nargs="*",
+        type=lambda value: value if value == "oas" else float(value),
+        default=[],
+        help="also train Gaussian-base models at these HOTET(shrinkage=...) values on BDTNP ('oas' or numbers)",
+    )
     parser.add_argument("--per-niche-steps", type=int, default=500)
     parser.add_argument("--bases", nargs="+", default=["identity", "gaussian"])
     parser.add_argument("--skip-gaussian", action="store_true")
@@ -727,10 +742,11 @@ def main() -> None:
             "80/20 split of cells, metrics on the unseen 20 %",
             "metric": "exact W2^2 (POT) to a 512-point reference sample: own vs transported vs 8 random "
             "reference points; Pearson/Spearman of squared embedding distances vs exact W2^2",
-            **bdtnp_benchmark(steps, per_niche, device, args.quick),
+            **bdtnp_benchmark(steps, per_niche, device, args.quick, tuple(args.bdtnp_shrinkages)),
         }
         write_json(out, payload)
-        rows = [{"model": base, **payload["bdtnp"][base]} for base in ("identity", "gaussian")]
+        names = ["identity", "gaussian", *(f"gaussian_{value}" for value in args.bdtnp_shrinkages)]
+        rows = [{"model": name, **payload["bdtnp"][name]} for name in names]
         print_table(
             rows,
             [
