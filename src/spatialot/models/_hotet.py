@@ -126,10 +126,11 @@ class HOTET(Model):
         suits niches, where each cloud *is* the measure: on BDTNP niches of 8 cells (PCA 8), the
         transported niches end at W2² 1.50 from the reference with 0.1 and 1.72 with OAS, which
         shrinks 8-point covariances by about 0.8. ``'oas'`` suits clouds that are samples of a
-        smooth measure in many dimensions: on ``sot.datasets.w2_benchmark`` (128 points per
-        measure) its closed-form map has L2-UVP 9.0 / 9.1 % (forward / inverse) at d = 64 against
-        20.7 / 11.7 % at 0.1 (``benchmarks/hotet.py``), but the trained inverse map at d = 4 is
-        worse (7.7 % against 5.7 %).
+        smooth measure in many dimensions: on ``sot.datasets.w2_benchmark`` with 128 points per
+        measure at d = 64, the trained maps reach L2-UVP 9.6 / 9.3 % (forward / inverse) with it,
+        where the closed form at 0.1 has 20.6 / 11.6 %; but at d = 4 the trained inverse map
+        reaches 7.2–8.2 % with OAS against 5.5–5.7 % with 0.1 (three seeds;
+        ``benchmarks/hotet.py --w2-shrinkage``).
     conjugate_steps
         Ascent steps that refine each conjugate of the dual loss from the other direction's map
         (see Notes); ``0`` is the paper's batch maximum (*MM-B*).
