@@ -79,7 +79,10 @@ def hotet(
         at the closed-form Bures–Wasserstein map between Gaussians with the moments of the niche
         and of the reference, so the network learns the non-Gaussian correction; ``'identity'``
         at the identity map, as in the paper. On the benchmark of ``benchmarks/hotet.py``,
-        ``'gaussian'`` has 4–5× lower map error (L2-UVP) at every dimension from 2 to 64.
+        ``'gaussian'`` has 4–5× lower map error (L2-UVP) at every dimension from 2 to 64. With
+        ``'identity'`` the forward maps of small niches run off (see the conjugate in
+        :class:`~spatialot.models.HOTET`): fit ``HOTET(dim, base='identity', conjugate_steps=0)``
+        on ``sot.get.niche_clouds(adata)`` and pass it as ``model``.
     key_added
         Key of the results (see Returns).
     {device}
