@@ -102,10 +102,27 @@ def main(argv: list[str] | None = None) -> int:
     train = IndexedClouds(family.features, family.indices[train_cells], family.mask[train_cells])
     references = reference_scores(classifier, family, labels, vectors, train_cells, paired_cells)
     print(f"{args.case} references: {references}", flush=True)
-    rows = {}
+    rows: dict[str, Any] = {}
+
+    def write() -> None:
+        payload = {
+            "benchmark": "wfm_classifier_probe",
+            "description": __doc__,
+            "args": vars(args),
+            "overrides": overrides,
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+            "machine": machine_info("cpu"),
+            "n_paired_niches": len(paired_cells),
+            "classifier_real_paired": float(real_correct.mean()),
+            "references": references,
+            "variants": rows,
+        }
+        write_json(args.out, payload)
+
     for variant in filter(None, args.variants.split(",")):
         conditioning, _ = wfm.VARIANTS[variant]
-        model, _ = wfm.train_variant(
+        model, train_s = wfm.train_variant(
             variant,
             family,
             train,
@@ -143,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             paired["guidance"] = defaults["guidance"] if guidance is None else guidance
             paired["final_loss_mean_last_100"] = float(np.mean(model.history[-100:]))
             paired["model_overrides"] = wfm.VARIANT_MODEL.get(variant, {})
+            paired["train_s"] = train_s
+            paired["loadavg_after"] = os.getloadavg()
             if first_correct is None:
                 first_correct = correct
             else:
@@ -161,20 +180,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"loss {paired['final_loss_mean_last_100']:.3f}",
                 flush=True,
             )
-    payload = {
-        "benchmark": "wfm_classifier_probe",
-        "description": __doc__,
-        "args": vars(args),
-        "overrides": overrides,
-        "loadavg_before": load_before,
-        "loadavg_after": os.getloadavg(),
-        "machine": machine_info("cpu"),
-        "n_paired_niches": len(paired_cells),
-        "classifier_real_paired": float(real_correct.mean()),
-        "references": references,
-        "variants": rows,
-    }
-    print(f"wrote {write_json(args.out, payload)}")
+            write()  # after every row, so that a stopped run keeps what it measured
+    write()
+    print(f"wrote {args.out}")
     return 0
 
 
