@@ -7,8 +7,14 @@ model trained here with the same seed and settings is the model of ``wfm.py``, s
 real training-colour niches in the place of generated ones (``reference_scores``), what a
 perfect sampler given the vector, or the label, would score. ``--variants ''`` scores only these.
 
+``--guidance 1,1.5,2`` samples each trained model at several classifier-free guidance weights
+(one fit per variant; the same niches and generation seeds at every weight, so the weights are
+compared niche by niche: ``difference_from_first_guidance``, the generated accuracy at a weight
+minus at the first one, with its standard error over niches). Rows are then named
+``VARIANT@guidance=W``.
+
 Run ``nice -n 19 python benchmarks/wfm_classifier_probe.py --case simulated --variants vectors,vectors-paired
-[--generations 2] [--set NAME=VALUE] --out PATH``.
+[--generations 2] [--guidance W1,W2,...] [--set NAME=VALUE] --out PATH``.
 """
 
 from __future__ import annotations
@@ -64,10 +70,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-paired", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument(
+        "--guidance", default=None, help="comma-separated guidance weights, each sampled from one fit per variant"
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     overrides = wfm.parse_overrides(args.set)
+    guidances: list[float | None] = [None]
+    if args.guidance is not None:
+        if "guidance" in overrides["sample"]:
+            parser.error("give the guidance by --guidance or by --set sample_guidance, not both")
+        guidances = [float(text) for text in args.guidance.split(",")]
     load_before = os.getloadavg()
     loaded = wfm.simulated(args.seed, 6000) if args.case == "simulated" else wfm.bdtnp(args.seed)
     adata, labels, vectors, colour, _, _ = loaded
@@ -88,10 +102,27 @@ def main(argv: list[str] | None = None) -> int:
     train = IndexedClouds(family.features, family.indices[train_cells], family.mask[train_cells])
     references = reference_scores(classifier, family, labels, vectors, train_cells, paired_cells)
     print(f"{args.case} references: {references}", flush=True)
-    rows = {}
+    rows: dict[str, Any] = {}
+
+    def write() -> None:
+        payload = {
+            "benchmark": "wfm_classifier_probe",
+            "description": __doc__,
+            "args": vars(args),
+            "overrides": overrides,
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+            "machine": machine_info("cpu"),
+            "n_paired_niches": len(paired_cells),
+            "classifier_real_paired": float(real_correct.mean()),
+            "references": references,
+            "variants": rows,
+        }
+        write_json(args.out, payload)
+
     for variant in filter(None, args.variants.split(",")):
         conditioning, _ = wfm.VARIANTS[variant]
-        model, _ = wfm.train_variant(
+        model, train_s = wfm.train_variant(
             variant,
             family,
             train,
@@ -105,44 +136,53 @@ def main(argv: list[str] | None = None) -> int:
             args.seed,
             overrides,
         )
-        correct = []
-        for generation in range(args.generations):
-            generated = wfm.generate_for(
-                model,
-                conditioning,
-                paired_cells,
-                family,
-                labels,
-                vectors,
-                defaults,
-                overrides,
-                args.seed + 500 + generation,
+        first_correct = None
+        for guidance in guidances:
+            sample = overrides["sample"] if guidance is None else {**overrides["sample"], "guidance": guidance}
+            sample_overrides = {**overrides, "sample": sample}
+            correct = []
+            for generation in range(args.generations):
+                generated = wfm.generate_for(
+                    model,
+                    conditioning,
+                    paired_cells,
+                    family,
+                    labels,
+                    vectors,
+                    defaults,
+                    sample_overrides,
+                    args.seed + 500 + generation,
+                )
+                correct.append(classifier.predict(wfm.features_of(generated)) == labels[paired_cells])
+            correct = np.array(correct)
+            name = variant if guidance is None else f"{variant}@guidance={guidance:g}"
+            paired = wfm.paired_classifier(correct, real_correct, labels[paired_cells], args.seed)
+            paired["guidance"] = defaults["guidance"] if guidance is None else guidance
+            paired["final_loss_mean_last_100"] = float(np.mean(model.history[-100:]))
+            paired["model_overrides"] = wfm.VARIANT_MODEL.get(variant, {})
+            paired["train_s"] = train_s
+            paired["loadavg_after"] = os.getloadavg()
+            if first_correct is None:
+                first_correct = correct
+            else:
+                # niche by niche against the first weight: same model, niches and noise seeds
+                difference = correct.astype(float).mean(0) - first_correct.astype(float).mean(0)
+                paired["difference_from_first_guidance"] = {
+                    "guidance": guidances[0],
+                    "points": float(100 * difference.mean()),
+                    "se_cells": float(100 * difference.std(ddof=1) / np.sqrt(len(difference))),
+                }
+            rows[name] = paired
+            print(
+                f"{args.case} {name}: generated {paired['generated']:.4f} real {paired['real']:.4f} "
+                f"gap {paired['gap_points']:+.2f} ± {paired['gap_se_cells']:.2f} "
+                f"by generation {[round(100 * a, 1) for a in paired['generated_by_generation']]} "
+                f"loss {paired['final_loss_mean_last_100']:.3f}",
+                flush=True,
             )
-            correct.append(classifier.predict(wfm.features_of(generated)) == labels[paired_cells])
-        rows[variant] = wfm.paired_classifier(np.array(correct), real_correct, labels[paired_cells], args.seed)
-        rows[variant]["final_loss_mean_last_100"] = float(np.mean(model.history[-100:]))
-        rows[variant]["model_overrides"] = wfm.VARIANT_MODEL.get(variant, {})
-        paired = rows[variant]
-        print(
-            f"{args.case} {variant}: generated {paired['generated']:.4f} real {paired['real']:.4f} "
-            f"gap {paired['gap_points']:+.2f} ± {paired['gap_se_cells']:.2f} "
-            f"loss {rows[variant]['final_loss_mean_last_100']:.3f}",
-            flush=True,
-        )
-    payload = {
-        "benchmark": "wfm_classifier_probe",
-        "description": __doc__,
-        "args": vars(args),
-        "overrides": overrides,
-        "loadavg_before": load_before,
-        "loadavg_after": os.getloadavg(),
-        "machine": machine_info("cpu"),
-        "n_paired_niches": len(paired_cells),
-        "classifier_real_paired": float(real_correct.mean()),
-        "references": references,
-        "variants": rows,
-    }
-    print(f"wrote {write_json(args.out, payload)}")
+            write()  # after every row, so that a stopped run keeps what it measured
+    write()
+    print(f"wrote {args.out}")
     return 0
 
 
