@@ -415,6 +415,22 @@ def generate_for(model, conditioning, cells, family, labels, vectors, defaults, 
     )
 
 
+def paired_generated_correct(
+    model, classifier, conditioning, cells, family, labels, vectors, defaults, overrides, n_generations: int, seed: int
+) -> np.ndarray:
+    """Whether the classifier tells the centre label of each niche generated for ``cells``: ``(n_generations, n)``.
+
+    Generation ``g`` is drawn with seed ``seed + 500 + g``, so every caller scores the same draws.
+    """
+    correct = []
+    for generation in range(n_generations):
+        generated = generate_for(
+            model, conditioning, cells, family, labels, vectors, defaults, overrides, seed + 500 + generation
+        )
+        correct.append(classifier.predict(features_of(generated)) == labels[cells])
+    return np.array(correct)
+
+
 def point_cloud_case(name: str, loaded, args, device: str) -> dict[str, Any]:
     adata, labels, vectors, colour, tile, groups = loaded
     defaults = tl_defaults()
@@ -507,22 +523,21 @@ def point_cloud_case(name: str, loaded, args, device: str) -> dict[str, Any]:
             )
             result["classifier_gap_points"] = 100 * (result["classifier_generated"] - row["classifier_real_eval"])
             start = time.perf_counter()
-            generated_correct = []
-            for generation in range(args.generations):
-                generated = generate_for(
-                    model,
-                    conditioning,
-                    paired_cells,
-                    family,
-                    labels,
-                    vectors,
-                    defaults,
-                    args.overrides,
-                    args.seed + 500 + generation,
-                )
-                generated_correct.append(classifier.predict(features_of(generated)) == labels[paired_cells])
+            generated_correct = paired_generated_correct(
+                model,
+                classifier,
+                conditioning,
+                paired_cells,
+                family,
+                labels,
+                vectors,
+                defaults,
+                args.overrides,
+                args.generations,
+                args.seed,
+            )
             result["classifier_paired"] = paired_classifier(
-                np.array(generated_correct), paired_real_correct, labels[paired_cells], args.seed
+                generated_correct, paired_real_correct, labels[paired_cells], args.seed
             )
             result["classifier_paired"]["sample_s"] = time.perf_counter() - start
         row["variants"][variant] = result

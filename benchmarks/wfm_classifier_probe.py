@@ -140,21 +140,19 @@ def main(argv: list[str] | None = None) -> int:
         for guidance in guidances:
             sample = overrides["sample"] if guidance is None else {**overrides["sample"], "guidance": guidance}
             sample_overrides = {**overrides, "sample": sample}
-            correct = []
-            for generation in range(args.generations):
-                generated = wfm.generate_for(
-                    model,
-                    conditioning,
-                    paired_cells,
-                    family,
-                    labels,
-                    vectors,
-                    defaults,
-                    sample_overrides,
-                    args.seed + 500 + generation,
-                )
-                correct.append(classifier.predict(wfm.features_of(generated)) == labels[paired_cells])
-            correct = np.array(correct)
+            correct = wfm.paired_generated_correct(
+                model,
+                classifier,
+                conditioning,
+                paired_cells,
+                family,
+                labels,
+                vectors,
+                defaults,
+                sample_overrides,
+                args.generations,
+                args.seed,
+            )
             name = variant if guidance is None else f"{variant}@guidance={guidance:g}"
             paired = wfm.paired_classifier(correct, real_correct, labels[paired_cells], args.seed)
             paired["guidance"] = defaults["guidance"] if guidance is None else guidance
