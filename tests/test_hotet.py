@@ -175,6 +175,33 @@ def test_maps_of_gaussians_approach_the_closed_form(gaussian_problem):
     assert uvp < 0.1 * uvp_identity
 
 
+def test_transport_via_the_inverse_inverts_the_inverse_map(gaussian_problem):
+    model, (ref_mean, ref_cov) = gaussian_problem["model"], gaussian_problem["ref"]
+    rng = np.random.default_rng(4)
+    means, covs = _gaussians(rng, 6, 2)  # unseen sources, one of them with padding
+    samples = _sample(rng, means, covs, 48)
+    clouds = sot.ot.PointClouds.from_list([samples[0, :30], *samples[1:]])
+    points = _sample(rng, means, covs, 300)
+    inverted = model.transport(clouds, points, via="inverse")
+    # its defining property, whatever the training reached: the inverse map takes it back
+    back = model.inverse_transport(clouds, inverted)
+    assert np.abs(back - points).max() < 1e-2 * np.sqrt(np.trace(ref_cov))
+    # and it is a map to the reference as good as the forward network's on Gaussians
+    matrix, shift = sot.ot.gaussian_map(
+        torch.as_tensor(means), torch.as_tensor(covs), torch.as_tensor(ref_mean), torch.as_tensor(ref_cov)
+    )
+    truth = points @ matrix.numpy().transpose(0, 2, 1) + shift.numpy()[:, None, :]
+    uvp = 100 * ((inverted - truth) ** 2).sum(-1).mean() / np.trace(ref_cov)
+    assert uvp < 25
+    own = model.transport(clouds, via="inverse")
+    assert own.shape == (6, 48, 2) and np.all(own[0, 30:] == 0)  # padding stays zero
+    given = model.transport(clouds, clouds.points.numpy(), via="inverse")  # the same points, given
+    np.testing.assert_allclose(own[0, :30], given[0, :30], atol=1e-4)
+    np.testing.assert_allclose(own[1:], given[1:], atol=1e-4)
+    with pytest.raises(ValueError, match="`via` must be 'forward' or 'inverse'"):
+        model.transport(clouds, via="backward")
+
+
 def test_transported_clouds_are_closer_to_the_reference(gaussian_problem):
     model, clouds = gaussian_problem["model"], gaussian_problem["clouds"][:6]
     transported = sot.ot.PointClouds.from_padded(model.transport(clouds), clouds.mask)

@@ -27,6 +27,10 @@ from ._device import resolve_device, seeded
 from ._icnn import BatchedICNN
 from ._training import CHECKPOINT_EVERY, Precision, full_precision, restored_on_failure, train
 
+# ascent steps that invert the inverse map in ``transport(via='inverse')``: preconditioned
+# Newton-like steps of size up to 1; 50 bring the gradient residual to about 1e-3 of the spread
+INVERSION_STEPS = 50
+
 
 def batch_dual_loss(
     potential: torch.Tensor, source: torch.Tensor, source_weights: torch.Tensor, target: torch.Tensor, target_weights
@@ -391,28 +395,21 @@ class HOTET(Model):
             matrix, shift = gaussian_map(ref_mean, ref_cov, mean, cov, floor=1e-6)
         return sqrtm_psd(matrix), shift
 
-    def _conjugate(
+    def _ascend(
         self,
         points: torch.Tensor,
         potential: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None],
-        candidates: torch.Tensor,
-        candidate_weights: torch.Tensor,
-        values: torch.Tensor,
         start: torch.Tensor,
         precondition: tuple[torch.Tensor, torch.Tensor] | None,
         n_steps: int,
-    ) -> torch.Tensor:
-        r"""Convex conjugate :math:`f^*(p) = \max_q \langle p, q\rangle - f(q)` of an ICNN at ``points``.
+        growth: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Ascent on :math:`\langle p, q\rangle - f(q)` from ``start``, without gradients; returns ``(q, score)``.
 
-        The arg-max is searched without gradients: the best batch candidate (MM-B), against
-        ``start`` (the other direction's map, which is the arg-max when both maps are right)
-        improved by ``n_steps`` ascent steps :math:`q \leftarrow q + t\,P(p - \nabla f(q))`, each
-        kept only where it raises the objective (else ``t`` is halved there); ``P`` is the
-        Gaussian base matrix of the other direction (the inverse of the Gaussian Hessian of
-        ``f``), or the identity. The value at the arg-max :math:`\hat q` is then
-        :math:`\langle p, \hat q\rangle - f(\hat q)` with gradients to ``f``'s parameters only
-        (envelope theorem). Every candidate gives a lower bound of :math:`f^*`, so the best one
-        is the tightest available.
+        Each step :math:`q \leftarrow q + t\,P(p - \nabla f(q))` is kept only where it raises the
+        objective, else ``t`` is halved there; a kept step multiplies ``t`` by ``growth`` (at most
+        1). ``P`` is the Gaussian base matrix of the other direction (the inverse of the Gaussian
+        Hessian of ``f``, so that a step of 1 is a Newton step on the Gaussian part), or the identity.
         """
         params, base = potential
         frozen = (params.detach(), None if base is None else tuple(b.detach() for b in base))
@@ -425,10 +422,6 @@ class HOTET(Model):
             return value.detach(), grad
 
         with torch.no_grad():
-            scores = torch.bmm(points, candidates.transpose(1, 2)) - values.detach()[:, None, :]
-            scores = scores.masked_fill(candidate_weights[:, None, :] <= 0, float("-inf"))
-            best_score, rows = scores.max(dim=2)
-            best = torch.gather(candidates, 1, rows[..., None].expand(-1, -1, points.shape[-1]))
             matrix = None if precondition is None else precondition[0] @ precondition[0].transpose(1, 2)
             q = start
             value, grad = value_and_gradient(q)
@@ -445,8 +438,37 @@ class HOTET(Model):
                 q = torch.where(better[..., None], trial, q)
                 grad = torch.where(better[..., None], trial_grad, grad)
                 score = torch.where(better, trial_score, score)
-                size = torch.where(better, size, 0.5 * size)
-            argmax = torch.where((score > best_score)[..., None], q, best)
+                size = torch.where(better, (growth * size).clamp(max=1.0), 0.5 * size)
+        return q, score
+
+    def _conjugate(
+        self,
+        points: torch.Tensor,
+        potential: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None],
+        candidates: torch.Tensor,
+        candidate_weights: torch.Tensor,
+        values: torch.Tensor,
+        start: torch.Tensor,
+        precondition: tuple[torch.Tensor, torch.Tensor] | None,
+        n_steps: int,
+    ) -> torch.Tensor:
+        r"""Convex conjugate :math:`f^*(p) = \max_q \langle p, q\rangle - f(q)` of an ICNN at ``points``.
+
+        The arg-max is searched without gradients: the best batch candidate (MM-B), against
+        ``start`` (the other direction's map, which is the arg-max when both maps are right)
+        improved by ``n_steps`` steps of :meth:`_ascend`. The value at the arg-max :math:`\hat q`
+        is then :math:`\langle p, \hat q\rangle - f(\hat q)` with gradients to ``f``'s parameters
+        only (envelope theorem). Every candidate gives a lower bound of :math:`f^*`, so the best
+        one is the tightest available.
+        """
+        params, base = potential
+        with torch.no_grad():
+            scores = torch.bmm(points, candidates.transpose(1, 2)) - values.detach()[:, None, :]
+            scores = scores.masked_fill(candidate_weights[:, None, :] <= 0, float("-inf"))
+            best_score, rows = scores.max(dim=2)
+            best = torch.gather(candidates, 1, rows[..., None].expand(-1, -1, points.shape[-1]))
+        q, score = self._ascend(points, potential, start, precondition, n_steps)
+        argmax = torch.where((score > best_score)[..., None], q, best)
         return (points * argmax).sum(-1) - self.icnn.potential(argmax, params, base)
 
     def _step_loss(self, batch: PointClouds, reference: torch.Tensor) -> torch.Tensor:
@@ -607,11 +629,19 @@ class HOTET(Model):
         return network(x, clouds.weights), self._base(x, clouds.weights, direction)
 
     def _apply_map(self, clouds: PointClouds, points: torch.Tensor | None, direction: str) -> torch.Tensor:
-        params, base = self.icnn_params(clouds, direction=direction)
-        if points is None:
-            points = clouds.points
-        mapped = self._denormalise(self.icnn.gradient(self._normalise(points), params, base))
-        return mapped * clouds.mask[..., None] if points is clouds.points else mapped
+        given = points is not None
+        points = self._normalise(clouds.points if points is None else points)
+        if direction == "inverted":
+            # the forward map as the inverse of the inverse map: the arg-max of <p, q> - psi_b(q),
+            # started at the forward map and preconditioned by its Gaussian base
+            phi_params, phi_base = self.icnn_params(clouds, direction="forward")
+            potential = self.icnn_params(clouds, direction="inverse")
+            start = self.icnn.gradient(points, phi_params, phi_base)
+            images, _ = self._ascend(points, potential, start, phi_base, INVERSION_STEPS, growth=2.0)
+        else:
+            images = self.icnn.gradient(points, *self.icnn_params(clouds, direction=direction))
+        mapped = self._denormalise(images)
+        return mapped if given else mapped * clouds.mask[..., None]
 
     def _map(
         self,
@@ -665,6 +695,7 @@ class HOTET(Model):
         clouds: CloudFamily,
         points=None,
         *,
+        via: str = "forward",
         batch_size: int = 256,
         progress: bool = False,
         out: np.ndarray | None = None,
@@ -678,6 +709,14 @@ class HOTET(Model):
         points
             Where to evaluate each map: ``None`` for the cloud's own points, an array
             ``(n_points, dim)`` for the same points for every cloud, or ``(n_clouds, n_points, dim)``.
+        via
+            ``'forward'``: the forward network's map :math:`\nabla\varphi_b`. ``'inverse'``: the
+            inverse of the inverse map, :math:`(\nabla\psi_b)^{-1} = \nabla\psi_b^*`, found per point
+            by 50 preconditioned ascent steps on :math:`\langle p, q\rangle - \psi_b(q)` started at
+            :math:`\nabla\varphi_b(p)` (about 50 times the cost). The inverse problem's source is
+            the reference, a continuous measure, so its map is learned everywhere; the forward
+            problem's source is the cloud, and where the cloud is a sample of a smooth measure its
+            map between the sample's points is only interpolated (see ``benchmarks/README.md``).
         batch_size
             Clouds per forward pass.
         progress
@@ -690,7 +729,10 @@ class HOTET(Model):
         -------
         Array ``(n_clouds, n_points, dim)`` of transported points (zeros on padding when ``points`` is ``None``).
         """
-        return self._map(clouds, points, "forward", batch_size, progress, "HOTET transport", out)
+        if via not in ("forward", "inverse"):
+            raise ValueError(f"`via` must be 'forward' or 'inverse', got {via!r}.")
+        direction = "forward" if via == "forward" else "inverted"
+        return self._map(clouds, points, direction, batch_size, progress, "HOTET transport", out)
 
     def inverse_transport(
         self,
