@@ -53,6 +53,7 @@ Run ``python benchmarks/hotet.py [--quick] [--dims 2 4 8 16 32 64] [--threads 1]
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import time
 import warnings
@@ -431,23 +432,24 @@ def run_ceiling(args: argparse.Namespace, device: str) -> None:
         "benchmark": "hotet-w2ceiling",
         "machine": machine_info(device),
         "load_before": list(os.getloadavg()),
-        "data": "the first 4 unseen measures of the Wasserstein-2 benchmark (see hotet-w2bench), d = 8",
+        "data": "the first 4 unseen measures of the Wasserstein-2 benchmark (see hotet-w2bench), d = "
+        + ", ".join(map(str, args.ceiling_dims)),
         "model": "HOTET's ICNN, Gaussian base, loss and training loop, with one free parameter vector per measure "
         "in place of the hypernetworks; Adam halved every steps/3, batch = the 4 measures, 256 reference points",
         "metric": "L2-UVP % of the forward (mu -> nu) and inverse (nu -> mu) maps on 1,000 further points; the map "
         "given the fixed sample (fixed) or a 4,096-point sample (fresh)",
         "rows": [],
     }
-    for positive, n_points, fresh in (
-        ("square", 128, False),
-        ("square", 128, True),
-        ("square", 1024, False),
-        ("softplus", 128, True),
+    for dim, (positive, n_points, fresh) in itertools.product(
+        args.ceiling_dims,
+        (("square", 128, False), ("square", 128, True), ("square", 1024, False), ("softplus", 128, True)),
     ):
-        row = w2_ceiling(8, n_points, fresh, steps, device, learning_rate=args.ceiling_learning_rate, positive=positive)
+        row = w2_ceiling(
+            dim, n_points, fresh, steps, device, learning_rate=args.ceiling_learning_rate, positive=positive
+        )
         payload["rows"].append(row)
         print(
-            f"{positive} {row['sample']} {n_points}: forward {row['forward_l2_uvp']:.2f}%  "
+            f"d={dim} {positive} {row['sample']} {n_points}: forward {row['forward_l2_uvp']:.2f}%  "
             f"inverse {row['inverse_l2_uvp']:.2f}%  ({row['fit_s']:.0f} s)",
             flush=True,
         )
@@ -672,6 +674,7 @@ def main() -> None:
     parser.add_argument("--w2-seed", type=int, default=0, help="seed of part 3's family draw and of the model")
     parser.add_argument("--only-ceiling", action="store_true", help="one ICNN per measure: fixed vs fresh samples")
     parser.add_argument("--ceiling-steps", type=int, default=600)
+    parser.add_argument("--ceiling-dims", type=int, nargs="+", default=[8])
     parser.add_argument("--ceiling-learning-rate", type=float, default=1e-2)
     parser.add_argument("--skip-bdtnp", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
