@@ -27,7 +27,8 @@
    the exact map μ_b → ν; the maps are not affine. ``--w2-train`` training measures, each given
    as ``--w2-samples`` (default 16) independent samples of ``--w2-points`` points, every sample a
    cloud of its own (the construction samples μ_b without limit, as Korotin et al.'s benchmark
-   is used; one fixed 128-point sample caps the maps above 5 %, see part 5); 50 unseen measures,
+   is used; one ICNN fitted to one fixed 128-point sample stays above 5 %, see part 5, although
+   the family's own model fitted to such a sample gets below it, see ``w2_bound.py``); 50 unseen measures,
    each map predicted from a fresh sample of ``--w2-points`` points and scored on 1,000 further
    points: L2-UVP = 100 · E‖T̂ − T*‖² /
    Var(target) and the cosine of the displacements, for the forward map (μ_b → ν, target

@@ -214,6 +214,18 @@ class HOTET(Model):
     against 9.84 %, 7.11 against 8.77 % from 1,024-point samples), and is level or slightly worse
     where it has none (d = 8: 7.20 against 7.07 %).
 
+    **What one 128-point sample allows.** The family's own parametric model, fitted to the same
+    samples (maximum a posteriori under its prior, best of four starts drawn from that prior;
+    ``benchmarks/w2_bound.py``), reaches 2.41 / 1.21 % (forward / inverse) at d = 2, 3.43 / 1.91 %
+    at d = 4 and 3.71 / 2.53 % at d = 8, where HOTET, in the same run, reaches 8.72 / 2.81,
+    8.72 / 5.73 and 7.08 / 7.94 %. So the sample holds a map below 5 %; what HOTET lacks is the
+    family's form, which its hypernetworks must learn from the training measures. Two
+    diagnostics at d = 8 (scratch, ``benchmarks/README.md``): trained on the true maps instead of
+    the dual loss, HOTET is no better on unseen measures (7.12 / 7.96 %) but fits 8 training
+    measures to 4.45 / 4.85 %, where the dual loss leaves the same 8 at 10.30 / 7.39 % (Gaussian
+    map 7.36 / 7.92 %). Both the loss, as it trains the hypernetworks, and the generalisation
+    across measures hold it back.
+
     **Deviation: initialisation.** No identity pre-training is needed (the paper runs one): the
     hypernetwork is initialised so that every ICNN starts at :math:`\tfrac12\lVert x\rVert^2`,
     or at the Gaussian map with ``base='gaussian'``.
