@@ -219,12 +219,12 @@ class HOTET(Model):
     ``benchmarks/w2_bound.py``), reaches 2.41 / 1.21 % (forward / inverse) at d = 2, 3.43 / 1.91 %
     at d = 4 and 3.71 / 2.53 % at d = 8, where HOTET, in the same run, reaches 8.72 / 2.81,
     8.72 / 5.73 and 7.08 / 7.94 %. So the sample holds a map below 5 %; what HOTET lacks is the
-    family's form, which its hypernetworks must learn from the training measures. Two
-    diagnostics at d = 8 (scratch, ``benchmarks/README.md``): trained on the true maps instead of
-    the dual loss, HOTET is no better on unseen measures (7.12 / 7.96 %) but fits 8 training
-    measures to 4.45 / 4.85 %, where the dual loss leaves the same 8 at 10.30 / 7.39 % (Gaussian
-    map 7.36 / 7.92 %). Both the loss, as it trains the hypernetworks, and the generalisation
-    across measures hold it back.
+    family's form, which its hypernetworks must learn from the training measures. Diagnostics at
+    d = 8 (scratch, ``benchmarks/README.md``): told the true maps in place of the dual loss, the
+    hypernetworks fit 8 training measures to 4.45 / 4.85 % (the dual loss leaves the same 8 at
+    10.30 / 7.39 %, Gaussian map 7.36 / 7.92 %), but not 400 even after 5,000 steps (7.24 /
+    7.92 % on those same measures, Gaussian map 7.17 / 8.07 %). So at d = 8 the first limit is
+    the amortisation itself, one encoder and head for the whole family, then the dual loss.
 
     **Deviation: initialisation.** No identity pre-training is needed (the paper runs one): the
     hypernetwork is initialised so that every ICNN starts at :math:`\tfrac12\lVert x\rVert^2`,
