@@ -26,6 +26,7 @@ Run ``python benchmarks/w2_bound.py [--dims 2 4 8] [--restarts 4] [--hotet-steps
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import time
 from typing import Any
@@ -35,7 +36,13 @@ import torch
 from _common import default_out, machine_info, print_table, resolve_device, write_json
 from hotet import W2Data, w2_benchmark, w2_data, w2_gaussian_baseline, w2_scores
 
-SHIFT_VARIANCE, OFFSET_VARIANCE, HEIGHT_LOW = 0.25, 1.0, 0.5  # sot.datasets.w2_benchmark's defaults
+import spatialot as sot
+
+# the prior is the family's own draw: hotet.w2_data calls sot.datasets.w2_benchmark with its defaults
+_FAMILY_DEFAULTS = {name: p.default for name, p in inspect.signature(sot.datasets.w2_benchmark).parameters.items()}
+SHIFT_VARIANCE = _FAMILY_DEFAULTS["shift"] ** 2
+OFFSET_VARIANCE = _FAMILY_DEFAULTS["offset"] ** 2
+HEIGHT_LOW, HEIGHT_HIGH = _FAMILY_DEFAULTS["height"]
 
 
 class RidgeModel:
@@ -43,7 +50,7 @@ class RidgeModel:
 
     θ is one free vector per measure: m, the directions as free vectors u_k (a_k = s u_k / ‖u_k‖
     with s the family's known norm; u_k ~ N(0, I) gives the family's uniform directions), c_k, and
-    v_k with w_k = 0.5 + sigmoid(v_k) (a logistic v_k gives the family's uniform w_k).
+    v_k with w_k = low + (high − low) sigmoid(v_k) (a logistic v_k gives the family's uniform w_k).
     """
 
     def __init__(self, dim: int, n_ridges: int, sharpness: float):
@@ -56,11 +63,12 @@ class RidgeModel:
         offsets = theta[:, d + k * d : d + k * d + k]
         logits = theta[:, d + k * d + k :]
         directions = self.sharpness * free / free.norm(dim=-1, keepdim=True)
-        return shift, directions, offsets, HEIGHT_LOW + torch.sigmoid(logits), free, logits
+        heights = HEIGHT_LOW + (HEIGHT_HIGH - HEIGHT_LOW) * torch.sigmoid(logits)
+        return shift, directions, offsets, heights, free, logits
 
     def from_family(self, family) -> torch.Tensor:
         """θ of the true parameters of ``family`` (a :class:`~spatialot.datasets.ConvexMapFamily`)."""
-        heights = np.clip(family.heights - HEIGHT_LOW, 1e-9, 1 - 1e-9)
+        heights = np.clip((family.heights - HEIGHT_LOW) / (HEIGHT_HIGH - HEIGHT_LOW), 1e-9, 1 - 1e-9)
         parts = (
             family.shifts,
             (family.directions / self.sharpness).reshape(len(family), -1),
@@ -169,12 +177,12 @@ def bound_rows(dim: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     )
     start_time = time.perf_counter()
     rng = np.random.default_rng(args.seed + 100 + dim)
-    best, best_value = None, None
-    for _ in range(args.restarts):
+    best, best_value = torch.zeros_like(truth), torch.full((len(family),), -torch.inf, dtype=truth.dtype)
+    for _ in range(args.restarts):  # per measure, the start that ends at the highest posterior
         theta, value = fit_map(model, model.draw_prior(len(family), rng), x, args.map_steps, args.map_learning_rate)
-        better = torch.ones_like(value, dtype=torch.bool) if best is None else value > best_value
-        best = theta if best is None else torch.where(better[:, None], theta, best)
-        best_value = value if best_value is None else torch.where(better, value, best_value)
+        better = value > best_value
+        best = torch.where(better[:, None], theta, best)
+        best_value = torch.where(better, value, best_value)
     rows.append(
         {
             **common,
