@@ -284,8 +284,17 @@ def w2_benchmark(
     learning_rate: float = 1e-3,
     shrinkage: float | str | None = None,
     seed: int = 0,
+    data: W2Data | None = None,
 ) -> dict[str, Any]:
-    data = w2_data(dim, n_train, n_points, samples_per_measure, seed)
+    """Part 3 at one dimension: HOTET trained on the draw of ``w2_data`` (or on ``data``, when the
+    caller has drawn it already with these arguments), scored beside the closed-form maps."""
+    if data is None:
+        data = w2_data(dim, n_train, n_points, samples_per_measure, seed)
+    elif data.train_points.shape != (n_train, samples_per_measure, n_points, dim):
+        raise ValueError(
+            f"`data` holds training samples of shape {data.train_points.shape}, not "
+            f"{(n_train, samples_per_measure, n_points, dim)} as the other arguments say."
+        )
     model, fit_s = fit_w2(data, base, steps, device, learning_rate=learning_rate, shrinkage=shrinkage, seed=seed)
     forward = model.transport(data.test, data.x.astype(np.float32))
     inverse = model.inverse_transport(data.test, data.z.astype(np.float32))

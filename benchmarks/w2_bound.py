@@ -19,7 +19,7 @@ measures, is trained in the same run on the same data (``--hotet-steps``, 0 to s
 closed-form Gaussian map of each sample (where HOTET's default starts). The parametric fit is a
 reference, not a peer: it knows the family's form exactly, which a real niche never offers.
 
-Run ``python benchmarks/w2_bound.py [--dims 2 4 8] [--restarts 4] [--hotet-steps 1000]
+Run ``python benchmarks/w2_bound.py [--quick] [--dims 2 4 8] [--restarts 4] [--hotet-steps 1000]
 [--threads 1] [--out PATH]``.
 """
 
@@ -201,6 +201,7 @@ def bound_rows(dim: int, args: argparse.Namespace) -> list[dict[str, Any]]:
             args.device,
             samples_per_measure=args.samples,
             seed=args.seed,
+            data=data,  # the draw the MAP rows were fitted to, not drawn again
         )
         for via, key in (("forward network", "forward_l2_uvp"), ("via inverse", "forward_via_inverse_l2_uvp")):
             rows.append(
@@ -231,10 +232,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--quick", action="store_true", help="d = 2 only, small budgets: a check that it runs")
     args = parser.parse_args()
+    if args.quick:
+        args.dims, args.train, args.samples, args.restarts, args.map_steps, args.hotet_steps = [2], 40, 2, 1, 50, 50
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    out = args.out or default_out("w2-bound", device, False)
+    out = args.out or default_out("w2-bound", device, args.quick)
     payload: dict[str, Any] = {
         "benchmark": "w2-bound",
         "machine": machine_info(device),
