@@ -72,7 +72,7 @@ import inspect
 import os
 import time
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 from _common import default_out, machine_info, print_table, resolve_device, write_json
 
@@ -344,22 +344,30 @@ def tl_defaults() -> dict[str, Any]:
     }
 
 
+class TrainingSet(NamedTuple):
+    """What every variant of one data set trains on: the training niches and their conditions."""
+
+    family: Any  # NicheFamily of all cells
+    train: IndexedClouds  # the niches of train_cells
+    labels: np.ndarray  # centre labels of all cells
+    vectors: np.ndarray  # condition vectors of all cells
+    train_cells: np.ndarray
+    names: list  # the labels seen in training
+
+
 def train_variant(
     variant: str,
-    family,
-    train,
-    labels,
-    vectors,
-    train_cells,
-    names,
-    defaults,
+    data: TrainingSet,
+    *,
+    defaults: dict,
     steps: int,
     device: str,
     seed: int,
-    overrides,
+    overrides: dict,
 ) -> tuple[WassersteinFlowMatching, float]:
     """A variant's model at ``sot.tl.wfm``'s defaults (``--set`` overrides), trained, and its fit seconds."""
     conditioning, minibatch_ot = VARIANTS[variant]
+    family, train, labels, vectors, train_cells, names = data
     torch.manual_seed(seed)
     model = WassersteinFlowMatching(
         family.dim,
@@ -472,21 +480,17 @@ def point_cloud_case(name: str, loaded, args, device: str) -> dict[str, Any]:
         "variants": {},
     }
     train = IndexedClouds(family.features, family.indices[train_cells], family.mask[train_cells])
+    training_set = TrainingSet(family, train, labels, vectors, train_cells, names)
     for variant in args.variants:
         conditioning, minibatch_ot = VARIANTS[variant]
         model, train_s = train_variant(
             variant,
-            family,
-            train,
-            labels,
-            vectors,
-            train_cells,
-            names,
-            defaults,
-            steps,
-            device,
-            args.seed,
-            args.overrides,
+            training_set,
+            defaults=defaults,
+            steps=steps,
+            device=device,
+            seed=args.seed,
+            overrides=args.overrides,
         )
         model.to("cpu")
         generations, features, sample_s = [], [], 0.0

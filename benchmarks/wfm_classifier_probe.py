@@ -124,17 +124,12 @@ def main(argv: list[str] | None = None) -> int:
         conditioning, _ = wfm.VARIANTS[variant]
         model, train_s = wfm.train_variant(
             variant,
-            family,
-            train,
-            labels,
-            vectors,
-            train_cells,
-            names,
-            defaults,
-            defaults["n_steps"],
-            "cpu",
-            args.seed,
-            overrides,
+            wfm.TrainingSet(family, train, labels, vectors, train_cells, names),
+            defaults=defaults,
+            steps=defaults["n_steps"],
+            device="cpu",
+            seed=args.seed,
+            overrides=overrides,
         )
         first_correct = None
         for guidance in guidances:
