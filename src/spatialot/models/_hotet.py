@@ -209,10 +209,12 @@ class HOTET(Model):
     a small correction (``benchmarks/README.md``). A larger budget helps where the maps learn at
     all: with 8,000 training measures and 3,000 steps the d = 4 inverse map reaches 4.28 and
     4.41 % (two seeds), but 20,000 measures and 5,000 steps leave d = 8 level (8.12 against
-    8.21 %). The forward network learns from the cloud's points only; ``transport(via='inverse')``
-    inverts the inverse map instead and so carries its gain over where it has one (d = 2: 8.99
-    against 9.84 %, 7.11 against 8.77 % from 1,024-point samples), and is level or slightly worse
-    where it has none (d = 8: 7.20 against 7.07 %).
+    8.21 %); 15,000 steps on the 400 measures take the d = 8 inverse map to 6.93 % (forward
+    level, 7.10 against 7.07 %; an hour on one CPU thread). The forward network learns from the
+    cloud's points only; ``transport(via='inverse')`` inverts the inverse map instead and so
+    carries its gain over where it has one (d = 2: 8.99 against 9.84 %, 7.11 against 8.77 % from
+    1,024-point samples), and is level or worse where it has none (d = 8: 7.20 against 7.07 %)
+    or where the inverse map's error grows where it is inverted (d = 8 at 15,000 steps: 8.15 %).
 
     **What one 128-point sample allows.** The family's own parametric model, fitted to the same
     samples (maximum a posteriori under its prior, best of four starts drawn from that prior;
@@ -223,8 +225,12 @@ class HOTET(Model):
     d = 8 (scratch, ``benchmarks/README.md``): told the true maps in place of the dual loss, the
     hypernetworks fit 8 training measures to 4.45 / 4.85 % (the dual loss leaves the same 8 at
     10.30 / 7.39 %, Gaussian map 7.36 / 7.92 %), but not 400 even after 5,000 steps (7.24 /
-    7.92 % on those same measures, Gaussian map 7.17 / 8.07 %). So at d = 8 the first limit is
-    the amortisation itself, one encoder and head for the whole family, then the dual loss.
+    7.92 % on those same measures, Gaussian map 7.17 / 8.07 %). That stall is a plateau of the
+    optimisation, not a limit of what the encoder reads or the ICNN holds: given each measure's
+    true parameters in place of its points, the same head and ICNN stay at the Gaussian map for
+    1,000 steps too, then reach 6.49 % (inverse) at 5,000 and 2.96 % at 15,000 steps; from the
+    points, 5.69 % at 15,000. So at d = 8 HOTET needs budgets of tens of thousands of steps (a
+    GPU's), and then the dual loss is the limit.
 
     **Deviation: initialisation.** No identity pre-training is needed (the paper runs one): the
     hypernetwork is initialised so that every ICNN starts at :math:`\tfrac12\lVert x\rVert^2`,
