@@ -213,8 +213,8 @@ class HOTET(Model):
     level, 7.10 against 7.07 %; an hour on one CPU thread). The forward network learns from the
     cloud's points only; ``transport(via='inverse')`` inverts the inverse map instead and so
     carries its gain over where it has one (d = 2: 8.99 against 9.84 %, 7.11 against 8.77 % from
-    1,024-point samples), and is level or worse where it has none (d = 8: 7.20 against 7.07 %)
-    or where the inverse map's error grows where it is inverted (d = 8 at 15,000 steps: 8.15 %).
+    1,024-point samples), and is level or worse where it has none (d = 8: 7.20 against 7.07 %),
+    and can be worse than the forward network where it has one (d = 8 at 15,000 steps: 8.15 %).
 
     **What one 128-point sample allows.** The family's own parametric model, fitted to the same
     samples (maximum a posteriori under its prior, best of four starts drawn from that prior;
