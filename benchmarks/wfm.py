@@ -347,12 +347,17 @@ def tl_defaults() -> dict[str, Any]:
 class TrainingSet(NamedTuple):
     """What every variant of one data set trains on: the training niches and their conditions."""
 
-    family: Any  # NicheFamily of all cells
-    train: IndexedClouds  # the niches of train_cells
+    family: IndexedClouds  # the niches of all cells
     labels: np.ndarray  # centre labels of all cells
     vectors: np.ndarray  # condition vectors of all cells
     train_cells: np.ndarray
     names: list  # the labels seen in training
+
+    @property
+    def train(self) -> IndexedClouds:
+        """The niches of ``train_cells``, over the family's feature table."""
+        family = self.family
+        return IndexedClouds(family.features, family.indices[self.train_cells], family.mask[self.train_cells])
 
 
 def train_variant(
@@ -367,7 +372,7 @@ def train_variant(
 ) -> tuple[WassersteinFlowMatching, float]:
     """A variant's model at ``sot.tl.wfm``'s defaults (``--set`` overrides), trained, and its fit seconds."""
     conditioning, minibatch_ot = VARIANTS[variant]
-    family, train, labels, vectors, train_cells, names = data
+    family, labels, vectors, train_cells, names = data
     torch.manual_seed(seed)
     model = WassersteinFlowMatching(
         family.dim,
@@ -388,7 +393,7 @@ def train_variant(
     )
     start = time.perf_counter()
     model.fit(
-        train,
+        data.train,
         labels[train_cells] if conditioning == "labels" else None,
         conditions=vectors[train_cells] if conditioning == "vectors" else None,
         **{
@@ -479,8 +484,7 @@ def point_cloud_case(name: str, loaded, args, device: str) -> dict[str, Any]:
         "classifier_real_paired": float(paired_real_correct.mean()),
         "variants": {},
     }
-    train = IndexedClouds(family.features, family.indices[train_cells], family.mask[train_cells])
-    training_set = TrainingSet(family, train, labels, vectors, train_cells, names)
+    training_set = TrainingSet(family, labels, vectors, train_cells, names)
     for variant in args.variants:
         conditioning, minibatch_ot = VARIANTS[variant]
         model, train_s = train_variant(

@@ -31,7 +31,6 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import NearestNeighbors
 
 import spatialot as sot
-from spatialot.ot import IndexedClouds
 
 
 def reference_scores(classifier, family, labels, vectors, train_cells, paired_cells) -> dict[str, Any]:
@@ -99,7 +98,6 @@ def main(argv: list[str] | None = None) -> int:
     paired_rng = np.random.default_rng(args.seed + 2000)
     paired_cells = np.sort(paired_rng.choice(test_cells, min(args.n_paired, len(test_cells)), replace=False))
     real_correct = classifier.predict(wfm.features_of(family.gather(paired_cells))) == labels[paired_cells]
-    train = IndexedClouds(family.features, family.indices[train_cells], family.mask[train_cells])
     references = reference_scores(classifier, family, labels, vectors, train_cells, paired_cells)
     print(f"{args.case} references: {references}", flush=True)
     rows: dict[str, Any] = {}
@@ -124,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         conditioning, _ = wfm.VARIANTS[variant]
         model, train_s = wfm.train_variant(
             variant,
-            wfm.TrainingSet(family, train, labels, vectors, train_cells, names),
+            wfm.TrainingSet(family, labels, vectors, train_cells, names),
             defaults=defaults,
             steps=defaults["n_steps"],
             device="cpu",
