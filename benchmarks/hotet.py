@@ -211,10 +211,13 @@ def fit_w2(
     batch_size: int = 8,
     shrinkage: float | str | None = None,
     seed: int = 0,
+    checkpoint: str | None = None,
 ) -> tuple[HOTET, float]:
     """Part 3's HOTET (``conjugate_steps`` of the run) trained on ``data``; returns it and the seconds it took.
 
-    ``shrinkage=None`` keeps HOTET's default; ``batch_size`` is the clouds per step (HOTET's default 8).
+    ``shrinkage=None`` keeps HOTET's default; ``batch_size`` is the clouds per step (HOTET's default 8);
+    ``checkpoint`` is HOTET's training checkpoint, resumed when it exists (the seconds are then those
+    of this call only).
     """
     dim = data.x.shape[-1]
     options = {} if shrinkage is None else {"shrinkage": shrinkage}
@@ -228,6 +231,7 @@ def fit_w2(
         learning_rate=learning_rate,
         random_state=seed,
         progress=False,
+        checkpoint=checkpoint,
         device=device,
     )
     return model, time.perf_counter() - start
@@ -288,6 +292,7 @@ def w2_benchmark(
     shrinkage: float | str | None = None,
     seed: int = 0,
     data: W2Data | None = None,
+    checkpoint: str | None = None,
 ) -> dict[str, Any]:
     """Part 3 at one dimension: HOTET trained on the draw of ``w2_data`` (or on ``data``, when the
     caller has drawn it already with these arguments), scored beside the closed-form maps."""
@@ -299,7 +304,15 @@ def w2_benchmark(
             f"{(n_train, samples_per_measure, n_points, dim)} as the other arguments say."
         )
     model, fit_s = fit_w2(
-        data, base, steps, device, learning_rate=learning_rate, batch_size=batch_size, shrinkage=shrinkage, seed=seed
+        data,
+        base,
+        steps,
+        device,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        shrinkage=shrinkage,
+        seed=seed,
+        checkpoint=checkpoint,
     )
     forward = model.transport(data.test, data.x.astype(np.float32))
     inverse = model.inverse_transport(data.test, data.z.astype(np.float32))
@@ -624,6 +637,7 @@ def run_w2(args: argparse.Namespace, device: str) -> None:
                 batch_size=args.w2_batch_size,
                 shrinkage=args.w2_shrinkage,
                 seed=args.w2_seed,
+                checkpoint=None if args.w2_checkpoint is None else f"{args.w2_checkpoint}-d{dim}-{base}.pt",
             )
             payload["rows"].append(row)
             print(
@@ -683,6 +697,12 @@ def main() -> None:
     parser.add_argument("--w2-samples", type=int, default=16, help="independent samples of each training measure")
     parser.add_argument("--w2-learning-rate", type=float, default=1e-3)
     parser.add_argument("--w2-batch-size", type=int, default=8, help="clouds per step of part 3 (HOTET's default 8)")
+    parser.add_argument(
+        "--w2-checkpoint",
+        default=None,
+        help="path prefix of part 3's training checkpoints (PREFIX-d8-gaussian.pt…): a run stopped and started "
+        "again with the same arguments resumes",
+    )
     parser.add_argument(
         "--w2-shrinkage",
         type=lambda value: value if value == "oas" else float(value),
