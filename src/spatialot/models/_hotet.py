@@ -233,9 +233,9 @@ class HOTET(Model):
     1,000 steps too, then reach 6.49 % (inverse) at 5,000 and 2.96 % at 15,000 steps; from the
     points, 5.69 % at 15,000. What leaves the plateau is the number of clouds seen, not of
     steps: at 32 clouds per step, 5,000 steps take the true-parameter maps to 2.20 % and those
-    from the points to 4.28 %. What then limits the maps is the family they have seen: fitted
-    to the true maps of the 400 training measures, the maps from the points score 10.73 % on
-    unseen measures, worse than the Gaussian map, where the dual loss at the same budget
+    from the points to 4.28 % (on the training measures). What then limits the maps is the
+    family they have seen: fitted to the true maps of the 400 training measures, the maps from
+    the points score 10.73 % on unseen measures, worse than the Gaussian map, where the dual loss at the same budget
     reaches 6.28 %. So at d = 8 HOTET needs budgets well beyond the paper's (160,000 clouds
     seen against its 40,000, and more distinct training measures), which a GPU makes
     affordable.
