@@ -235,10 +235,10 @@ class HOTET(Model):
     steps: at 32 clouds per step, 5,000 steps take the true-parameter maps to 2.20 % and those
     from the points to 4.28 % (on the training measures). What then limits the maps is the
     family they have seen: fitted to the true maps of the 400 training measures, the maps from
-    the points score 10.73 % on unseen measures, worse than the Gaussian map, where the dual loss at the same budget
-    reaches 6.28 %. So at d = 8 HOTET needs budgets well beyond the paper's (160,000 clouds
-    seen against its 40,000, and more distinct training measures), which a GPU makes
-    affordable.
+    the points score 10.73 % on unseen measures, worse than the Gaussian map, where the dual
+    loss at the same budget reaches 6.28 %. So at d = 8 HOTET needs budgets well beyond the
+    paper's (160,000 clouds seen against its 40,000, and more distinct training measures),
+    which a GPU makes affordable.
 
     **Deviation: initialisation.** No identity pre-training is needed (the paper runs one): the
     hypernetwork is initialised so that every ICNN starts at :math:`\tfrac12\lVert x\rVert^2`,
