@@ -18,8 +18,12 @@ stability, the mean ARI between Leiden runs with seeds 0, 1 and 2, a label-free 
 - ``sot.tl.asot_neighbors`` as shipped (Euclidean candidates of the anchor weights, ranked and
   weighted by the debiased ASOT distance), with ``n_candidates`` = 15 (the default), 30 and 45;
 - the Euclidean kNN of the anchor weights (what k-means sees);
-- the exact cell-type composition of each niche (counts of the 8 cell types, L2), as it is and
-  with N(0, 0.3²) noise added to every count: the lattice question.
+- the exact cell-type composition of each niche (counts of the 8 cell types, L2), as it is,
+  with N(0, 0.3²) noise added to every count, and with copies counted once (as
+  ``tl.asot_neighbors`` counts identical histograms; Gaussian kernel): the lattice question;
+- the anchor weights with near-copies counted once: rows within a quarter or half of the
+  lattice's step (the median distance between the mean weights of two compositions one cell
+  apart, ``one_cell_step`` in the summary) grouped, densest first, and each group listed once.
 
 k-means (told the 5 types) on the weights and on the compositions is the reference, beside Leiden
 on the Euclidean 15-NN graph of the mean niche expression (log1p of normalised counts, PCA 30)
@@ -97,9 +101,18 @@ def knn_of_matrix(matrix: np.ndarray, k: int, block: int = 1000) -> tuple[np.nda
 
 
 def graph_row(name, indices, distances, truth, *, weighting="umap") -> dict:
+    """Leiden scores of the graph of kNN lists ``indices`` at metric ``distances``.
+
+    ``weighting``: ``'umap'`` (UMAP's connectivities), ``'gauss'`` (the kernel of
+    ``tl.asot_neighbors``) or ``'binary'`` (1 on the union of the lists).
+    """
     n, k = indices.shape
     if weighting == "umap":
         graph = _connectivity.umap(indices, distances.astype(np.float32), n_obs=n, n_neighbors=k)
+    elif weighting == "gauss":
+        from spatialot.tl._asot import _graph
+
+        graph = _graph(indices, distances**2, n, k, "gauss")[1]
     else:
         rows = np.repeat(np.arange(n), k - 1)
         graph = sp.csr_matrix((np.ones(rows.size), (rows, indices[:, 1:].ravel())), shape=(n, n))
@@ -134,6 +147,54 @@ def euclidean_knn(features: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]
     distances, indices = NearestNeighbors(n_neighbors=k).fit(features).kneighbors(features)
     indices[:, 0], distances[:, 0] = np.arange(len(features)), 0.0
     return indices, distances
+
+
+def grouped_knn(features: np.ndarray, k: int, radius: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Euclidean kNN in which each group of (near-)copies counts once, as ``anchor_kneighbors`` counts copies.
+
+    Groups: every row within ``radius`` of a leader joins it, leaders taken densest first (``0``:
+    exact copies only). The leaders' kNN among leaders is each group's list; the leader gets it,
+    every other member gets its leader at 0 followed by the same list.
+    """
+    n = len(features)
+    if radius > 0:
+        balls = NearestNeighbors(radius=radius).fit(features).radius_neighbors(features, return_distance=False)
+        leader = np.full(n, -1)
+        for row in np.argsort([-len(ball) for ball in balls], kind="stable"):
+            if leader[row] < 0:
+                leader[row] = row
+                free = balls[row][leader[balls[row]] < 0]
+                leader[free] = row
+    else:
+        _, first, inverse = np.unique(features, axis=0, return_index=True, return_inverse=True)
+        leader = first[inverse.reshape(-1)]
+    leaders, group = np.unique(leader, return_inverse=True)
+    distances, indices = (
+        NearestNeighbors(n_neighbors=min(k, len(leaders))).fit(features[leaders]).kneighbors(features[leaders])
+    )
+    indices, distances = leaders[indices][group], distances[group]
+    members = np.flatnonzero(leader != np.arange(n))
+    indices[members, 2:], distances[members, 2:] = indices[members, 1:-1], distances[members, 1:-1]
+    indices[members, 1], distances[members, 1] = leader[members], 0.0
+    indices[:, 0], distances[:, 0] = np.arange(n), 0.0
+    return indices, distances
+
+
+def one_cell_step(weights: np.ndarray, composition: np.ndarray) -> float:
+    """Median distance between the mean weights of two compositions one cell apart: the lattice's step."""
+    distinct, group = np.unique(composition, axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    means = np.zeros((len(distinct), weights.shape[1]))
+    np.add.at(means, group, weights)
+    means /= np.bincount(group)[:, None]
+    nearest = NearestNeighbors(n_neighbors=min(60, len(distinct))).fit(distinct).kneighbors(distinct)[1]
+    steps = [
+        np.linalg.norm(means[a] - means[b])
+        for a in range(len(distinct))
+        for b in nearest[a]
+        if np.abs(distinct[a] - distinct[b]).sum() == 2  # one cell moved from one type to another
+    ]
+    return float(np.median(steps))
 
 
 def _asot_graph(**options):
@@ -348,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         lists = None
         if (listed.getnnz(axis=1) == 14).all():  # explicit zeros (copies) are kept: every row lists 14
             lists = np.concatenate([np.arange(n)[:, None], listed.indices.reshape(n, -1)], axis=1)
-        rows.append(score_graph(f"tl.asot_neighbors (15 of {n_candidates} candidates)", graph, truth, indices=lists))
+        name = f"tl.asot_neighbors (15 of {n_candidates} candidates)"
+        rows.append(score_graph(name, graph, truth, indices=lists, weighting="gauss"))  # its default kernel
         rows[-1] |= {"graph_s": graph_s, **seed_stability(graph)}
     holder = AnnData(np.zeros((n, 1), dtype=np.float32))
     euclidean_graph(holder, weights, "weights_nn")  # the UMAP weights of tl.asot_neighbors, on L2
@@ -362,6 +424,21 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(graph_row("cell-type composition, Euclidean 15-NN", *euclidean_knn(composition, 15), truth))
     noisy = composition + np.random.default_rng(0).normal(0, 0.3, composition.shape)
     rows.append(graph_row("composition + N(0, 0.3^2), Euclidean 15-NN", *euclidean_knn(noisy, 15), truth))
+    # the lattice with copies counted once, as tl.asot_neighbors counts identical histograms;
+    # then the weights with their near-copies (within half a one-cell step) counted once
+    rows.append(
+        graph_row(
+            "cell-type composition, copies counted once, Euclidean 15-NN",
+            *grouped_knn(composition, 15),
+            truth,
+            weighting="gauss",
+        )
+    )
+    step = one_cell_step(weights, composition)
+    summary["one_cell_step"] = step
+    for fraction in (0.25, 0.5):
+        name = f"anchor weights, near-copies within {fraction} x one-cell step counted once, Euclidean 15-NN"
+        rows.append(graph_row(name, *grouped_knn(weights, 15, fraction * step), truth, weighting="gauss"))
 
     for row in rows:
         if "stability_1.0" in row:

@@ -203,9 +203,13 @@ def asot_neighbors(
     against 0.51 and 0.47 for k-means on the weights and 0.39–0.44 for Leiden on the mean niche
     expression; with niches of 32, 0.86 and 0.87 against 0.88 and 0.85 (k-means) and 0.85. With
     ASOT-DL on niches of 8 it fails (0.10 against 0.43 for k-means): its codes give one nearly
-    fixed dense vector per cell type, so its weights sit on the lattice of compositions, where
-    every kNN graph tried clusters badly, the Euclidean one of the weights included
-    (``benchmarks/README.md``). It costs ``n * n_candidates`` OT problems instead of all pairs.
+    fixed dense vector per cell type, so its weights are each niche's composition plus a little
+    noise (1 % of their variance). The lattice of compositions itself clusters once copies count
+    once (0.56, against 0.46 for k-means on it; one tissue, ``asot-graph-k8-dl-cpu.json``), but
+    near-copies are not identical, so they fill each other's lists (0.14 on that tissue);
+    counting those within half a lattice step once gives 0.54, still below k-means on the DL
+    weights there (0.62), and that step is measured from the cell types, which the graph is not
+    given (``benchmarks/README.md``). It costs ``n * n_candidates`` OT problems instead of all pairs.
     Choose Leiden's resolution with care: on niches of 32 cells the default of 1 splits each
     type.
 
