@@ -237,6 +237,13 @@ def fit_w2(
     return model, time.perf_counter() - start
 
 
+def checkpoint_step(path: str | None) -> int:
+    """Steps taken by the training checkpoint at ``path`` (0 without one): where a resumed fit starts."""
+    if path is None or not os.path.exists(path):
+        return 0
+    return int(torch.load(path, map_location="cpu", weights_only=False)["step"])
+
+
 def w2_gaussian_baseline(data: W2Data, shrinkage: float | str = 0.1) -> tuple[np.ndarray, np.ndarray]:
     """The closed-form Gaussian maps between each test sample's moments and N(0, I).
 
@@ -303,6 +310,7 @@ def w2_benchmark(
             f"`data` holds training samples of shape {data.train_points.shape}, not "
             f"{(n_train, samples_per_measure, n_points, dim)} as the other arguments say."
         )
+    resumed_from_step = checkpoint_step(checkpoint)  # before the fit overwrites it
     model, fit_s = fit_w2(
         data,
         base,
@@ -340,7 +348,8 @@ def w2_benchmark(
         "shrinkage": model.config["shrinkage"],
         "seed": seed,
         "conjugate_steps": CONJUGATE_STEPS,
-        "fit_s": fit_s,
+        "fit_s": fit_s,  # of this call: the steps from resumed_from_step on
+        "resumed_from_step": resumed_from_step,
         "final_loss": float(np.mean(model.history[-50:])),
         # the forward map as the inverse of the inverse map: transport(via='inverse')
         "forward_via_inverse_l2_uvp": by_inversion["forward_l2_uvp"],
