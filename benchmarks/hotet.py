@@ -244,6 +244,27 @@ def checkpoint_step(path: str | None) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=False)["step"])
 
 
+def w2_checkpoint_scores(data: W2Data, path: str, n_seen: int = 50, seed: int = 0) -> dict[str, Any]:
+    """Part 3's scores of the model in the training checkpoint at ``path``: a run's learning curve.
+
+    On the unseen measures as ``w2_benchmark`` scores them, and on the first ``n_seen`` training
+    measures (``training_*``), each predicted from its first training sample and scored on 1,000
+    fresh points: the gap between the two is what the model learnt of its training measures alone.
+    """
+    contents = torch.load(path, map_location="cpu", weights_only=False)
+    model = HOTET(**contents["config"])
+    model.load_state_dict(contents["model"])
+    model.fitted.fill_(True)
+    model.eval()
+    row = {"checkpoint": path, "step": int(contents["step"]), "base": model.config["base"], "dim": data.x.shape[-1]}
+    row |= w2_scores(data, model.transport(data.test, data.x), model.inverse_transport(data.test, data.z))
+    z = np.random.default_rng(seed + 4).standard_normal((n_seen, 1000, row["dim"])).astype(np.float32)
+    seen = data._replace(x=data.train_family.subset(slice(0, n_seen)).forward(z).astype(np.float32), z=z)
+    clouds = sot.ot.PointClouds.from_padded(data.train_points[:n_seen, 0])
+    training = w2_scores(seen, model.transport(clouds, seen.x), model.inverse_transport(clouds, seen.z))
+    return row | {f"training_{key}": value for key, value in training.items()}
+
+
 def w2_gaussian_baseline(data: W2Data, shrinkage: float | str = 0.1) -> tuple[np.ndarray, np.ndarray]:
     """The closed-form Gaussian maps between each test sample's moments and N(0, I).
 
@@ -632,6 +653,21 @@ def run_w2(args: argparse.Namespace, device: str) -> None:
         f"step, Adam {args.w2_learning_rate:g} halved every steps/3, HOTET defaults otherwise, 1 torch thread",
         "rows": [],
     }
+    if args.w2_score_checkpoint:
+        rows = []
+        for dim in dims:
+            data = w2_data(dim, args.w2_train, args.w2_points, args.w2_samples, args.w2_seed)
+            for base in args.bases:
+                rows.append(w2_checkpoint_scores(data, f"{args.w2_checkpoint}-d{dim}-{base}.pt", seed=args.w2_seed))
+        columns = [("dim", "d"), ("base", "base", "<"), ("step", "step")]
+        columns += [
+            (f"{part}{d}_l2_uvp", f"{part or 'unseen '}{d} %")
+            for part in ("", "training_")
+            for d in ("forward", "inverse")
+        ]
+        payload |= {"rows": rows, "table": print_table(rows, columns, title="checkpoints (L2-UVP)")}
+        print(f"wrote {write_json(out, payload)}")
+        return
     for dim in dims:
         for base in args.bases:
             row = w2_benchmark(
@@ -713,6 +749,11 @@ def main() -> None:
         "again with the same arguments resumes",
     )
     parser.add_argument(
+        "--w2-score-checkpoint",
+        action="store_true",
+        help="score the models in the --w2-checkpoint files (unseen and training measures) instead of training",
+    )
+    parser.add_argument(
         "--w2-shrinkage",
         type=lambda value: value if value == "oas" else float(value),
         default=None,
@@ -728,6 +769,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    if args.w2_score_checkpoint and args.w2_checkpoint is None:
+        parser.error("--w2-score-checkpoint scores the files of --w2-checkpoint: give that prefix too")
     torch.set_num_threads(args.threads)
     global CONJUGATE_STEPS
     CONJUGATE_STEPS = args.conjugate_steps
