@@ -216,7 +216,7 @@ class HOTET(Model):
     the same 5,000 steps of 32 keep the forward map below its Gaussian start (6.94 against
     7.03 %) and take the inverse map to 6.70 % (8.21 %); a longer run on them, at the full
     learning rate until step 5,000, has its forward map run off after step 5,000 on training
-    and unseen measures alike (10.3 % at 5,500) while its inverse map keeps improving (6.10 %),
+    and unseen measures alike (10.3 % at 5,500) while its inverse map keeps improving (5.92 % at 6,000),
     so the run-off is not overfitting of the training samples. The forward network learns from the
     cloud's points only; ``transport(via='inverse')`` inverts the inverse map instead and so
     carries its gain over where it has one (d = 2: 8.99 against 9.84 %, 7.11 against 8.77 % from
