@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     noisy = composition + np.random.default_rng(0).normal(0, 0.3, composition.shape)
     rows.append(graph_row("composition + N(0, 0.3^2), Euclidean 15-NN", *euclidean_knn(noisy, 15), truth))
     # the lattice with copies counted once, as tl.asot_neighbors counts identical histograms;
-    # then the weights with their near-copies (within half a one-cell step) counted once
+    # then the weights with their near-copies (within a quarter or half of a one-cell step) counted once
     rows.append(
         graph_row(
             "cell-type composition, copies counted once, Euclidean 15-NN",
