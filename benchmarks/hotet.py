@@ -237,6 +237,11 @@ def fit_w2(
     return model, time.perf_counter() - start
 
 
+def checkpoint_path(prefix: str | None, dim: int, base: str) -> str | None:
+    """The file of part 3's training checkpoint at ``dim`` and ``base`` under ``--w2-checkpoint`` ``prefix``."""
+    return None if prefix is None else f"{prefix}-d{dim}-{base}.pt"
+
+
 def checkpoint_step(path: str | None) -> int:
     """Steps taken by the training checkpoint at ``path`` (0 without one): where a resumed fit starts."""
     if path is None or not os.path.exists(path):
@@ -658,7 +663,8 @@ def run_w2(args: argparse.Namespace, device: str) -> None:
         for dim in dims:
             data = w2_data(dim, args.w2_train, args.w2_points, args.w2_samples, args.w2_seed)
             for base in args.bases:
-                rows.append(w2_checkpoint_scores(data, f"{args.w2_checkpoint}-d{dim}-{base}.pt", seed=args.w2_seed))
+                path = checkpoint_path(args.w2_checkpoint, dim, base)
+                rows.append(w2_checkpoint_scores(data, path, seed=args.w2_seed))
         columns = [("dim", "d"), ("base", "base", "<"), ("step", "step")]
         columns += [
             (f"{part}{d}_l2_uvp", f"{part or 'unseen '}{d} %")
@@ -682,7 +688,7 @@ def run_w2(args: argparse.Namespace, device: str) -> None:
                 batch_size=args.w2_batch_size,
                 shrinkage=args.w2_shrinkage,
                 seed=args.w2_seed,
-                checkpoint=None if args.w2_checkpoint is None else f"{args.w2_checkpoint}-d{dim}-{base}.pt",
+                checkpoint=checkpoint_path(args.w2_checkpoint, dim, base),
             )
             payload["rows"].append(row)
             print(
