@@ -216,12 +216,13 @@ class HOTET(Model):
     the same 5,000 steps of 32 keep the forward map below its Gaussian start (6.94 against
     7.03 %) and take the inverse map to 6.70 % (8.21 %); a longer run on them, at the full
     learning rate until step 5,000, has its forward map run off after step 5,000 on training
-    and unseen measures alike (10.3 % at 5,500) while its inverse map keeps improving (5.92 % at 6,000),
-    so the run-off is not overfitting of the training samples. The forward network learns from the
-    cloud's points only; ``transport(via='inverse')`` inverts the inverse map instead and so
-    carries its gain over where it has one (d = 2: 8.99 against 9.84 %, 7.11 against 8.77 % from
-    1,024-point samples), and is level or worse where it has none (d = 8: 7.20 against 7.07 %),
-    and can be worse than the forward network where it has one (d = 8 at 15,000 steps: 8.15 %).
+    and unseen measures alike (10.3 % at 5,500) while its inverse map keeps improving (5.92 %
+    at 6,000), so the run-off is not overfitting of the training samples. The forward network
+    learns from the cloud's points only; ``transport(via='inverse')`` inverts the inverse map
+    instead and so carries its gain over where it has one (d = 2: 8.99 against 9.84 %, 7.11
+    against 8.77 % from 1,024-point samples), and is level or worse where it has none (d = 8:
+    7.20 against 7.07 %), and can be worse than the forward network where it has one (d = 8 at
+    15,000 steps: 8.15 %).
 
     **What one 128-point sample allows.** The family's own parametric model, fitted to the same
     samples (maximum a posteriori under its prior, best of four starts drawn from that prior;

@@ -209,9 +209,9 @@ def asot_neighbors(
     near-copies are not identical, so they fill each other's lists (0.14 on that tissue);
     counting those within half a lattice step once gives 0.54, still below k-means on the DL
     weights there (0.62), and that step is measured from the cell types, which the graph is not
-    given (``benchmarks/README.md``). It costs ``n * n_candidates`` OT problems instead of all pairs.
-    Choose Leiden's resolution with care: on niches of 32 cells the default of 1 splits each
-    type.
+    given (``benchmarks/README.md``). It costs ``n * n_candidates`` OT problems instead of all
+    pairs. Choose Leiden's resolution with care: on niches of 32 cells the default of 1 splits
+    each type.
 
     The distance is debiased (``debias``): half of each niche's entropic self-cost is
     subtracted, so a niche is at distance 0 from itself and spread niches are not pushed away
