@@ -78,6 +78,7 @@ from sklearn.neighbors import NearestNeighbors  # noqa: E402
 import spatialot as sot  # noqa: E402
 from spatialot.models import ASOT  # noqa: E402
 from spatialot.ot import anchor_kneighbors, anchor_paired_distances  # noqa: E402
+from spatialot.ot._anchor import _share_lists_with_copies  # noqa: E402
 
 RESOLUTIONS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 SEEDS = (0, 1, 2)
@@ -173,10 +174,8 @@ def grouped_knn(features: np.ndarray, k: int, radius: float = 0.0) -> tuple[np.n
         NearestNeighbors(n_neighbors=min(k, len(leaders))).fit(features[leaders]).kneighbors(features[leaders])
     )
     indices, distances = leaders[indices][group], distances[group]
-    members = np.flatnonzero(leader != np.arange(n))
-    indices[members, 2:], distances[members, 2:] = indices[members, 1:-1], distances[members, 1:-1]
-    indices[members, 1], distances[members, 1] = leader[members], 0.0
-    indices[:, 0], distances[:, 0] = np.arange(n), 0.0
+    _share_lists_with_copies(indices, distances, leader)
+    distances[:, 0] = 0.0
     return indices, distances
 
 

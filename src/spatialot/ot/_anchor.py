@@ -415,6 +415,19 @@ def _mirror_upper(matrix: np.ndarray, block: int = 1024) -> None:
 
 
 @cpu_threads()
+def _share_lists_with_copies(indices: np.ndarray, distances: np.ndarray, first: np.ndarray) -> None:
+    """In place: every row whose ``first`` copy is another row lists that copy at distance 0, then its list.
+
+    ``indices`` / ``distances`` ``(n, k)`` hold, in each row, the list of the row's first copy
+    (that copy first); each row then starts with itself. Copies of one histogram thus stay
+    connected without filling each other's lists (see :func:`anchor_kneighbors`).
+    """
+    copies = np.flatnonzero(first != np.arange(len(first)))
+    indices[copies, 2:], distances[copies, 2:] = indices[copies, 1:-1], distances[copies, 1:-1]
+    indices[copies, 1], distances[copies, 1] = first[copies], 0.0
+    indices[:, 0] = np.arange(len(first))
+
+
 def anchor_kneighbors(
     h: torch.Tensor | np.ndarray,
     cost: torch.Tensor | np.ndarray,
@@ -530,11 +543,7 @@ def anchor_kneighbors(
         )
         classes = rank[inverse.reshape(-1)]
         indices, distances = order[indices[classes]], distances[classes]
-        # every copy but the first: its first copy at distance 0, then the shared list
-        copies = np.flatnonzero(indices[:, 0] != np.arange(len(h)))
-        indices[copies, 2:], distances[copies, 2:] = indices[copies, 1:-1], distances[copies, 1:-1]
-        indices[copies, 1], distances[copies, 1] = indices[copies, 0], 0.0
-        indices[:, 0] = np.arange(len(h))
+        _share_lists_with_copies(indices, distances, indices[:, 0].copy())
         return indices, distances
     n = len(h)
     batch_size = _default_batch(batch_size, device, max(h.shape[1], other.shape[1]))
